@@ -1,0 +1,115 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../examples/two-regions.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(Path::new("test.toml"), text)
+}
+
+fn only_error(text: &str) -> ConfigError {
+    let errs = parse(text).expect_err("config should be rejected").0;
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:?}");
+    errs.into_iter().next().expect("one error")
+}
+
+#[test]
+fn example_config_is_valid() {
+    let cfg = parse(EXAMPLE).expect("example parses");
+    assert_eq!(cfg.regions.len(), 2);
+    assert_eq!(cfg.initial_active(), Some(RegionId::new("a")));
+    assert_eq!(cfg.failover.lease_ttl, Duration::from_secs(2));
+    assert_eq!(cfg.checks["web-a"].interval, Duration::from_millis(500));
+    // Three vantage points (controller, agent a, agent b): a majority is two.
+    assert_eq!(cfg.check_quorum(&cfg.checks["web-a"]), 2);
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let text = EXAMPLE.replace("hold_down = \"0s\"", "hold_down = \"0s\"\nhodl_down = \"1s\"");
+    let e = only_error(&text);
+    let line = text.lines().position(|l| l.starts_with("hodl_down")).expect("line") + 1;
+    assert_eq!(e.line, line, "{e}");
+    assert!(e.message.contains("hodl_down"), "{e}");
+    assert!(e.to_string().starts_with(&format!("test.toml:{line}:")), "{e}");
+}
+
+#[test]
+fn bad_duration_names_line_and_key() {
+    let text = EXAMPLE.replace("lease_ttl = \"2s\"", "lease_ttl = \"two seconds\"");
+    let e = only_error(&text);
+    let line = text.lines().position(|l| l.starts_with("lease_ttl")).expect("line") + 1;
+    assert_eq!(e.line, line, "{e}");
+    assert_eq!(e.key, "failover.lease_ttl", "{e}");
+    assert!(e.message.contains("invalid duration"), "{e}");
+}
+
+#[test]
+fn undefined_region_names_line_and_key() {
+    let text = EXAMPLE.replace("region = \"b\"", "region = \"c\"");
+    let e = only_error(&text);
+    let line = text.lines().position(|l| l.trim() == "region = \"c\"").expect("line") + 1;
+    assert_eq!(e.line, line, "{e}");
+    assert_eq!(e.key, "checks.web-b.region");
+    assert!(e.message.contains("\"c\" is not defined"), "{e}");
+}
+
+#[test]
+fn two_active_regions_are_rejected() {
+    let text = EXAMPLE.replace("role = \"standby\"", "role = \"active\"");
+    let e = only_error(&text);
+    assert!(e.message.contains("exactly one region"), "{e}");
+    assert!(e.line > 0, "{e}");
+}
+
+#[test]
+fn token_must_come_from_file_or_env() {
+    let text = EXAMPLE.replace("token_env = \"LIFEBOAT_TOKEN\"", "");
+    let e = only_error(&text);
+    assert_eq!(e.key, "auth");
+    assert!(e.message.contains("token_file"), "{e}");
+    let text = EXAMPLE.replace("token_env = \"LIFEBOAT_TOKEN\"", "token = \"hunter2\"");
+    let e = only_error(&text);
+    assert!(e.message.contains("token"), "{e}");
+}
+
+#[test]
+fn errors_in_array_of_tables_are_located() {
+    let text = EXAMPLE.replacen(
+        "command = [\"python3\", \"-m\", \"http.server\", \"--bind\", \"127.0.1.1\", \"8080\"]",
+        "command = []",
+        1,
+    );
+    let e = only_error(&text);
+    assert_eq!(e.key, "regions.a.services[0].command");
+    let line = text.lines().position(|l| l == "command = []").expect("line") + 1;
+    assert_eq!(e.line, line, "{e}");
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = EXAMPLE
+        .replace("region = \"b\"", "region = \"c\"")
+        .replace("failure_threshold = 2\n\n[checks.web-b]", "failure_threshold = 0\n\n[checks.web-b]");
+    let errs = parse(&text).expect_err("rejected").0;
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}
+
+#[test]
+fn calculated_checks_need_defined_children_and_no_cycles() {
+    let text = format!(
+        "{EXAMPLE}\n[checks.all]\ntype = \"calculated\"\nchildren = [\"web-a\", \"nope\"]\n\n[checks.loop1]\ntype = \"calculated\"\nchildren = [\"loop2\"]\n[checks.loop2]\ntype = \"calculated\"\nchildren = [\"loop1\"]\n"
+    );
+    let errs = parse(&text).expect_err("rejected").0;
+    assert!(errs.iter().any(|e| e.key == "checks.all.children[1]" && e.message.contains("nope")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.message.contains("cycle")), "{errs:?}");
+}
+
+#[test]
+fn secrets_load_from_file_and_report_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("token");
+    std::fs::write(&path, "s3cret\n").expect("write");
+    assert_eq!(SecretRef::from_file(&path).load().expect("load"), "s3cret");
+    let missing = SecretRef::from_file(dir.path().join("absent"));
+    assert!(missing.load().expect_err("missing").to_string().contains("absent"));
+}

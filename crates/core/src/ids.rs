@@ -1,0 +1,83 @@
+//! Identifiers: regions, vantage points and epochs.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The name of a region (a site: data centre, cloud region) as written in the config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RegionId(pub String);
+
+impl RegionId {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for RegionId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// The place a health probe runs from: the controller or one region's agent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VantageId {
+    Controller,
+    Agent(RegionId),
+}
+
+impl fmt::Display for VantageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VantageId::Controller => f.write_str("controller"),
+            VantageId::Agent(r) => write!(f, "agent:{r}"),
+        }
+    }
+}
+
+/// The fencing token. Every promotion increments it; the controller persists a new
+/// epoch before any command that carries it leaves, and an agent refuses any command
+/// older than the highest epoch it has persisted.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    pub const ZERO: Epoch = Epoch(0);
+
+    #[must_use]
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_order_and_increase() {
+        assert!(Epoch(3).next() > Epoch(3));
+        assert_eq!(Epoch::ZERO.next(), Epoch(1));
+        assert_eq!(serde_json::to_string(&Epoch(7)).unwrap(), "7");
+    }
+}

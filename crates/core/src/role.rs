@@ -1,0 +1,119 @@
+//! The data-role trait: how the agent drives the data layers of its region.
+//!
+//! A *data role* is anything in a region whose writes must stop when the region
+//! loses its lease and that must be promoted when the region becomes active: the
+//! database, object replication, the region's services. The agent holds a list of
+//! them and calls them in order; each implementation lives in its own crate
+//! (`lifeboat-pg`, `lifeboat-mysql`, `lifeboat-objects`, the agent's service
+//! supervisor) and this crate only names the contract.
+//!
+//! Contract:
+//! - [`DataRole::fence`] must leave the role refusing writes *for real* (stop the
+//!   server or close it to clients; a read-only flag any session can undo is not a
+//!   fence). It must be idempotent and must finish quickly: the agent calls it when
+//!   its lease runs out.
+//! - [`DataRole::activate`] makes the role writable in this region under `epoch`.
+//! - [`DataRole::follow`] makes the role a standby of the active region (rejoin);
+//!   anything that would be discarded in the process is kept aside and reported.
+//! - [`DataRole::status`] is cheap and never blocks for long: it reports role, lag
+//!   and whether this standby is ready to be promoted.
+
+use crate::{Epoch, HealthStatus, RegionId};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Errors a data role reports. Callers tell them apart: a stale epoch is not a timeout.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("stale epoch {got}: this role has already seen epoch {seen}")]
+    StaleEpoch { got: Epoch, seen: Epoch },
+    #[error("{role} is not ready to be promoted: {reason}")]
+    NotReady { role: String, reason: String },
+    #[error("{role} is unreachable: {reason}")]
+    Unreachable { role: String, reason: String },
+    #[error("{role}: {message}")]
+    Failed { role: String, message: String },
+}
+
+/// What the agent tells a role when its region becomes the active one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Activation {
+    pub epoch: Epoch,
+    pub region: RegionId,
+    /// True when an operator forced the promotion past a readiness check.
+    pub forced: bool,
+}
+
+/// What the agent tells a role when its region must follow another (rejoin).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FollowTarget {
+    pub epoch: Epoch,
+    /// The region that now takes writes.
+    pub active: RegionId,
+}
+
+/// Coarse role a data layer reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleHealth {
+    Primary,
+    Standby,
+    Fenced,
+    Stopped,
+    Unknown,
+}
+
+/// A data role's self-report, shown in status and consulted before promotion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleStatus {
+    pub name: String,
+    pub role: RoleHealth,
+    pub health: HealthStatus,
+    /// Replication lag seen from this side, when it is a standby.
+    pub lag_bytes: Option<u64>,
+    pub lag_seconds: Option<f64>,
+    /// A standby that has applied everything it received and lags under the limit.
+    pub ready_to_promote: bool,
+    /// True when this standby has everything the primary acknowledged (planned
+    /// switchover waits for it: zero data loss).
+    pub caught_up: bool,
+    /// Human-readable detail (errors, the reason for not being ready …).
+    pub detail: String,
+    /// Extra figures for metrics and status (name -> value).
+    #[serde(default)]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+impl RoleStatus {
+    pub fn new(name: impl Into<String>, role: RoleHealth) -> Self {
+        Self {
+            name: name.into(),
+            role,
+            health: HealthStatus::Unknown,
+            lag_bytes: None,
+            lag_seconds: None,
+            ready_to_promote: false,
+            caught_up: false,
+            detail: String::new(),
+            metrics: Default::default(),
+        }
+    }
+}
+
+/// A data layer of one region that the agent fences, promotes and demotes.
+#[async_trait::async_trait]
+pub trait DataRole: Send + Sync {
+    /// Short stable name, e.g. "postgres", "objects", "services".
+    fn name(&self) -> &str;
+    /// Current role, lag and readiness.
+    async fn status(&self) -> RoleStatus;
+    /// Stop accepting writes in this region, for real. Idempotent.
+    async fn fence(&self, epoch: Epoch) -> Result<(), RoleError>;
+    /// Become writable in this region.
+    async fn activate(&self, activation: &Activation) -> Result<(), RoleError>;
+    /// Become (or stay) a standby of the active region.
+    async fn follow(&self, target: &FollowTarget) -> Result<(), RoleError>;
+}
+
+/// How roles are shared between the agent's tasks.
+pub type SharedRole = Arc<dyn DataRole>;
