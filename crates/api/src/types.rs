@@ -1,0 +1,186 @@
+//! JSON bodies of every endpoint. Field names are the API: change them with care.
+
+use lifeboat_core::{Epoch, HealthStatus, JournalEntry, RegionId, RoleStatus, VantageId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `POST /v1/lease` (agent -> controller): renew or take the lease of the active region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    pub region: RegionId,
+    pub epoch: Epoch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub granted: bool,
+    /// The controller's current epoch and active region (an agent that sees a newer
+    /// epoch in which it is not active fences itself at once).
+    pub epoch: Epoch,
+    pub active: Option<RegionId>,
+    pub ttl_ms: u64,
+    pub reason: String,
+}
+
+/// A check's state at one vantage point.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckReport {
+    pub status: HealthStatus,
+    pub detail: String,
+    pub latency_ms: Option<f64>,
+}
+
+/// `POST /v1/report` (agent -> controller), a few times a second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    pub region: RegionId,
+    /// Highest epoch the agent has persisted.
+    pub epoch: Epoch,
+    /// The agent holds an unexpired lease and its roles are active.
+    pub active: bool,
+    pub fenced: bool,
+    /// Wall-clock time of the agent's last self-fence, if any (ms since the Unix epoch).
+    pub fenced_at_unix_ms: Option<u64>,
+    /// The agent's probes of every check it runs (its vantage point).
+    pub checks: BTreeMap<String, CheckReport>,
+    pub roles: Vec<RoleStatus>,
+}
+
+/// The controller's answer to a report: what the agent must converge to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportResponse {
+    pub epoch: Epoch,
+    pub active: Option<RegionId>,
+}
+
+/// `POST /v1/command` (controller -> agent). Every command carries its epoch; an
+/// agent refuses one older than the highest it has persisted (409).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCommand {
+    pub epoch: Epoch,
+    pub command: CommandKind,
+    /// The active region in `epoch` (for `follow`).
+    #[serde(default)]
+    pub active: Option<RegionId>,
+    /// An operator forced the promotion past readiness checks.
+    #[serde(default)]
+    pub forced: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Take the lease and become the active region.
+    Promote,
+    /// Stop taking writes now (planned switchover or failover away from this region).
+    Fence,
+    /// Be a standby of `active`.
+    Follow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResponse {
+    pub epoch: Epoch,
+    pub accepted: bool,
+    pub detail: String,
+}
+
+/// `POST /v1/failover` and `POST /v1/switchover` (operator -> controller).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    pub to: RegionId,
+    /// failover only: promote even if the target's data roles are not ready.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MoveResponse {
+    pub accepted: bool,
+    pub epoch: Epoch,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseView {
+    pub holder: RegionId,
+    pub epoch: Epoch,
+    /// Milliseconds until the controller considers the lease certainly expired.
+    pub expires_in_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionView {
+    pub name: RegionId,
+    pub active: bool,
+    pub health: HealthStatus,
+    pub agent_addr: String,
+    /// Age of the last report from this region's agent; None if never heard from.
+    pub last_report_ms: Option<u64>,
+    pub agent_epoch: Option<Epoch>,
+    pub agent_active: bool,
+    pub fenced: bool,
+    pub roles: Vec<RoleStatus>,
+}
+
+/// `GET /v1/status` on the controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControllerStatus {
+    pub deployment: String,
+    pub epoch: Epoch,
+    pub active: Option<RegionId>,
+    pub phase: String,
+    pub mode: String,
+    pub lease: Option<LeaseView>,
+    pub regions: Vec<RegionView>,
+    pub failovers: u64,
+}
+
+/// `GET /v1/health`: per check, the decision and each vantage point's view.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckView {
+    pub name: String,
+    pub region: Option<RegionId>,
+    pub status: HealthStatus,
+    pub quorum: usize,
+    pub unhealthy_votes: usize,
+    pub vantage: BTreeMap<String, CheckReport>,
+}
+
+/// `GET /v1/discovery`: where applications find the active region's endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Discovery {
+    pub epoch: Epoch,
+    pub active: Option<RegionId>,
+    pub address: Option<String>,
+    /// Engine-specific endpoints (e.g. "database" -> {"host":..,"port":..}).
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, serde_json::Value>,
+}
+
+/// `GET /v1/status` on an agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub region: RegionId,
+    pub epoch: Epoch,
+    pub active: bool,
+    pub fenced: bool,
+    pub lease_remaining_ms: Option<i64>,
+    pub controller_reachable: bool,
+    pub vantage: VantageId,
+    pub checks: BTreeMap<String, CheckReport>,
+    pub roles: Vec<RoleStatus>,
+}
+
+/// `GET /v1/journal?since=SEQ`
+pub type Journal = Vec<JournalEntry>;
+
+/// Every error body: `{"error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,175 @@
+//! Durable controller state: the epoch, the active region and the journal, in SQLite.
+//!
+//! `synchronous = FULL` with WAL: a transaction that returned is on disk, so a kill -9
+//! at any instant leaves either the old or the new state, never a torn one. The state
+//! row carries a format version so a later release can migrate it.
+
+use crate::machine::Durable;
+use anyhow::{Context, Result};
+use lifeboat_core::{Epoch, JournalEntry, JournalKind, RegionId};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const FORMAT_VERSION: u32 = 1;
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Versioned {
+    version: u32,
+    state: Durable,
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
+        let path = dir.join("controller.db");
+        let conn = Connection::open(&path)
+            .with_context(|| format!("opening controller state {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS journal (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                at_unix_ms INTEGER NOT NULL,
+                mono_ms INTEGER NOT NULL,
+                epoch INTEGER NOT NULL,
+                kind TEXT NOT NULL,
+                region TEXT,
+                detail TEXT NOT NULL);",
+        )
+        .with_context(|| format!("initialising {}", path.display()))?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (it has its
+        // own transactions), so a poisoned lock is safe to take over.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn load(&self) -> Result<Option<Durable>> {
+        let body: Option<String> = self
+            .conn()
+            .query_row("SELECT body FROM state WHERE id = 1", [], |r| r.get(0))
+            .optional()
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        let Some(body) = body else { return Ok(None) };
+        let v: Versioned = serde_json::from_str(&body)
+            .with_context(|| format!("decoding controller state in {}", self.path.display()))?;
+        anyhow::ensure!(
+            v.version <= FORMAT_VERSION,
+            "{} was written by a newer lifeboat (state format {}, this one knows {})",
+            self.path.display(),
+            v.version,
+            FORMAT_VERSION
+        );
+        Ok(Some(v.state))
+    }
+
+    /// Persist the durable state; returns once it is on disk.
+    pub fn save(&self, state: &Durable) -> Result<()> {
+        let body = serde_json::to_string(&Versioned {
+            version: FORMAT_VERSION,
+            state: state.clone(),
+        })?;
+        self.conn()
+            .execute(
+                "INSERT INTO state (id, body) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET body = excluded.body",
+                params![body],
+            )
+            .with_context(|| format!("writing controller state to {}", self.path.display()))?;
+        Ok(())
+    }
+
+    pub fn append(
+        &self,
+        mono_ms: u64,
+        epoch: Epoch,
+        kind: JournalKind,
+        region: Option<&RegionId>,
+        detail: &str,
+    ) -> Result<JournalEntry> {
+        let at = unix_ms();
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO journal (at_unix_ms, mono_ms, epoch, kind, region, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                at as i64,
+                mono_ms as i64,
+                epoch.0 as i64,
+                kind.as_str(),
+                region.map(|r| r.as_str()),
+                detail
+            ],
+        )
+        .with_context(|| format!("appending to the journal in {}", self.path.display()))?;
+        let seq = conn.last_insert_rowid();
+        Ok(JournalEntry {
+            seq: u64::try_from(seq).unwrap_or(0),
+            at_unix_ms: at,
+            mono_ms,
+            epoch,
+            kind,
+            region: region.cloned(),
+            detail: detail.to_owned(),
+        })
+    }
+
+    /// Journal entries with `seq > since`, oldest first, at most `limit`.
+    pub fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at_unix_ms, mono_ms, epoch, kind, region, detail FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since as i64, limit as i64], |r| {
+            let kind: String = r.get(4)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                kind,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, mono, epoch, kind, region, detail) = row?;
+            let kind: JournalKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+                .with_context(|| format!("unknown journal kind {kind:?}"))?;
+            out.push(JournalEntry {
+                seq: seq as u64,
+                at_unix_ms: at as u64,
+                mono_ms: mono as u64,
+                epoch: Epoch(epoch as u64),
+                kind,
+                region: region.map(RegionId),
+                detail,
+            });
+        }
+        Ok(out)
+    }
+}
