@@ -1,0 +1,187 @@
+//! One probe of one target: an HTTP(S) GET or a TCP connect, bounded by a timeout.
+//!
+//! Guarantees: the whole probe (resolve, connect, TLS, headers, body) finishes within
+//! the timeout; redirects are not followed; certificates are not validated; a `search`
+//! reads at most [`SEARCH_LIMIT`] bytes of the body; connections are not reused, so each
+//! probe really connects (a pooled connection must not hide a server that stopped
+//! accepting).
+
+use crate::SEARCH_LIMIT;
+use anyhow::Context;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a probe can reach.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Http {
+        /// One client per check (built once, cheap to clone).
+        client: reqwest::Client,
+        url: reqwest::Url,
+        search: Option<String>,
+    },
+    Tcp {
+        addr: String,
+    },
+}
+
+/// The raw result of one probe, before inversion and threshold.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub ok: bool,
+    pub detail: String,
+    pub latency: Duration,
+}
+
+impl Target {
+    pub(crate) fn http(
+        url: &str,
+        search: Option<String>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let url = reqwest::Url::parse(url).with_context(|| format!("parsing url {url:?}"))?;
+        let client = reqwest::Client::builder()
+            // A 3xx is itself healthy (Route 53): never follow it.
+            .redirect(reqwest::redirect::Policy::none())
+            // Route 53 does not validate certificates either: a probe asks "is it
+            // up", not "is its certificate right".
+            .danger_accept_invalid_certs(true)
+            // A fresh connection per probe: a pooled one could hide a dead listener,
+            // and a search stops reading mid-body anyway.
+            .pool_max_idle_per_host(0)
+            // Probes go straight to the target, never through a proxy from the environment.
+            .no_proxy()
+            .connect_timeout(timeout)
+            .user_agent(concat!("lifeboat-health/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Target::Http {
+            client,
+            url,
+            search,
+        })
+    }
+
+    /// Runs one probe; never takes (much) longer than `timeout`.
+    pub(crate) async fn probe(&self, timeout: Duration) -> Outcome {
+        let start = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.probe_unbounded()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout)
+            )),
+        };
+        let latency = start.elapsed();
+        match result {
+            Ok(detail) => Outcome {
+                ok: true,
+                detail,
+                latency,
+            },
+            Err(detail) => Outcome {
+                ok: false,
+                detail,
+                latency,
+            },
+        }
+    }
+
+    async fn probe_unbounded(&self) -> Result<String, String> {
+        match self {
+            Target::Tcp { addr } => tokio::net::TcpStream::connect(addr.as_str())
+                .await
+                .map(|_| "connected".to_owned())
+                .map_err(|e| describe_error(&e)),
+            Target::Http {
+                client,
+                url,
+                search,
+            } => http_probe(client, url, search.as_deref()).await,
+        }
+    }
+}
+
+async fn http_probe(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    search: Option<&str>,
+) -> Result<String, String> {
+    let mut response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| describe_error(&e))?;
+    let status = response.status();
+    let code = status.as_u16();
+    if !(status.is_success() || status.is_redirection()) {
+        return Err(format!("HTTP {code}"));
+    }
+    let Some(needle) = search else {
+        return Ok(format!("HTTP {code}"));
+    };
+    // Read at most SEARCH_LIMIT bytes; dropping the response closes the connection.
+    let mut body = Vec::with_capacity(SEARCH_LIMIT);
+    while body.len() < SEARCH_LIMIT {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(SEARCH_LIMIT - body.len());
+                body.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("HTTP {code}, reading body: {}", describe_error(&e))),
+        }
+    }
+    if contains(&body, needle.as_bytes()) {
+        Ok(format!("HTTP {code}, found {needle:?}"))
+    } else {
+        Err(format!(
+            "substring {needle:?} not in first {SEARCH_LIMIT} bytes"
+        ))
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A short, stable description of a probe error: "connection refused" when the cause is
+/// a refused connection, otherwise the error's chain of causes.
+fn describe_error(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".to_owned(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".to_owned(),
+                _ => {}
+            }
+        }
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_matches_bytes() {
+        assert!(contains(b"status: ok\n", b"ok"));
+        assert!(!contains(b"status: bad\n", b"ok"));
+        assert!(contains(b"", b""));
+        assert!(!contains(b"o", b"ok"));
+    }
+
+    #[test]
+    fn refused_connection_reads_plainly() {
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(describe_error(&e), "connection refused");
+    }
+}
