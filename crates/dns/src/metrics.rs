@@ -1,0 +1,169 @@
+//! Counters of the DNS server: queries by type and response code, answer switches, and
+//! the zone's current serial. Lock-free (one atomic per series) so that counting costs
+//! nothing measurable on the query path; rendered in the Prometheus text format.
+
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::RecordType;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const QTYPES: [&str; 12] = [
+    "A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "SOA", "ANY", "AXFR", "OTHER", "NONE",
+];
+const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
+
+fn qtype_index(t: Option<RecordType>) -> usize {
+    match t {
+        Some(RecordType::A) => 0,
+        Some(RecordType::AAAA) => 1,
+        Some(RecordType::CNAME) => 2,
+        Some(RecordType::TXT) => 3,
+        Some(RecordType::SRV) => 4,
+        Some(RecordType::MX) => 5,
+        Some(RecordType::NS) => 6,
+        Some(RecordType::SOA) => 7,
+        Some(RecordType::ANY) => 8,
+        Some(RecordType::AXFR) => 9,
+        Some(_) => 10,
+        None => 11,
+    }
+}
+
+fn rcode_index(r: ResponseCode) -> usize {
+    match r {
+        ResponseCode::NoError => 0,
+        ResponseCode::FormErr => 1,
+        ResponseCode::ServFail => 2,
+        ResponseCode::NXDomain => 3,
+        ResponseCode::NotImp => 4,
+        ResponseCode::Refused => 5,
+        ResponseCode::BADVERS => 6,
+        _ => 7,
+    }
+}
+
+/// The DNS server's metrics. Shared with the controller's `/metrics` endpoint through
+/// [`crate::DnsServer::metrics`].
+#[derive(Debug, Default)]
+pub struct DnsMetrics {
+    queries: [[AtomicU64; RCODES.len()]; QTYPES.len()],
+    answer_switches: AtomicU64,
+    serial: AtomicU64,
+}
+
+impl DnsMetrics {
+    pub(crate) fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode) {
+        self.queries[qtype_index(qtype)][rcode_index(rcode)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_switches(&self, n: u64) {
+        self.answer_switches.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_serial(&self, serial: u32) {
+        self.serial.store(u64::from(serial), Ordering::Relaxed);
+    }
+
+    /// Queries answered with `rcode` ("NOERROR", "NXDOMAIN", …) for `qtype` ("A", "TXT", …;
+    /// "OTHER" for the rest).
+    pub fn queries(&self, qtype: &str, rcode: &str) -> u64 {
+        let (Some(t), Some(r)) = (
+            QTYPES.iter().position(|q| q.eq_ignore_ascii_case(qtype)),
+            RCODES.iter().position(|c| c.eq_ignore_ascii_case(rcode)),
+        ) else {
+            return 0;
+        };
+        self.queries[t][r].load(Ordering::Relaxed)
+    }
+
+    /// Every query answered, whatever its type and response code.
+    pub fn total_queries(&self) -> u64 {
+        self.queries
+            .iter()
+            .flatten()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// How many times the answer of a failover or weighted name changed (a failover flip,
+    /// or a weighted member leaving or rejoining).
+    pub fn answer_switches(&self) -> u64 {
+        self.answer_switches.load(Ordering::Relaxed)
+    }
+
+    /// The SOA serial currently served.
+    pub fn serial(&self) -> u32 {
+        u32::try_from(self.serial.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
+    }
+
+    /// Append the metrics in the Prometheus text exposition format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP lifeboat_dns_queries_total DNS queries answered, by query type and response code."
+        );
+        let _ = writeln!(out, "# TYPE lifeboat_dns_queries_total counter");
+        for (t, row) in self.queries.iter().enumerate() {
+            for (r, c) in row.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "lifeboat_dns_queries_total{{qtype=\"{}\",rcode=\"{}\"}} {n}",
+                        QTYPES[t], RCODES[r]
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP lifeboat_dns_answer_switches_total Times the answer of a failover or weighted name changed."
+        );
+        let _ = writeln!(out, "# TYPE lifeboat_dns_answer_switches_total counter");
+        let _ = writeln!(
+            out,
+            "lifeboat_dns_answer_switches_total {}",
+            self.answer_switches()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP lifeboat_dns_zone_serial The SOA serial served (follows the routing table's version)."
+        );
+        let _ = writeln!(out, "# TYPE lifeboat_dns_zone_serial gauge");
+        let _ = writeln!(out, "lifeboat_dns_zone_serial {}", self.serial());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_as_prometheus_series() {
+        let m = DnsMetrics::default();
+        m.count(Some(RecordType::A), ResponseCode::NoError);
+        m.count(Some(RecordType::A), ResponseCode::NoError);
+        m.count(Some(RecordType::TXT), ResponseCode::NXDomain);
+        m.add_switches(1);
+        m.set_serial(7);
+        let mut out = String::new();
+        m.render_prometheus(&mut out);
+        assert!(
+            out.contains("lifeboat_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lifeboat_dns_queries_total{qtype=\"TXT\",rcode=\"NXDOMAIN\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("lifeboat_dns_answer_switches_total 1\n"),
+            "{out}"
+        );
+        assert!(out.contains("lifeboat_dns_zone_serial 7\n"), "{out}");
+        assert_eq!(m.queries("a", "noerror"), 2);
+        assert_eq!(m.total_queries(), 3);
+    }
+}
