@@ -23,6 +23,20 @@ pub(crate) enum Target {
     Tcp {
         addr: String,
     },
+    /// Test only: results from a script, so timing can be tested with paused time
+    /// (real sockets and paused time do not mix). The last step repeats forever.
+    #[cfg(test)]
+    Script(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<Step>>>),
+}
+
+/// Test only: one scripted probe result.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step {
+    Pass,
+    Fail,
+    /// Never answers (the probe's timeout must end it).
+    Hang,
 }
 
 /// The raw result of one probe, before inversion and threshold.
@@ -98,6 +112,22 @@ impl Target {
                 url,
                 search,
             } => http_probe(client, url, search.as_deref()).await,
+            #[cfg(test)]
+            Target::Script(steps) => {
+                let step = {
+                    let mut steps = steps.lock().expect("script lock");
+                    if steps.len() > 1 {
+                        steps.pop_front()
+                    } else {
+                        steps.front().copied()
+                    }
+                };
+                match step {
+                    Some(Step::Pass) => Ok("scripted pass".to_owned()),
+                    Some(Step::Fail) | None => Err("scripted failure".to_owned()),
+                    Some(Step::Hang) => std::future::pending().await,
+                }
+            }
         }
     }
 }

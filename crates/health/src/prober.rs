@@ -317,8 +317,10 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::Step;
     use lifeboat_core::HealthStatus::{self, Healthy as H, Unhealthy as U, Unknown as K};
     use std::path::Path;
+    use std::sync::{Arc, Mutex};
 
     fn config(checks: &str) -> Config {
         let text = format!(
@@ -428,6 +430,70 @@ vantage = ["a"]
         let c = Prober::new(&cfg, VantageId::Controller).expect("prober");
         let names: Vec<_> = c.subscribe().borrow().keys().cloned().collect();
         assert_eq!(names, ["child"]);
+    }
+
+    /// A prober of one scripted check `s` (the config's TCP target is replaced).
+    fn scripted(check: &str, steps: &[Step]) -> Prober {
+        let mut p = Prober::new(&config(check), VantageId::Controller).expect("prober");
+        p.probes[0].target = Target::Script(Arc::new(Mutex::new(steps.iter().copied().collect())));
+        p
+    }
+
+    /// Runs `p` until `s` satisfies `cond`; returns the state and the (paused) time it took.
+    async fn run_until(
+        p: Prober,
+        cond: impl Fn(&CheckState) -> bool,
+    ) -> (CheckState, Duration, CancellationToken) {
+        let mut rx = p.subscribe();
+        let cancel = CancellationToken::new();
+        let start = tokio::time::Instant::now();
+        tokio::spawn(p.run(cancel.clone()));
+        loop {
+            let hit = rx.borrow_and_update().get("s").filter(|s| cond(s)).cloned();
+            if let Some(s) = hit {
+                return (s, start.elapsed(), cancel);
+            }
+            rx.changed().await.expect("prober running");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_is_detected_after_threshold_intervals() {
+        use Step::{Fail, Pass};
+        let check = "[checks.s]\ntype = \"tcp\"\naddr = \"127.0.0.1:9\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nfailure_threshold = 3\n";
+        // Probes at t = 0, 1, 2 … s: three passes make it healthy at t = 2 s.
+        let (s, at, cancel) = run_until(
+            scripted(check, &[Pass, Pass, Pass, Pass, Pass, Fail]),
+            |s| s.status == H,
+        )
+        .await;
+        assert_eq!((at, s.probes), (Duration::from_secs(2), 3));
+        cancel.cancel();
+        // Failing from the 6th probe (t = 5 s): unhealthy at the 3rd failure, t = 7 s.
+        let (s, at, cancel) = run_until(
+            scripted(check, &[Pass, Pass, Pass, Pass, Pass, Fail]),
+            |s| s.status == U,
+        )
+        .await;
+        assert_eq!(
+            (at, s.probes, s.consecutive),
+            (Duration::from_secs(7), 8, 3)
+        );
+        assert_eq!(s.detail, "scripted failure");
+        cancel.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeout_bounds_a_probe_and_probes_never_overlap() {
+        // Interval 100 ms but every probe hangs for its 400 ms timeout: probes run
+        // back to back (0, 400, 800 ms), never several at once.
+        let check = "[checks.s]\ntype = \"tcp\"\naddr = \"127.0.0.1:9\"\ninterval = \"100ms\"\ntimeout = \"400ms\"\nfailure_threshold = 3\n";
+        let (s, at, cancel) = run_until(scripted(check, &[Step::Hang]), |s| s.probes == 3).await;
+        assert_eq!(at, Duration::from_millis(1200));
+        assert_eq!(s.status, U);
+        assert_eq!(s.detail, "timed out after 400ms");
+        assert_eq!(s.latency_ms, Some(400.0));
+        cancel.cancel();
     }
 
     #[tokio::test(start_paused = true)]
