@@ -1,0 +1,460 @@
+//! Replication between local-directory stores: the embedded default.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use lifeboat_config::objects::RuleConfig;
+use std::sync::atomic::Ordering;
+
+struct Two {
+    _tmp: tempfile::TempDir,
+    a: std::path::PathBuf,
+    b: std::path::PathBuf,
+    state_a: std::path::PathBuf,
+    state_b: std::path::PathBuf,
+}
+
+fn two() -> Two {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().to_path_buf();
+    for d in ["a", "b", "state-a", "state-b"] {
+        std::fs::create_dir_all(p.join(d)).unwrap();
+    }
+    Two {
+        a: p.join("a"),
+        b: p.join("b"),
+        state_a: p.join("state-a"),
+        state_b: p.join("state-b"),
+        _tmp: tmp,
+    }
+}
+
+impl Two {
+    fn stores(&self) -> std::collections::BTreeMap<String, lifeboat_objects::Store> {
+        stores(vec![
+            ("a", local_store(&self.a)),
+            ("b", local_store(&self.b)),
+        ])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_overwrite_and_delete_without_delete_replication() {
+    let t = two();
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+
+    write(&t.a, "hello.txt", b"first version");
+    wait_until(20, "hello.txt copied to b", || {
+        read(&t.b, "hello.txt").as_deref() == Some(b"first version")
+    })
+    .await;
+
+    write(&t.a, "hello.txt", b"second, longer version");
+    wait_until(20, "overwrite copied to b", || {
+        read(&t.b, "hello.txt").as_deref() == Some(b"second, longer version")
+    })
+    .await;
+
+    // Deletes are not replicated by default (S3's default): b keeps its copy.
+    std::fs::remove_file(t.a.join("hello.txt")).unwrap();
+    let db = a.db();
+    wait_until(20, "a notices the delete", || {
+        db.seen_object("hello.txt").unwrap().is_none()
+    })
+    .await;
+    assert_eq!(
+        read(&t.b, "hello.txt").as_deref(),
+        Some(&b"second, longer version"[..])
+    );
+    assert!(
+        db.target("hello.txt", "b").unwrap().is_none(),
+        "a forgets the key"
+    );
+    assert_eq!(a.metrics.replicated(), 2);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_replication_nested_prefixes_and_filters() {
+    let t = two();
+    let cfg = config(vec![
+        RuleConfig {
+            prefix: "msgs/".into(),
+            delete_replication: true,
+            backfill: true,
+        },
+        RuleConfig {
+            prefix: "docs/".into(),
+            ..RuleConfig::default()
+        },
+    ]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+
+    write(&t.a, "msgs/2026/11/22/deep.txt", b"deep");
+    write(&t.a, "docs/readme", b"docs");
+    write(&t.a, "other/secret", b"not replicated");
+    wait_until(20, "nested key copied", || {
+        read(&t.b, "msgs/2026/11/22/deep.txt").as_deref() == Some(b"deep")
+    })
+    .await;
+    wait_until(20, "docs copied", || {
+        read(&t.b, "docs/readme").as_deref() == Some(b"docs")
+    })
+    .await;
+
+    std::fs::remove_file(t.a.join("msgs/2026/11/22/deep.txt")).unwrap();
+    std::fs::remove_file(t.a.join("docs/readme")).unwrap();
+    wait_until(20, "delete replicated under msgs/", || {
+        read(&t.b, "msgs/2026/11/22/deep.txt").is_none()
+    })
+    .await;
+    let db = a.db();
+    wait_until(20, "docs delete seen", || {
+        db.seen_object("docs/readme").unwrap().is_none()
+    })
+    .await;
+    assert_eq!(
+        read(&t.b, "docs/readme").as_deref(),
+        Some(&b"docs"[..]),
+        "docs/ has no delete replication"
+    );
+    assert!(
+        read(&t.b, "other/secret").is_none(),
+        "keys outside every rule stay home"
+    );
+    assert!(db.seen_object("other/secret").unwrap().is_none());
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_of_a_thousand_small_objects() {
+    let t = two();
+    for i in 0..1000 {
+        write(
+            &t.a,
+            &format!("small/{:02}/obj-{i:04}", i % 10),
+            format!("object number {i}").as_bytes(),
+        );
+    }
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+    wait_until(60, "1000 objects replicated", || {
+        a.metrics.replicated() >= 1000
+    })
+    .await;
+    for i in 0..1000 {
+        let key = format!("small/{:02}/obj-{i:04}", i % 10);
+        assert_eq!(
+            read(&t.b, &key).unwrap(),
+            format!("object number {i}").as_bytes(),
+            "{key}"
+        );
+    }
+    let c = a.db().counts().unwrap();
+    assert_eq!(c.completed_ops, 1000);
+    assert_eq!((c.pending_ops, c.failed_ops), (0, 0));
+    // Gauges follow the database within a moment.
+    wait_until(10, "backfill progress 1000/1000", || {
+        a.metrics.backfill_progress() == (1000, 1000)
+    })
+    .await;
+    wait_until(10, "caught up", || {
+        futures::executor::block_on(a.role.status()).caught_up
+    })
+    .await;
+    let mut prom = String::new();
+    a.metrics.render_prometheus(&mut prom);
+    assert!(
+        prom.contains("lifeboat_objects_replicated_total{region=\"a\"} 1000"),
+        "{prom}"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_object_is_streamed_in_bounded_memory() {
+    let t = two();
+    // 200 MB of non-repeating content, written in 1 MiB pieces.
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(t.a.join("big.bin")).unwrap();
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..200u32 {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i as usize * 31 + j * 7 + (j >> 8)) as u8;
+            }
+            f.write_all(&block).unwrap();
+        }
+    }
+    let cfg = config(vec![]);
+    let (b_store, counting) = Counting::wrap(local_store(&t.b));
+    let a = Running::start(
+        &cfg,
+        "a",
+        &t.state_a,
+        stores(vec![("a", local_store(&t.a)), ("b", b_store)]),
+    );
+    a.activate(1).await;
+    wait_until(120, "big object replicated", || a.metrics.replicated() >= 1).await;
+
+    let part = cfg.part_size_mib * 1024 * 1024;
+    let max = counting.max_buffer.load(Ordering::Relaxed);
+    assert!(
+        max <= part,
+        "largest buffer {max} bytes exceeds one part ({part})"
+    );
+    assert!(
+        max < 200 * 1024 * 1024 / 10,
+        "largest buffer {max} must be far below the object's 200 MB"
+    );
+    let meta = std::fs::metadata(t.b.join("big.bin")).unwrap();
+    assert_eq!(meta.len(), 200 * 1024 * 1024);
+    let row = a.db().target("big.bin", "b").unwrap().unwrap();
+    assert_eq!(row.status, "COMPLETED");
+    let expected = sha256(&std::fs::read(t.a.join("big.bin")).unwrap());
+    assert_eq!(
+        row.checksum.as_deref(),
+        Some(expected.as_str()),
+        "verified checksum recorded"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_in_the_middle_of_a_backfill_resumes_without_copying_again() {
+    let t = two();
+    let total = 400u64;
+    for i in 0..total {
+        write(
+            &t.a,
+            &format!("r/{i:04}"),
+            format!("{i}").repeat(64).as_bytes(),
+        );
+    }
+    let mut cfg = config(vec![]);
+    cfg.concurrency = 4;
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+    wait_until(60, "part of the backfill done", || {
+        a.metrics.replicated() >= 50
+    })
+    .await;
+    a.stop().await;
+
+    let done_before = common_completed(&t.state_a);
+    assert!(
+        done_before >= 50 && done_before < total,
+        "stopped in the middle: {done_before}"
+    );
+
+    let (b_store, counting) = Counting::wrap(local_store(&t.b));
+    let a = Running::start(
+        &cfg,
+        "a",
+        &t.state_a,
+        stores(vec![("a", local_store(&t.a)), ("b", b_store)]),
+    );
+    a.activate(2).await;
+    wait_until(60, "backfill finished", || {
+        common_completed(&t.state_a) == total
+    })
+    .await;
+    assert_eq!(
+        counting.writes.load(Ordering::Relaxed),
+        total - done_before,
+        "only the objects not completed before the restart are copied"
+    );
+    for i in 0..total {
+        assert_eq!(
+            read(&t.b, &format!("r/{i:04}")).unwrap(),
+            format!("{i}").repeat(64).as_bytes()
+        );
+    }
+    a.stop().await;
+}
+
+fn common_completed(state: &std::path::Path) -> u64 {
+    lifeboat_objects::db::Db::open(&lifeboat_objects::db_path(state))
+        .unwrap()
+        .counts()
+        .unwrap()
+        .completed_ops
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_destination_copy_is_detected_and_copied_again() {
+    let t = two();
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+    write(&t.a, "precious.txt", b"the real content");
+    wait_until(20, "copied", || {
+        read(&t.b, "precious.txt").as_deref() == Some(b"the real content")
+    })
+    .await;
+
+    // Same size, different bytes: only a content check or a changed e_tag tells.
+    std::fs::write(t.b.join("precious.txt"), b"the fake content").unwrap();
+    wait_until(30, "corruption repaired", || {
+        read(&t.b, "precious.txt").as_deref() == Some(b"the real content")
+    })
+    .await;
+    assert!(a.metrics.repaired() >= 1);
+    // And a copy that vanished comes back too.
+    std::fs::remove_file(t.b.join("precious.txt")).unwrap();
+    wait_until(30, "vanished copy restored", || {
+        read(&t.b, "precious.txt").as_deref() == Some(b"the real content")
+    })
+    .await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ping_pong_after_the_direction_changes() {
+    let t = two();
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    let b = Running::start(&cfg, "b", &t.state_b, t.stores());
+    a.activate(1).await;
+    b.follow(1, "a").await;
+
+    write(&t.a, "from-a.txt", b"written in a");
+    wait_until(20, "a's object reached b", || {
+        read(&t.b, "from-a.txt").is_some()
+    })
+    .await;
+    let db_b = b.db();
+    wait_until(20, "b records it as a replica", || {
+        db_b.seen_object("from-a.txt")
+            .unwrap()
+            .is_some_and(|s| s.status == "REPLICA")
+    })
+    .await;
+    let a_copy_mtime = std::fs::metadata(t.a.join("from-a.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+
+    // Failover: a fenced, b active, a follows.
+    a.fence(2).await;
+    b.activate(2).await;
+    a.follow(2, "b").await;
+    wait_until(20, "b active", || {
+        futures::executor::block_on(b.role.status()).role == lifeboat_core::RoleHealth::Primary
+    })
+    .await;
+
+    write(&t.b, "from-b.txt", b"written in b after the failover");
+    wait_until(20, "b's object reached a", || {
+        read(&t.a, "from-b.txt").is_some()
+    })
+    .await;
+    let db_a = a.db();
+    wait_until(20, "a records it as a replica", || {
+        db_a.seen_object("from-b.txt")
+            .unwrap()
+            .is_some_and(|s| s.status == "REPLICA")
+    })
+    .await;
+    assert_eq!(
+        b.metrics.replicated(),
+        1,
+        "b sent only its own write, not a's replica back"
+    );
+    assert!(db_b.target("from-a.txt", "a").unwrap().is_none());
+
+    // Fail back: a's replica of b's object must not go back to b either.
+    b.fence(3).await;
+    a.activate(3).await;
+    b.follow(3, "a").await;
+    wait_until(20, "a active", || {
+        futures::executor::block_on(a.role.status()).role == lifeboat_core::RoleHealth::Primary
+    })
+    .await;
+    write(&t.a, "again-a.txt", b"a again");
+    wait_until(20, "a's new object reached b", || {
+        read(&t.b, "again-a.txt").is_some()
+    })
+    .await;
+    assert_eq!(
+        a.metrics.replicated(),
+        2,
+        "a sent from-a.txt once and again-a.txt, never from-b.txt"
+    );
+    assert!(db_a.target("from-b.txt", "b").unwrap().is_none());
+    assert_eq!(
+        std::fs::metadata(t.a.join("from-a.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        a_copy_mtime,
+        "a's original never overwritten"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_stops_replication_out_of_the_region() {
+    let t = two();
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+    write(&t.a, "before.txt", b"x");
+    wait_until(20, "copied", || read(&t.b, "before.txt").is_some()).await;
+    a.fence(2).await;
+    assert!(
+        a.role
+            .activate(&lifeboat_core::Activation {
+                epoch: lifeboat_core::Epoch(1),
+                region: a.region.clone(),
+                forced: false
+            })
+            .await
+            .is_err(),
+        "stale epoch refused"
+    );
+    write(&t.a, "after.txt", b"y");
+    let db = a.db();
+    wait_until(20, "the write is seen", || {
+        db.seen_object("after.txt").unwrap().is_some()
+    })
+    .await;
+    // Give the dispatcher several rounds: nothing may leave a fenced region.
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            read(&t.b, "after.txt").is_none(),
+            "a fenced region pushed an object"
+        );
+    }
+    let st = a.role.status().await;
+    assert_eq!(st.role, lifeboat_core::RoleHealth::Fenced);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_spaces_unicode_and_percent_round_trip() {
+    let t = two();
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+    let keys = [
+        "with space/file name.txt",
+        "ünïcödé/日本語.txt",
+        "100%/50% off.txt",
+        "a+b=c&d.txt",
+    ];
+    for k in keys {
+        write(&t.a, k, k.as_bytes());
+    }
+    for k in keys {
+        wait_until(20, k, || read(&t.b, k).as_deref() == Some(k.as_bytes())).await;
+    }
+    a.stop().await;
+}
