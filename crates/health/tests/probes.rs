@@ -389,6 +389,48 @@ async fn https_with_self_signed_certificate_is_healthy() {
     assert_eq!(s.detail, "HTTP 503");
 }
 
+#[tokio::test]
+async fn every_probe_connects_afresh_so_a_closed_listener_is_seen() {
+    // A keep-alive server: it would happily answer every probe on one connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // Detached: open connections outlive the listener.
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut p = start(&http_check("web", "http", &format!("http://{addr}/"), ""));
+    let s = p
+        .until("web", |s| {
+            s.status == HealthStatus::Healthy && s.probes >= 3
+        })
+        .await;
+    assert!(
+        connections.load(Ordering::SeqCst) >= s.probes,
+        "one connection per probe"
+    );
+
+    // The listener goes away while connections stay open: probes must notice.
+    accept.abort();
+    let s = p.status("web", HealthStatus::Unhealthy).await;
+    assert_eq!(s.detail, "connection refused");
+}
+
 // ---------------------------------------------------------------- TCP
 
 #[tokio::test]
