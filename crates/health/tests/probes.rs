@@ -155,10 +155,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A port nothing listens on (bound, read back, released).
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("local addr")
+/// A port nothing listens on: bound but not listening, so connections are refused and
+/// no other test can take the port while the returned socket lives.
+fn closed_port() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("local addr");
+    (socket, addr)
 }
 
 // ---------------------------------------------------------------- prober harness
@@ -367,7 +372,7 @@ async fn server_that_never_answers_times_out() {
 
 #[tokio::test]
 async fn closed_http_port_reads_connection_refused() {
-    let addr = closed_port().await;
+    let (_reserved, addr) = closed_port();
     let mut p = start(&http_check("web", "http", &format!("http://{addr}/"), ""));
     let s = p.status("web", HealthStatus::Unhealthy).await;
     assert_eq!(s.detail, "connection refused");
@@ -436,7 +441,7 @@ async fn every_probe_connects_afresh_so_a_closed_listener_is_seen() {
 #[tokio::test]
 async fn tcp_open_port_is_healthy_closed_port_is_not() {
     let open = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let closed = closed_port().await;
+    let (_reserved, closed) = closed_port();
     let checks =
         tcp_check("open", open.local_addr().expect("addr"), "") + &tcp_check("closed", closed, "");
     let mut p = start(&checks);
@@ -504,7 +509,7 @@ async fn threshold_holds_state_until_n_consecutive_results_both_ways() {
 #[tokio::test]
 async fn inverted_checks_flip_the_result() {
     let server = Server::http(Reply::Status(200, Vec::new())).await;
-    let closed = closed_port().await;
+    let (_reserved, closed) = closed_port();
     let checks = http_check(
         "up-inverted",
         "http",
@@ -526,7 +531,7 @@ async fn calculated_checks_combine_local_child_states() {
     let up = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let up_addr = up.local_addr().expect("addr");
     let server = Server::http(Reply::Status(200, Vec::new())).await;
-    let down = closed_port().await;
+    let (_reserved, down) = closed_port();
     let checks = tcp_check("up", up_addr, "")
         + &http_check("flip", "http", &server.url("http"), "")
         + &tcp_check("down", down, "")
