@@ -32,6 +32,11 @@ pub async fn status(
     json: bool,
 ) -> anyhow::Result<String> {
     let db = open_db(cfg, region, state_dir)?;
+    status_of_db(&db, region, json)
+}
+
+/// The status report of an open state database.
+pub fn status_of_db(db: &Db, region: &RegionId, json: bool) -> anyhow::Result<String> {
     let counts = db.counts()?;
     let rows = db.unfinished(200)?;
     let mode = db
