@@ -125,10 +125,10 @@ fn default_replication_user() -> String {
 impl PostgresConfig {
     pub(crate) fn validate(&self, cfg: &crate::Config, v: &mut crate::Validator<'_>) {
         let at = "database.postgres";
-        if let Some(bin) = &self.bin_dir {
-            if !bin.is_absolute() {
-                v.error(&format!("{at}.bin_dir"), "bin_dir must be an absolute path");
-            }
+        if let Some(bin) = &self.bin_dir
+            && !bin.is_absolute()
+        {
+            v.error(&format!("{at}.bin_dir"), "bin_dir must be an absolute path");
         }
         if self.dbname.is_empty() {
             v.error(&format!("{at}.dbname"), "dbname must not be empty");
@@ -139,13 +139,13 @@ impl PostgresConfig {
                 "wal_keep_size_mb must be more than zero: a standby that falls behind and a rejoining old primary need WAL kept",
             );
         }
-        if let Some(keep) = &self.keep_dir {
-            if !keep.is_absolute() {
-                v.error(
-                    &format!("{at}.keep_dir"),
-                    "keep_dir must be an absolute path",
-                );
-            }
+        if let Some(keep) = &self.keep_dir
+            && !keep.is_absolute()
+        {
+            v.error(
+                &format!("{at}.keep_dir"),
+                "keep_dir must be an absolute path",
+            );
         }
         if self.regions.len() < 2 {
             v.error(
@@ -179,13 +179,13 @@ impl PostgresConfig {
                     ),
                 );
             }
-            if let Some(dir) = &inst.data_dir {
-                if !dir.is_absolute() {
-                    v.error(
-                        &format!("{at}.data_dir"),
-                        "data_dir must be an absolute path",
-                    );
-                }
+            if let Some(dir) = &inst.data_dir
+                && !dir.is_absolute()
+            {
+                v.error(
+                    &format!("{at}.data_dir"),
+                    "data_dir must be an absolute path",
+                );
             }
             for (field, user) in [
                 ("user", &inst.user),

@@ -1,0 +1,385 @@
+//! Rejoin: turn an old primary into a standby of the new one without silently losing
+//! what it alone accepted.
+//!
+//! Order: the old server is stopped (crash-recovered in single-user mode if it died,
+//! never opened to clients); CHECKPOINT on the new primary so its control file carries
+//! the new timeline; the fork point is read from the new primary's timeline history;
+//! the WAL the old server wrote past it is measured (LSNs, bytes) and decoded with
+//! pg_waldump (transactions committed, rows inserted/updated/deleted per table); if
+//! anything diverged, the whole old data directory is copied aside; a report
+//! (`report.json`, `report.txt`, `divergent-wal.txt`) is written; only then pg_rewind
+//! runs and the server starts as a standby (standby.signal, primary_conninfo, slot).
+//!
+//! Guarantees: nothing is discarded before its copy and report are on disk; if the
+//! divergence cannot be measured, the copy is kept anyway.
+
+use crate::bootstrap::configure_standby;
+use crate::exec::{PgBin, run_output};
+use crate::instance::Instance;
+use crate::server::{self, ServerSettings, format_lsn, parse_lsn};
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tokio_postgres::Client;
+
+/// Row changes to one table found in the divergent WAL.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RelationChanges {
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+}
+
+/// What a rejoin kept aside and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejoinReport {
+    pub region: String,
+    pub new_primary: String,
+    /// Unix time of the rejoin.
+    pub at_unix: u64,
+    pub old_timeline: u32,
+    pub new_timeline: u32,
+    /// Where the new primary's history left the old timeline (None: no fork found,
+    /// the old server is simply behind).
+    pub fork_lsn: Option<String>,
+    /// End of the old server's WAL (its last checkpoint after a clean shutdown).
+    pub old_end_lsn: String,
+    /// Bytes of WAL the old server wrote past the fork point: what pg_rewind discards.
+    pub divergent_bytes: u64,
+    pub divergent_records: u64,
+    /// Transactions the old server committed past the fork point (lost to clients).
+    pub divergent_commits: u64,
+    pub divergent_aborts: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    /// Per table ("schema.table" when known, else "spc/db/relfilenode").
+    pub tables: BTreeMap<String, RelationChanges>,
+    /// The copy of the old data directory (before pg_rewind), when one was kept.
+    pub kept_copy: Option<PathBuf>,
+    /// The directory holding report.json, report.txt and divergent-wal.txt.
+    pub report_dir: PathBuf,
+    /// pg_rewind's own summary.
+    pub rewind_output: String,
+}
+
+impl RejoinReport {
+    pub fn diverged(&self) -> bool {
+        self.divergent_bytes > 0
+    }
+
+    pub fn summary(&self) -> String {
+        if !self.diverged() {
+            return format!(
+                "region {} rejoined {} as a standby: no divergent WAL (nothing lost)",
+                self.region, self.new_primary
+            );
+        }
+        format!(
+            "region {} rejoined {} as a standby; it had {} bytes of divergent WAL ({} .. {}) with {} committed transactions ({} rows inserted, {} updated, {} deleted) that the new primary lacks; kept in {}",
+            self.region,
+            self.new_primary,
+            self.divergent_bytes,
+            self.fork_lsn.as_deref().unwrap_or("?"),
+            self.old_end_lsn,
+            self.divergent_commits,
+            self.rows_inserted,
+            self.rows_updated,
+            self.rows_deleted,
+            self.report_dir.display()
+        )
+    }
+}
+
+/// Rejoin the stopped old server `local` (its data directory) under `primary`.
+/// `primary_client` is a superuser connection to the new primary.
+pub async fn rejoin(
+    bin: &PgBin,
+    local: &Instance,
+    primary: &Instance,
+    primary_client: &Client,
+    settings: &ServerSettings,
+    keep_root: &Path,
+) -> Result<RejoinReport> {
+    let dir = local.data_dir()?.clone();
+    server::stop(bin, &dir, "fast").await?;
+    server::ensure_clean_shutdown(bin, &dir).await?;
+    let old = server::control_data(bin, &dir).await?;
+
+    primary_client
+        .batch_execute("CHECKPOINT")
+        .await
+        .context("CHECKPOINT on the new primary")?;
+    let new_tli: i32 = primary_client
+        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+        .await?
+        .get(0);
+    let new_tli = new_tli as u32;
+    let fork = fork_point(primary_client, old.timeline, new_tli).await?;
+    let old_end = old.checkpoint_lsn;
+    let divergent_bytes = fork.map_or(0, |f| old_end.saturating_sub(f));
+
+    let at_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let report_dir = keep_root.join(format!(
+        "{at_unix}-{}-timeline{}",
+        local.region, old.timeline
+    ));
+    std::fs::create_dir_all(&report_dir)
+        .with_context(|| format!("create {}", report_dir.display()))?;
+
+    let mut report = RejoinReport {
+        region: local.region.to_string(),
+        new_primary: primary.region.to_string(),
+        at_unix,
+        old_timeline: old.timeline,
+        new_timeline: new_tli,
+        fork_lsn: fork.map(format_lsn),
+        old_end_lsn: format_lsn(old_end),
+        divergent_bytes,
+        divergent_records: 0,
+        divergent_commits: 0,
+        divergent_aborts: 0,
+        rows_inserted: 0,
+        rows_updated: 0,
+        rows_deleted: 0,
+        tables: BTreeMap::new(),
+        kept_copy: None,
+        report_dir: report_dir.clone(),
+        rewind_output: String::new(),
+    };
+
+    if let Some(fork) = fork.filter(|_| divergent_bytes > 0) {
+        // Keep the whole old data directory first: whatever happens next, it is safe.
+        let copy = report_dir.join("old-data-dir");
+        let mut cp = tokio::process::Command::new("cp");
+        cp.arg("-a").arg(&dir).arg(&copy);
+        run_output(cp, "cp -a (keep the old data directory)").await?;
+        report.kept_copy = Some(copy);
+        match decode_divergence(bin, &dir, old.timeline, fork, primary_client).await {
+            Ok((text, d)) => {
+                std::fs::write(report_dir.join("divergent-wal.txt"), text)?;
+                report.divergent_records = d.records;
+                report.divergent_commits = d.commits;
+                report.divergent_aborts = d.aborts;
+                report.rows_inserted = d.tables.values().map(|t| t.inserts).sum();
+                report.rows_updated = d.tables.values().map(|t| t.updates).sum();
+                report.rows_deleted = d.tables.values().map(|t| t.deletes).sum();
+                report.tables = d.tables;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "could not decode the divergent WAL (the data directory copy is kept): {e:#}"
+                );
+                std::fs::write(
+                    report_dir.join("divergent-wal.txt"),
+                    format!("pg_waldump failed: {e:#}\n"),
+                )?;
+            }
+        }
+    }
+    write_report(&report)?;
+    if report.diverged() {
+        tracing::warn!("{}", report.summary());
+    }
+
+    // The new primary keeps WAL for this standby from now on.
+    ensure_slot(primary_client, &local.slot_name()).await?;
+
+    let password = primary.superuser_password()?;
+    let out = bin
+        .run(
+            "pg_rewind",
+            [
+                "-D".as_ref(),
+                dir.as_os_str(),
+                format!("--source-server={}", primary.superuser_conninfo()).as_ref(),
+                "--no-ensure-shutdown".as_ref(),
+            ],
+            &[("PGPASSWORD", &password)],
+        )
+        .await
+        .with_context(|| format!("pg_rewind {} from {}", dir.display(), primary.addr()))?;
+    report.rewind_output = out.trim().to_owned();
+    write_report(&report)?;
+
+    configure_standby(local, primary, &dir, settings)?;
+    Ok(report)
+}
+
+/// Create a physical slot that reserves WAL now, unless it exists.
+pub async fn ensure_slot(client: &Client, slot: &str) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1, true) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&slot],
+        )
+        .await
+        .with_context(|| format!("create replication slot {slot}"))?;
+    Ok(())
+}
+
+/// Where the new primary's history left `old_tli` (None when it never did: same timeline).
+async fn fork_point(client: &Client, old_tli: u32, new_tli: u32) -> Result<Option<u64>> {
+    if old_tli == new_tli {
+        return Ok(None);
+    }
+    let file = format!("pg_wal/{new_tli:08X}.history");
+    let text: String = client
+        .query_one("SELECT pg_read_file($1)", &[&file])
+        .await
+        .with_context(|| format!("read {file} on the new primary"))?
+        .get(0);
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if tli.parse::<u32>().ok() == Some(old_tli) {
+            return Ok(Some(parse_lsn(lsn)?));
+        }
+    }
+    bail!(
+        "the new primary's timeline {new_tli} does not descend from the old server's timeline {old_tli}: the histories are unrelated"
+    )
+}
+
+struct Divergence {
+    records: u64,
+    commits: u64,
+    aborts: u64,
+    tables: BTreeMap<String, RelationChanges>,
+}
+
+async fn decode_divergence(
+    bin: &PgBin,
+    dir: &Path,
+    tli: u32,
+    fork: u64,
+    primary: &Client,
+) -> Result<(String, Divergence)> {
+    let mut cmd = bin.command("pg_waldump");
+    cmd.arg("-p")
+        .arg(dir.join("pg_wal"))
+        .arg("-t")
+        .arg(tli.to_string())
+        .arg("-s")
+        .arg(format_lsn(fork));
+    cmd.stdin(std::process::Stdio::null());
+    let out = cmd.output().await.context("run pg_waldump")?;
+    // pg_waldump exits non-zero when it reaches the end of the WAL; that is expected.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if text.trim().is_empty() && !out.status.success() {
+        return Err(anyhow!("pg_waldump: {}", stderr.trim()));
+    }
+    let names = relation_names(primary).await.unwrap_or_default();
+    let mut d = Divergence {
+        records: 0,
+        commits: 0,
+        aborts: 0,
+        tables: BTreeMap::new(),
+    };
+    for line in text.lines() {
+        let Some(rmgr) = line
+            .strip_prefix("rmgr: ")
+            .map(|r| r.split_whitespace().next().unwrap_or(""))
+        else {
+            continue;
+        };
+        d.records += 1;
+        let desc = line.split("desc: ").nth(1).unwrap_or("");
+        match rmgr {
+            "Transaction" if desc.starts_with("COMMIT") => d.commits += 1,
+            "Transaction" if desc.starts_with("ABORT") => d.aborts += 1,
+            "Heap" | "Heap2" => {
+                let rel = line
+                    .split("rel ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_owned();
+                let name = rel
+                    .rsplit('/')
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .and_then(|n| names.get(&n).cloned())
+                    .unwrap_or(rel);
+                let (i, u, del) = if desc.starts_with("INSERT") {
+                    (1, 0, 0)
+                } else if let Some(rest) = desc.strip_prefix("MULTI_INSERT") {
+                    let n = rest
+                        .split("ntuples: ")
+                        .nth(1)
+                        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(1);
+                    (n, 0, 0)
+                } else if desc.starts_with("UPDATE") || desc.starts_with("HOT_UPDATE") {
+                    (0, 1, 0)
+                } else if desc.starts_with("DELETE") {
+                    (0, 0, 1)
+                } else {
+                    (0, 0, 0)
+                };
+                if i + u + del > 0 {
+                    let t = d.tables.entry(name).or_default();
+                    t.inserts += i;
+                    t.updates += u;
+                    t.deletes += del;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((text, d))
+}
+
+/// relfilenode -> "schema.table" in the database lifeboat connects to.
+async fn relation_names(client: &Client) -> Result<BTreeMap<u32, String>> {
+    let rows = client
+        .query(
+            "SELECT pg_relation_filenode(c.oid)::oid, n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE pg_relation_filenode(c.oid) IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+fn write_report(report: &RejoinReport) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(report.report_dir.join("report.json"), json)?;
+    let mut txt = format!("{}\n\n", report.summary());
+    txt.push_str(&format!(
+        "old timeline {}, new timeline {}\nfork point {}\nold end of WAL {}\ndivergent WAL bytes {}\nWAL records {}\ncommitted transactions {}\naborted transactions {}\n",
+        report.old_timeline,
+        report.new_timeline,
+        report.fork_lsn.as_deref().unwrap_or("none"),
+        report.old_end_lsn,
+        report.divergent_bytes,
+        report.divergent_records,
+        report.divergent_commits,
+        report.divergent_aborts
+    ));
+    for (table, c) in &report.tables {
+        txt.push_str(&format!(
+            "  {table}: {} inserted, {} updated, {} deleted\n",
+            c.inserts, c.updates, c.deletes
+        ));
+    }
+    if let Some(copy) = &report.kept_copy {
+        txt.push_str(&format!(
+            "\nThe old data directory (before pg_rewind) is kept in {}.\nTo read the lost rows: start it on a spare port, e.g.\n  runuser -u postgres -- pg_ctl -D {} -o \"-p 54999 -c listen_addresses='' -c unix_socket_directories='{}'\" start\nand compare its tables with the new primary.\n",
+            copy.display(),
+            copy.display(),
+            copy.display()
+        ));
+    }
+    std::fs::write(report.report_dir.join("report.txt"), txt)?;
+    Ok(())
+}

@@ -1,0 +1,639 @@
+//! [`PostgresRole`]: the agent's handle on its own region's PostgreSQL, implementing
+//! the fencing trait [`DataRole`].
+//!
+//! Process-independent: each region's agent owns its local instance and only reads the
+//! other regions' connection settings from the config (to measure lag against the
+//! primary, and to rejoin under the new one).
+//!
+//! - `status`: role (pg_is_in_recovery), lag in bytes and seconds, readiness
+//!   (replaying, lag under `max_lag_bytes` / `max_lag`), caught-up.
+//! - `fence`: a managed server is stopped (`pg_ctl stop -m fast`, then immediate); an
+//!   adopted one gets a reject-all block at the top of its pg_hba.conf, a reload, and
+//!   every other session terminated. Never `default_transaction_read_only`.
+//! - `activate`: `pg_promote(wait => true)`, refused with [`RoleError::NotReady`] when
+//!   the standby is not ready unless the activation is forced. In `sync` mode a
+//!   promoted primary with no standby runs unprotected (reported) unless `strict`.
+//! - `follow`: rejoin under the active region (see [`crate::rejoin`]); the report of
+//!   what was kept aside is in [`PostgresRole::last_rejoin_report`].
+//!
+//! Guarantees: operations are serialized; an epoch older than one already seen is
+//! refused with [`RoleError::StaleEpoch`].
+
+use crate::bootstrap::{set_synchronous_standbys, wait_streaming};
+use crate::exec::PgBin;
+use crate::instance::{Instance, PgError};
+use crate::monitor::{Lag, Observation, not_ready_reason, observe, standby_lag};
+use crate::rejoin::{RejoinReport, ensure_slot, rejoin};
+use crate::server::{self, ServerSettings};
+use anyhow::{Context, anyhow};
+use lifeboat_config::database::ReplicationMode;
+use lifeboat_core::{
+    Activation, DataRole, Epoch, FollowTarget, HealthStatus, RegionId, RoleError, RoleHealth,
+    RoleStatus,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const NAME: &str = "postgres";
+/// A marker in a managed data directory: lifeboat stopped this server as a fence;
+/// nothing but an activation or a rejoin may start it again.
+pub const FENCE_MARKER: &str = "lifeboat.fenced";
+
+/// An adopted server fenced through its pg_hba.conf.
+#[derive(Debug, Clone)]
+struct HbaFence {
+    hba_file: PathBuf,
+    data_directory: PathBuf,
+}
+
+/// One region's PostgreSQL as a [`DataRole`].
+pub struct PostgresRole {
+    local: Instance,
+    others: Vec<Instance>,
+    bin: Option<PgBin>,
+    settings: ServerSettings,
+    mode: ReplicationMode,
+    strict: bool,
+    max_lag_bytes: Option<u64>,
+    max_lag: Option<Duration>,
+    keep_dir: Option<PathBuf>,
+    seen_epoch: Mutex<Epoch>,
+    hba_fence: Mutex<Option<HbaFence>>,
+    last_rejoin: Mutex<Option<RejoinReport>>,
+    /// Fence, activate and follow never interleave.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for PostgresRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresRole")
+            .field("region", &self.local.region)
+            .field("addr", &self.local.addr())
+            .finish()
+    }
+}
+
+impl PostgresRole {
+    /// The role of `region`'s PostgreSQL as the config describes it. Does not connect.
+    pub fn new(cfg: &lifeboat_config::Config, region: &RegionId) -> anyhow::Result<Self> {
+        let db = cfg
+            .database
+            .as_ref()
+            .ok_or_else(|| anyhow!("the config has no [database] section"))?;
+        let pg = db
+            .postgres
+            .as_ref()
+            .ok_or_else(|| anyhow!("the config has no [database.postgres] section"))?;
+        let local_cfg = pg
+            .regions
+            .get(region.as_str())
+            .ok_or_else(|| anyhow!("[database.postgres.regions.{region}] is not configured"))?;
+        let local = Instance::from_config(region, local_cfg, &pg.dbname);
+        let others = pg
+            .regions
+            .iter()
+            .filter(|(name, _)| name.as_str() != region.as_str())
+            .map(|(name, c)| Instance::from_config(&RegionId::new(name), c, &pg.dbname))
+            .collect();
+        let bin = match PgBin::locate(pg.bin_dir.as_deref()) {
+            Ok(bin) => Some(bin),
+            Err(e) if local.data_dir.is_some() => {
+                return Err(e.context("a managed PostgreSQL needs its server binaries"));
+            }
+            Err(_) => None,
+        };
+        Ok(Self {
+            local,
+            others,
+            bin,
+            settings: ServerSettings {
+                wal_keep_size_mb: pg.wal_keep_size_mb,
+            },
+            mode: db.mode,
+            strict: db.strict,
+            max_lag_bytes: db.max_lag_bytes,
+            max_lag: db.max_lag,
+            keep_dir: pg.keep_dir.clone(),
+            seen_epoch: Mutex::new(Epoch::ZERO),
+            hba_fence: Mutex::new(None),
+            last_rejoin: Mutex::new(None),
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// This region's instance.
+    pub fn instance(&self) -> &Instance {
+        &self.local
+    }
+
+    /// Where applications reach this region's server (for DNS `db` and discovery).
+    pub fn endpoint(&self) -> (String, u16) {
+        (self.local.host.clone(), self.local.port)
+    }
+
+    /// What the last rejoin kept aside and found.
+    pub fn last_rejoin_report(&self) -> Option<RejoinReport> {
+        lock(&self.last_rejoin).clone()
+    }
+
+    fn bin(&self) -> Result<&PgBin, RoleError> {
+        self.bin.as_ref().ok_or_else(|| {
+            self.failed("no PostgreSQL server binaries found (set database.postgres.bin_dir)")
+        })
+    }
+
+    fn managed_dir(&self) -> Option<&Path> {
+        self.local.data_dir.as_deref()
+    }
+
+    fn failed(&self, message: impl Into<String>) -> RoleError {
+        RoleError::Failed {
+            role: self.role_label(),
+            message: message.into(),
+        }
+    }
+
+    fn role_label(&self) -> String {
+        format!("postgres ({})", self.local.region)
+    }
+
+    fn role_error(&self, e: anyhow::Error) -> RoleError {
+        match e.downcast_ref::<PgError>() {
+            Some(PgError::Unreachable { .. }) => RoleError::Unreachable {
+                role: self.role_label(),
+                reason: format!("{e:#}"),
+            },
+            _ => self.failed(format!("{e:#}")),
+        }
+    }
+
+    fn check_epoch(&self, epoch: Epoch) -> Result<(), RoleError> {
+        let mut seen = lock(&self.seen_epoch);
+        if epoch < *seen {
+            return Err(RoleError::StaleEpoch {
+                got: epoch,
+                seen: *seen,
+            });
+        }
+        *seen = epoch;
+        Ok(())
+    }
+
+    fn other(&self, region: &RegionId) -> Result<&Instance, RoleError> {
+        self.others
+            .iter()
+            .find(|i| &i.region == region)
+            .ok_or_else(|| {
+                self.failed(format!(
+                    "[database.postgres.regions.{region}] is not configured"
+                ))
+            })
+    }
+
+    /// The current primary among the other regions, with its observation (short timeout).
+    async fn find_primary(&self) -> Option<(Instance, Observation)> {
+        for other in &self.others {
+            let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_millis(1500), other.connect()).await
+            else {
+                continue;
+            };
+            if let Ok(obs) = observe(&client).await
+                && !obs.in_recovery
+            {
+                return Some((other.clone(), obs));
+            }
+        }
+        None
+    }
+
+    async fn standby_readiness(&self, obs: &Observation) -> (Lag, Option<String>) {
+        let primary = self.find_primary().await;
+        let lag = standby_lag(
+            obs,
+            primary.as_ref().map(|(_, o)| o),
+            &self.local.application_name(),
+        );
+        let reason = not_ready_reason(
+            obs,
+            &lag,
+            self.max_lag_bytes,
+            self.max_lag.map(|d| d.as_secs_f64()),
+        );
+        (lag, reason)
+    }
+
+    async fn status_inner(&self) -> RoleStatus {
+        let mut st = RoleStatus::new(NAME, RoleHealth::Unknown);
+        st.metrics
+            .insert("pg_port".into(), f64::from(self.local.port));
+        let client = match self.local.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                st.health = HealthStatus::Unhealthy;
+                st.detail = e.to_string();
+                let fenced_hba = lock(&self.hba_fence).is_some();
+                if fenced_hba
+                    || self
+                        .managed_dir()
+                        .is_some_and(|d| d.join(FENCE_MARKER).exists())
+                {
+                    st.role = RoleHealth::Fenced;
+                    st.detail = format!("fenced by lifeboat ({e})");
+                } else if let (Some(dir), Some(bin)) = (self.managed_dir(), self.bin.as_ref())
+                    && matches!(server::is_running(bin, dir).await, Ok(false))
+                {
+                    st.role = RoleHealth::Stopped;
+                }
+                return st;
+            }
+        };
+        let obs = match observe(&client).await {
+            Ok(o) => o,
+            Err(e) => {
+                st.health = HealthStatus::Unhealthy;
+                st.detail = format!("{e:#}");
+                return st;
+            }
+        };
+        st.health = HealthStatus::Healthy;
+        if obs.in_recovery {
+            st.role = RoleHealth::Standby;
+            let (lag, reason) = self.standby_readiness(&obs).await;
+            st.lag_bytes = Some(lag.bytes);
+            st.lag_seconds = Some(lag.seconds);
+            st.caught_up = lag.caught_up;
+            st.ready_to_promote = reason.is_none();
+            st.metrics.insert("pg_lag_bytes".into(), lag.bytes as f64);
+            st.metrics.insert("pg_lag_seconds".into(), lag.seconds);
+            st.metrics.insert(
+                "pg_streaming".into(),
+                if obs.streaming() { 1.0 } else { 0.0 },
+            );
+            st.metrics.insert(
+                "pg_replay_paused".into(),
+                if obs.replay_paused { 1.0 } else { 0.0 },
+            );
+            st.detail = match reason {
+                None => format!(
+                    "standby, {} ({} bytes, {:.1}s behind{})",
+                    if obs.streaming() {
+                        "streaming"
+                    } else {
+                        "not streaming"
+                    },
+                    lag.bytes,
+                    lag.seconds,
+                    if lag.primary_seen {
+                        ""
+                    } else {
+                        "; primary unreachable, measured against WAL received"
+                    }
+                ),
+                Some(r) => format!("standby, not ready to be promoted: {r}"),
+            };
+        } else {
+            st.role = RoleHealth::Primary;
+            let streaming = obs
+                .standbys
+                .iter()
+                .filter(|s| s.state == "streaming")
+                .count();
+            let worst = obs.standbys.iter().map(|s| s.lag_bytes).max();
+            st.lag_bytes = worst;
+            st.lag_seconds = obs
+                .standbys
+                .iter()
+                .filter_map(|s| s.replay_lag_seconds)
+                .reduce(f64::max);
+            st.caught_up = true;
+            st.metrics
+                .insert("pg_standbys_streaming".into(), streaming as f64);
+            if let Some(w) = worst {
+                st.metrics.insert("pg_standby_lag_bytes".into(), w as f64);
+            }
+            let unprotected =
+                self.mode == ReplicationMode::Sync && obs.synchronous_standby_names.is_empty();
+            st.metrics.insert(
+                "pg_sync_unprotected".into(),
+                if unprotected { 1.0 } else { 0.0 },
+            );
+            st.detail = format!(
+                "primary, {streaming} standby(s) streaming{}",
+                if unprotected {
+                    "; synchronous mode but no synchronous standby: running unprotected"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(r) = lock(&self.last_rejoin).as_ref() {
+            st.metrics.insert(
+                "pg_last_rejoin_divergent_commits".into(),
+                r.divergent_commits as f64,
+            );
+            st.metrics.insert(
+                "pg_last_rejoin_divergent_bytes".into(),
+                r.divergent_bytes as f64,
+            );
+        }
+        st
+    }
+
+    async fn fence_inner(&self, epoch: Epoch) -> anyhow::Result<()> {
+        if let Some(dir) = self.managed_dir() {
+            let bin = self.bin.as_ref().context("no server binaries")?;
+            // The marker first: if we die half-way, nothing restarts the server by itself.
+            if dir.exists() {
+                crate::exec::write_pg_file(
+                    &dir.join(FENCE_MARKER),
+                    &format!("fenced at epoch {epoch}\n"),
+                )?;
+            }
+            if let Err(e) = server::stop(bin, dir, "fast").await {
+                tracing::warn!("fast stop failed, stopping immediately: {e:#}");
+                if let Err(e) = server::stop(bin, dir, "immediate").await {
+                    tracing::warn!("immediate stop failed, killing the postmaster: {e:#}");
+                    if let Some(pid) = server::postmaster_pid(dir) {
+                        let mut kill = tokio::process::Command::new("kill");
+                        kill.args(["-KILL", &pid.to_string()]);
+                        crate::exec::run_output(kill, "kill -KILL postmaster").await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if lock(&self.hba_fence).is_some() {
+            return Ok(());
+        }
+        let client = self.local.connect().await?;
+        let hba_file: String = client.query_one("SHOW hba_file", &[]).await?.get(0);
+        let data_directory: String = client.query_one("SHOW data_directory", &[]).await?.get(0);
+        let hba_file = PathBuf::from(hba_file);
+        server::close_hba(&hba_file, epoch.0).with_context(|| {
+            format!(
+                "close {} (fencing needs local access to the server's files)",
+                hba_file.display()
+            )
+        })?;
+        *lock(&self.hba_fence) = Some(HbaFence {
+            hba_file,
+            data_directory: PathBuf::from(data_directory),
+        });
+        // Wait until the postmaster has reloaded (our own backend sees the new load
+        // time only after the postmaster re-read the files and signalled it).
+        let before: f64 = client
+            .query_one(
+                "SELECT extract(epoch from pg_conf_load_time())::float8",
+                &[],
+            )
+            .await?
+            .get(0);
+        client.batch_execute("SELECT pg_reload_conf()").await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let now: f64 = client
+                .query_one(
+                    "SELECT extract(epoch from pg_conf_load_time())::float8",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if now > before || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Then end every other session (clients and walsenders) until none is left.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: i64 = client
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type IN ('client backend', 'walsender')",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("{left} sessions survived pg_terminate_backend");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Undo an hba fence (adopted servers) or restart a fenced managed server.
+    async fn unfence(&self) -> anyhow::Result<()> {
+        if let Some(dir) = self.managed_dir() {
+            let bin = self.bin.as_ref().context("no server binaries")?;
+            if !server::is_running(bin, dir).await? {
+                server::start(bin, dir).await?;
+            }
+            let _ = std::fs::remove_file(dir.join(FENCE_MARKER));
+            return Ok(());
+        }
+        let fence = lock(&self.hba_fence).clone();
+        if let Some(f) = fence {
+            server::open_hba(&f.hba_file)?;
+            let pid = server::postmaster_pid(&f.data_directory).with_context(|| {
+                format!(
+                    "read {}/postmaster.pid to reload the server",
+                    f.data_directory.display()
+                )
+            })?;
+            let mut hup = tokio::process::Command::new("kill");
+            hup.args(["-HUP", &pid.to_string()]);
+            crate::exec::run_output(hup, "kill -HUP postmaster").await?;
+            // Until the reload is processed connections are still rejected.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while let Err(e) = self.local.connect().await {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(anyhow!(e)
+                        .context("the server still refuses connections after removing the fence"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            *lock(&self.hba_fence) = None;
+        }
+        Ok(())
+    }
+
+    async fn activate_inner(&self, a: &Activation) -> Result<(), RoleError> {
+        self.unfence().await.map_err(|e| self.role_error(e))?;
+        let client = self
+            .local
+            .connect()
+            .await
+            .map_err(|e| self.role_error(e.into()))?;
+        let obs = observe(&client).await.map_err(|e| self.role_error(e))?;
+        if obs.in_recovery {
+            let (lag, reason) = self.standby_readiness(&obs).await;
+            if let Some(reason) = reason {
+                if !a.forced {
+                    return Err(RoleError::NotReady {
+                        role: self.role_label(),
+                        reason,
+                    });
+                }
+                tracing::warn!(
+                    region = %self.local.region, epoch = %a.epoch, lag_bytes = lag.bytes,
+                    "forced promotion of a standby that is not ready: {reason}"
+                );
+            }
+            let done: bool = client
+                .query_one("SELECT pg_promote(true, 60)", &[])
+                .await
+                .map_err(|e| self.failed(format!("pg_promote: {e}")))?
+                .get(0);
+            if !done {
+                return Err(self.failed("pg_promote did not finish within 60 seconds"));
+            }
+            tracing::info!(region = %self.local.region, epoch = %a.epoch, "promoted PostgreSQL");
+        }
+        // Sync mode: no standby is left to confirm commits until one rejoins. Either run
+        // unprotected (reported in status) or, when strict, keep writes waiting.
+        if self.mode == ReplicationMode::Sync {
+            let apps: Vec<String> = if self.strict {
+                self.others.iter().map(Instance::application_name).collect()
+            } else {
+                Vec::new()
+            };
+            set_synchronous_standbys(&client, &apps)
+                .await
+                .map_err(|e| self.role_error(e))?;
+        }
+        // Keep WAL for the other regions from now on, so their rejoin can stream.
+        for other in &self.others {
+            ensure_slot(&client, &other.slot_name())
+                .await
+                .map_err(|e| self.role_error(e))?;
+        }
+        let writable: bool = client
+            .query_one("SELECT NOT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| self.failed(e.to_string()))?
+            .get(0);
+        if !writable {
+            return Err(self.failed("still in recovery after promotion"));
+        }
+        Ok(())
+    }
+
+    async fn follow_inner(&self, t: &FollowTarget) -> Result<(), RoleError> {
+        if t.active == self.local.region {
+            return Err(self.failed("a region cannot follow itself"));
+        }
+        let primary = self.other(&t.active)?.clone();
+        let pclient = primary
+            .connect()
+            .await
+            .map_err(|e| self.role_error(e.into()))?;
+        let pobs = observe(&pclient).await.map_err(|e| self.role_error(e))?;
+        if pobs.in_recovery {
+            return Err(RoleError::NotReady {
+                role: self.role_label(),
+                reason: format!("region {}'s PostgreSQL is not a primary yet", t.active),
+            });
+        }
+        // Already a streaming standby of the right primary: nothing to do.
+        if let Ok(client) = self.local.connect().await
+            && let Ok(obs) = observe(&client).await
+        {
+            let conninfo: String = client
+                .query_one("SHOW primary_conninfo", &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            let target = format!("port={}", primary.port);
+            if obs.in_recovery
+                && obs.streaming()
+                && conninfo.contains(&target)
+                && conninfo.contains(&primary.host)
+            {
+                return Ok(());
+            }
+        }
+        let dir = self
+            .local
+            .data_dir()
+            .map_err(|e| self.role_error(e))?
+            .clone();
+        let bin = self.bin()?.clone();
+        let keep_root = self
+            .keep_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.lifeboat-kept", dir.display())));
+        let report = rejoin(
+            &bin,
+            &self.local,
+            &primary,
+            &pclient,
+            &self.settings,
+            &keep_root,
+        )
+        .await
+        .map_err(|e| self.role_error(e))?;
+        *lock(&self.last_rejoin) = Some(report);
+        let _ = std::fs::remove_file(dir.join(FENCE_MARKER));
+        server::start(&bin, &dir)
+            .await
+            .map_err(|e| self.role_error(e))?;
+        wait_streaming(
+            &pclient,
+            &self.local.application_name(),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|e| self.role_error(e))?;
+        if self.mode == ReplicationMode::Sync {
+            set_synchronous_standbys(&pclient, &[self.local.application_name()])
+                .await
+                .map_err(|e| self.role_error(e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl DataRole for PostgresRole {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn status(&self) -> RoleStatus {
+        self.status_inner().await
+    }
+
+    async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
+        let _op = self.op.lock().await;
+        {
+            let mut seen = lock(&self.seen_epoch);
+            if epoch > *seen {
+                *seen = epoch;
+            }
+        }
+        self.fence_inner(epoch)
+            .await
+            .map_err(|e| self.role_error(e))
+    }
+
+    async fn activate(&self, activation: &Activation) -> Result<(), RoleError> {
+        let _op = self.op.lock().await;
+        self.check_epoch(activation.epoch)?;
+        self.activate_inner(activation).await
+    }
+
+    async fn follow(&self, target: &FollowTarget) -> Result<(), RoleError> {
+        let _op = self.op.lock().await;
+        self.check_epoch(target.epoch)?;
+        self.follow_inner(target).await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,528 @@
+//! End-to-end behaviour of lifeboat-pg on real PostgreSQL clusters (one pair per test,
+//! in its own temp dir on its own ports, stopped on Drop).
+
+use lifeboat_config::database::ReplicationMode;
+use lifeboat_core::{Activation, DataRole, Epoch, FollowTarget, RegionId, RoleError, RoleHealth};
+use lifeboat_pg::testing::{PairOptions, TestPair, free_port};
+use lifeboat_pg::{Instance, PgError, PostgresRole};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+async fn pair(opts: PairOptions) -> TestPair {
+    TestPair::start(opts)
+        .await
+        .expect("start a PostgreSQL pair")
+}
+
+/// Poll `f` until it returns Some, for up to 60 s.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(c: &Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0)
+}
+
+async fn wait_rows(pair: &TestPair, region: &str, table: &str, n: i64) {
+    let inst = pair.instance(region);
+    eventually(&format!("{n} rows in {table} on {region}"), || {
+        let inst = inst.clone();
+        let table = table.to_owned();
+        async move {
+            let c = inst.connect().await.ok()?;
+            let got: i64 = c
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .ok()?
+                .get(0);
+            (got == n).then_some(())
+        }
+    })
+    .await;
+}
+
+fn activation(epoch: u64, region: &str, forced: bool) -> Activation {
+    Activation {
+        epoch: Epoch(epoch),
+        region: RegionId::new(region),
+        forced,
+    }
+}
+
+#[tokio::test]
+async fn bootstrap_replicates_and_reports_lag_from_both_sides() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    // Bootstrapped as asked: checksums on, socket inside the data directory.
+    let checksums: String = a
+        .query_one("SHOW data_checksums", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert_eq!(checksums, "on");
+    let port = pair.instance("a").port;
+    assert!(
+        pair.data_dir("a")
+            .join("pg_stat_tmp")
+            .join(format!(".s.PGSQL.{port}"))
+            .exists(),
+        "unix socket in the data dir"
+    );
+    let (app, slot_active): (String, bool) = {
+        let r = a
+            .query_one(
+                "SELECT r.application_name, s.active FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid",
+                &[],
+            )
+            .await
+            .expect("replication through a slot");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(app, "lifeboat_b");
+    assert!(slot_active);
+
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'hello')",
+    )
+    .await
+    .expect("write on the primary");
+    wait_rows(&pair, "b", "t", 1).await;
+    let b = pair.client("b").await.expect("connect b");
+    let v: String = b
+        .query_one("SELECT v FROM t WHERE id = 1", &[])
+        .await
+        .expect("read")
+        .get(0);
+    assert_eq!(v, "hello");
+
+    let rb = pair.role("b").expect("role b");
+    let st = eventually("replica caught up", || async {
+        let st = rb.status().await;
+        st.caught_up.then_some(st)
+    })
+    .await;
+    assert_eq!(st.role, RoleHealth::Standby, "{st:?}");
+    assert_eq!(st.lag_bytes, Some(0), "{st:?}");
+    assert_eq!(st.lag_seconds, Some(0.0), "{st:?}");
+    assert!(st.ready_to_promote, "{st:?}");
+    assert_eq!(st.metrics.get("pg_streaming"), Some(&1.0), "{st:?}");
+
+    // Replay held back: lag appears in bytes and seconds on both sides.
+    b.batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause replay");
+    a.batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(2, 500) g")
+        .await
+        .expect("write");
+    let st = eventually("lag visible", || async {
+        let st = rb.status().await;
+        (st.lag_bytes.unwrap_or(0) > 0).then_some(st)
+    })
+    .await;
+    assert!(!st.caught_up && !st.ready_to_promote, "{st:?}");
+    assert!(st.detail.contains("paused"), "{st:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // let time pass so lag in seconds is non-zero
+    let st = rb.status().await;
+    assert!(st.lag_seconds.unwrap_or(0.0) > 0.0, "{st:?}");
+    let pst = pair.role("a").expect("role a").status().await;
+    assert_eq!(pst.role, RoleHealth::Primary, "{pst:?}");
+    assert!(
+        pst.lag_bytes.unwrap_or(0) > 0,
+        "primary sees the standby's lag: {pst:?}"
+    );
+    assert_eq!(
+        pst.metrics.get("pg_standbys_streaming"),
+        Some(&1.0),
+        "{pst:?}"
+    );
+    b.batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .expect("resume");
+    wait_rows(&pair, "b", "t", 500).await;
+}
+
+#[tokio::test]
+async fn kill9_of_the_primary_then_activate_promotes_the_replica() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .expect("write");
+    wait_rows(&pair, "b", "t", 10).await;
+    drop(a);
+    pair.kill9("a")
+        .await
+        .expect("kill -9 the primary's postmaster");
+
+    let rb = pair.role("b").expect("role b");
+    let st = rb.status().await;
+    assert!(
+        st.ready_to_promote,
+        "a caught-up standby with a dead primary is ready: {st:?}"
+    );
+    rb.activate(&activation(1, "b", false))
+        .await
+        .expect("promote b");
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t VALUES (11)")
+        .await
+        .expect("b takes writes");
+    assert_eq!(count(&b, "t").await, 11);
+    assert_eq!(rb.status().await.role, RoleHealth::Primary);
+    // Idempotent, and an older epoch is refused.
+    rb.activate(&activation(1, "b", false))
+        .await
+        .expect("activate again");
+    let err = rb
+        .activate(&activation(0, "b", false))
+        .await
+        .expect_err("stale epoch");
+    assert!(matches!(err, RoleError::StaleEpoch { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn fence_stops_writes_even_from_a_session_that_turned_read_only_off() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int); SET default_transaction_read_only = off; INSERT INTO t VALUES (1)")
+        .await
+        .expect("write before the fence");
+    let ra = pair.role("a").expect("role a");
+    ra.fence(Epoch(2)).await.expect("fence");
+    let err = a
+        .batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect_err("the open session cannot write");
+    assert!(!err.to_string().is_empty());
+    assert!(pair.client("a").await.is_err(), "no new session either");
+    assert_eq!(ra.status().await.role, RoleHealth::Fenced);
+    ra.fence(Epoch(2)).await.expect("fencing twice is fine");
+    assert!(
+        pair.data_dir("a")
+            .join(lifeboat_pg::role::FENCE_MARKER)
+            .exists()
+    );
+}
+
+#[tokio::test]
+async fn hba_fence_of_an_adopted_server_closes_it_and_activation_reopens_it() {
+    let pair = pair(PairOptions::default()).await;
+    // The same server, adopted: lifeboat does not manage its data directory.
+    let a_dir = pair.data_dir("a").display().to_string();
+    let text = pair
+        .config_text
+        .replace(&format!("data_dir = \"{a_dir}\"\n"), "");
+    assert_ne!(text, pair.config_text);
+    let cfg = lifeboat_config::Config::parse(std::path::Path::new("adopted.toml"), &text)
+        .expect("config");
+    assert_eq!(
+        lifeboat_pg::adopt(&pair.instance("a"), true)
+            .await
+            .expect("adopt a primary"),
+        lifeboat_pg::Adopted::Primary
+    );
+    let ra = PostgresRole::new(&cfg, &RegionId::new("a")).expect("role");
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int); SET default_transaction_read_only = off; INSERT INTO t VALUES (1)")
+        .await
+        .expect("write before the fence");
+    ra.fence(Epoch(1)).await.expect("fence");
+    assert!(
+        a.batch_execute("INSERT INTO t VALUES (2)").await.is_err(),
+        "open session terminated"
+    );
+    let err = pair.client("a").await.expect_err("new sessions refused");
+    assert!(err.to_string().contains("pg_hba.conf"), "{err}");
+    assert_eq!(ra.status().await.role, RoleHealth::Fenced);
+    // The standby's walsender was terminated too and cannot come back.
+    ra.activate(&activation(2, "a", false))
+        .await
+        .expect("unfence");
+    let a = pair.client("a").await.expect("connect again");
+    a.batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .expect("writes again");
+    assert_eq!(count(&a, "t").await, 2);
+}
+
+#[tokio::test]
+async fn split_brain_rows_are_counted_reported_and_kept_on_rejoin() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key, origin text); INSERT INTO t VALUES (0, 'both')",
+    )
+    .await
+    .expect("write");
+    wait_rows(&pair, "b", "t", 1).await;
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(1, "b", false))
+        .await
+        .expect("promote b");
+    // Split brain: both take writes.
+    for i in 1..=5 {
+        a.execute("INSERT INTO t VALUES ($1, 'a')", &[&i])
+            .await
+            .expect("a writes");
+    }
+    let b = pair.client("b").await.expect("connect b");
+    for i in 101..=103 {
+        b.execute("INSERT INTO t VALUES ($1, 'b')", &[&i])
+            .await
+            .expect("b writes");
+    }
+    drop(a);
+
+    let ra = pair.role("a").expect("role a");
+    ra.follow(&FollowTarget {
+        epoch: Epoch(1),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("rejoin a under b");
+    let report = ra.last_rejoin_report().expect("a rejoin report");
+    assert!(report.divergent_bytes > 0, "{report:?}");
+    assert!(report.divergent_commits >= 5, "{report:?}");
+    assert_eq!(
+        report.tables.get("public.t").map(|c| c.inserts),
+        Some(5),
+        "{report:?}"
+    );
+    let copy = report.kept_copy.clone().expect("old data directory kept");
+    assert!(copy.join("PG_VERSION").exists());
+    assert!(copy.starts_with(pair.keep_dir()));
+    let txt = std::fs::read_to_string(report.report_dir.join("report.txt")).expect("report.txt");
+    assert!(txt.contains("committed transactions"), "{txt}");
+    assert!(txt.contains("public.t: 5 inserted"), "{txt}");
+    assert!(report.report_dir.join("report.json").exists());
+
+    // a is now b's standby: it has b's rows, not its own divergent ones.
+    wait_rows(&pair, "a", "t", 4).await;
+    let a = pair.client("a").await.expect("connect a");
+    let lost: i64 = a
+        .query_one("SELECT count(*) FROM t WHERE origin = 'a'", &[])
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(lost, 0);
+    let st = ra.status().await;
+    assert_eq!(st.role, RoleHealth::Standby, "{st:?}");
+    b.batch_execute("INSERT INTO t VALUES (104, 'b')")
+        .await
+        .expect("b writes");
+    wait_rows(&pair, "a", "t", 5).await;
+}
+
+#[tokio::test]
+async fn sync_mode_keeps_every_acknowledged_write_across_a_kill9() {
+    let pair = pair(PairOptions {
+        mode: ReplicationMode::Sync,
+        ..PairOptions::default()
+    })
+    .await;
+    let a = pair.client("a").await.expect("connect a");
+    let sync: String = a
+        .query_one(
+            "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'lifeboat_b'",
+            &[],
+        )
+        .await
+        .expect("sync state")
+        .get(0);
+    assert!(sync == "sync" || sync == "quorum", "{sync}");
+    a.batch_execute("CREATE TABLE t (id int primary key)")
+        .await
+        .expect("create");
+    let mut acked = 0i32;
+    for i in 0..300 {
+        a.execute("INSERT INTO t VALUES ($1)", &[&i])
+            .await
+            .expect("acknowledged write");
+        acked += 1;
+    }
+    pair.kill9("a").await.expect("kill -9 the primary");
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(1, "b", false))
+        .await
+        .expect("promote");
+    let b = pair.client("b").await.expect("connect b");
+    assert_eq!(
+        count(&b, "t").await,
+        i64::from(acked),
+        "every acknowledged write survived"
+    );
+    // No standby left: the new primary runs unprotected (not strict) and says so.
+    b.batch_execute("INSERT INTO t VALUES (1000)")
+        .await
+        .expect("writes do not hang");
+    let st = rb.status().await;
+    assert_eq!(st.metrics.get("pg_sync_unprotected"), Some(&1.0), "{st:?}");
+    assert!(st.detail.contains("unprotected"), "{st:?}");
+}
+
+#[tokio::test]
+async fn bad_input_gives_clear_errors() {
+    let pair = pair(PairOptions::default()).await;
+    let good = pair.instance("a");
+
+    let mut wrong = good.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), "not-the-password").expect("write");
+    wrong.password = lifeboat_config::SecretRef::from_file(dir.path().join("pw"));
+    let err = wrong.connect().await.expect_err("wrong password");
+    assert!(matches!(err, PgError::Auth { .. }), "{err}");
+    assert!(
+        err.to_string().contains("password authentication failed"),
+        "{err}"
+    );
+
+    let mut gone: Instance = good.clone();
+    gone.port = free_port("127.0.0.1").expect("port");
+    let err = gone.connect().await.expect_err("nothing listens");
+    assert!(matches!(err, PgError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains("unreachable"), "{err}");
+
+    // The configured replica is actually a primary (and the other way round).
+    let err = lifeboat_pg::adopt(&pair.instance("a"), false)
+        .await
+        .expect_err("a is a primary");
+    assert!(err.to_string().contains("is a primary"), "{err}");
+    let err = lifeboat_pg::adopt(&pair.instance("b"), true)
+        .await
+        .expect_err("b is a standby");
+    assert!(err.to_string().contains("is a standby"), "{err}");
+    assert_eq!(
+        lifeboat_pg::adopt(&pair.instance("b"), false)
+            .await
+            .expect("b is a standby"),
+        lifeboat_pg::Adopted::Standby
+    );
+    // A replica cannot be built from a standby.
+    let mut c = pair.instance("a");
+    c.data_dir = Some(pair.dir().join("pg-c"));
+    c.region = RegionId::new("c");
+    let err = lifeboat_pg::bootstrap_replica(
+        &pair.bin,
+        &pair.instance("b"),
+        &c,
+        &Default::default(),
+        ReplicationMode::Async,
+    )
+    .await
+    .expect_err("b is not a primary");
+    assert!(
+        err.to_string().contains("is a standby, not a primary"),
+        "{err}"
+    );
+    // Bootstrapping over an existing cluster is refused.
+    let err = lifeboat_pg::bootstrap_primary(&pair.bin, &pair.instance("a"), &Default::default())
+        .await
+        .expect_err("existing cluster");
+    assert!(
+        format!("{err:#}").contains("already holds a PostgreSQL cluster"),
+        "{err:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_lagging_replica_is_not_promoted_unless_forced() {
+    let pair = pair(PairOptions {
+        max_lag_bytes: Some(1024),
+        ..PairOptions::default()
+    })
+    .await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int)")
+        .await
+        .expect("create");
+    wait_rows(&pair, "b", "t", 0).await;
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1h'")
+        .await
+        .expect("delay replay");
+    b.batch_execute("SELECT pg_reload_conf()")
+        .await
+        .expect("reload");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first commit holds replay back (the delay applies at commit records); the
+    // WAL after it is received but not replayed.
+    a.batch_execute("INSERT INTO t VALUES (-1)")
+        .await
+        .expect("write");
+    a.batch_execute("INSERT INTO t SELECT generate_series(1, 2000)")
+        .await
+        .expect("write");
+    let target: i64 = a
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
+            &[],
+        )
+        .await
+        .expect("lsn")
+        .get(0);
+    // The standby has received everything but not replayed it.
+    eventually("WAL received", || async {
+        let got: Option<i64> = b
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), '0/0')::bigint",
+                &[],
+            )
+            .await
+            .ok()?
+            .get(0);
+        (got? >= target).then_some(())
+    })
+    .await;
+    let rb = pair.role("b").expect("role b");
+    let st = rb.status().await;
+    assert!(st.lag_bytes.unwrap_or(0) > 1024, "{st:?}");
+    assert!(!st.ready_to_promote, "{st:?}");
+    assert!(st.detail.contains("max_lag_bytes"), "{st:?}");
+    let err = rb
+        .activate(&activation(1, "b", false))
+        .await
+        .expect_err("not ready");
+    match &err {
+        RoleError::NotReady { reason, .. } => {
+            assert!(reason.contains("exceeds max_lag_bytes 1024"), "{reason}")
+        }
+        other => panic!("expected NotReady, got {other}"),
+    }
+    assert_eq!(
+        rb.status().await.role,
+        RoleHealth::Standby,
+        "nothing was promoted"
+    );
+    // An operator forces it: promoted, with everything it had received.
+    pair.role("a")
+        .expect("role a")
+        .fence(Epoch(2))
+        .await
+        .expect("fence a");
+    rb.activate(&activation(2, "b", true))
+        .await
+        .expect("forced promotion");
+    assert_eq!(count(&b, "t").await, 2001);
+    b.batch_execute("INSERT INTO t VALUES (0)")
+        .await
+        .expect("writable");
+}
