@@ -76,6 +76,22 @@ impl RejoinReport {
                 self.region, self.new_primary
             );
         }
+        if self.divergent_commits == 0
+            && self
+                .tables
+                .values()
+                .all(|t| *t == RelationChanges::default())
+        {
+            return format!(
+                "region {} rejoined {} as a standby; its {} bytes of divergent WAL ({} .. {}) hold no committed transaction and no row change (checkpoint and maintenance records only); kept in {}",
+                self.region,
+                self.new_primary,
+                self.divergent_bytes,
+                self.fork_lsn.as_deref().unwrap_or("?"),
+                self.old_end_lsn,
+                self.report_dir.display()
+            );
+        }
         format!(
             "region {} rejoined {} as a standby; it had {} bytes of divergent WAL ({} .. {}) with {} committed transactions ({} rows inserted, {} updated, {} deleted) that the new primary lacks; kept in {}",
             self.region,

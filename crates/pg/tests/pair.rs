@@ -197,6 +197,80 @@ async fn kill9_of_the_primary_then_activate_promotes_the_replica() {
         .await
         .expect_err("stale epoch");
     assert!(matches!(err, RoleError::StaleEpoch { .. }), "{err}");
+
+    // The crashed old primary comes back: crash recovery without opening it to
+    // clients, then rewind and rejoin as b's standby. No row of t was lost.
+    let ra = pair.role("a").expect("role a");
+    ra.follow(&FollowTarget {
+        epoch: Epoch(1),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("rejoin a");
+    let report = ra.last_rejoin_report().expect("report");
+    assert_eq!(report.tables.get("public.t"), None, "{report:?}");
+    wait_rows(&pair, "a", "t", 11).await;
+    assert_eq!(ra.status().await.role, RoleHealth::Standby);
+}
+
+#[tokio::test]
+async fn clean_switchover_loses_nothing_and_reverses_replication() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)")
+        .await
+        .expect("write");
+    drop(a);
+    let (ra, rb) = (
+        pair.role("a").expect("role a"),
+        pair.role("b").expect("role b"),
+    );
+    ra.fence(Epoch(1)).await.expect("fence a");
+    // A fast shutdown sends everything to the standby first.
+    let st = eventually("b caught up", || async {
+        let st = rb.status().await;
+        st.caught_up.then_some(st)
+    })
+    .await;
+    assert!(st.ready_to_promote, "{st:?}");
+    rb.activate(&activation(1, "b", false))
+        .await
+        .expect("promote b");
+    ra.follow(&FollowTarget {
+        epoch: Epoch(1),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("a follows b");
+    let report = ra.last_rejoin_report().expect("report");
+    assert_eq!(report.divergent_bytes, 0, "{report:?}");
+    assert!(
+        report.kept_copy.is_none(),
+        "nothing diverged, nothing to keep: {report:?}"
+    );
+    assert!(
+        report.summary().contains("nothing lost"),
+        "{}",
+        report.summary()
+    );
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t VALUES (101)")
+        .await
+        .expect("b writes");
+    wait_rows(&pair, "a", "t", 101).await;
+    let st = rb.status().await;
+    assert_eq!(
+        st.metrics.get("pg_standbys_streaming"),
+        Some(&1.0),
+        "{st:?}"
+    );
+    // Following again is a no-op.
+    ra.follow(&FollowTarget {
+        epoch: Epoch(1),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("idempotent");
 }
 
 #[tokio::test]
