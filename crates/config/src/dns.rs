@@ -26,7 +26,7 @@
 
 use serde::{Deserialize, Deserializer, de};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// The zone the DNS server is authoritative for.
@@ -115,6 +115,13 @@ pub struct NameserverConfig {
     /// Glue: the nameserver's address, required when `name` is inside the zone.
     #[serde(default)]
     pub address: Option<IpAddr>,
+    /// Which process answers at this name: absent for the controller (it binds
+    /// `controller.dns_addr`), or a region whose agent serves the zone as a secondary.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Where that agent binds its DNS sockets (UDP and TCP). Default: `address` port 53.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// The record types a zone may hold. SOA and NS come from `[dns.soa]` and `[[dns.nameservers]]`.
@@ -260,6 +267,18 @@ impl DnsConfig {
         name == apex || name.ends_with(&format!(".{apex}"))
     }
 
+    /// Where the agent of `region` serves the zone as a secondary nameserver, if it does:
+    /// the `listen` address of its `[[dns.nameservers]]` entry, else that entry's `address`
+    /// on port 53.
+    pub fn agent_listen(&self, region: &str) -> Option<SocketAddr> {
+        let ns = self
+            .nameservers
+            .iter()
+            .find(|ns| ns.region.as_deref() == Some(region))?;
+        ns.listen
+            .or_else(|| ns.address.map(|ip| SocketAddr::new(ip, 53)))
+    }
+
     /// The SOA MNAME, absolute.
     pub fn mname(&self) -> String {
         match (&self.soa.mname, self.nameservers.first()) {
@@ -392,6 +411,15 @@ impl DnsConfig {
                 continue;
             }
             let abs = self.absolute(&ns.name).to_ascii_lowercase();
+            if let Some(region) = &ns.region {
+                if !cfg.regions.contains_key(region) {
+                    v.error(&format!("{at}.region"), cfg.undefined_region(region));
+                } else if ns.listen.is_none() && ns.address.is_none() {
+                    v.error(&at, format!("set `listen` (or `address`): where the agent of region {region:?} serves DNS"));
+                }
+            } else if ns.listen.is_some() {
+                v.error(&format!("{at}.listen"), "`listen` is for an agent's nameserver (set `region`); the controller listens on controller.dns_addr");
+            }
             if !seen_ns.insert(abs.clone()) {
                 v.error(
                     &format!("{at}.name"),
@@ -596,7 +624,7 @@ impl DnsConfig {
 }
 
 /// A domain name as the config writes it: "@", relative or absolute; letters, digits,
-/// '-', '_' and '*' in labels of 1 to 63 bytes, at most 253 bytes in all.
+/// '-' and '_' in labels of 1 to 63 bytes, at most 253 bytes in all.
 pub fn check_name(name: &str) -> Result<(), String> {
     let name = name.trim();
     if name == "@" || name == "." {
@@ -618,7 +646,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         }
         if !label
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(format!(
                 "{name:?}: labels use letters, digits, '-' and '_' only"
@@ -859,6 +887,39 @@ value = "10 mail.example.net."
         let e = only_error(&text);
         assert_eq!(e.key, "dns.nameservers[0]", "{e}");
         assert!(e.message.contains("glue"), "{e}");
+    }
+
+    #[test]
+    fn agents_find_where_they_serve_the_zone() {
+        let text = format!(
+            "{BASE}{DNS}\n[[dns.nameservers]]\nname = \"ns-a\"\naddress = \"127.0.1.1\"\nregion = \"a\"\nlisten = \"127.0.1.1:5353\"\n\n[[dns.nameservers]]\nname = \"ns-b\"\naddress = \"127.0.2.1\"\nregion = \"b\"\n"
+        );
+        let cfg = parse(&text).expect("valid");
+        let dns = cfg.dns.as_ref().expect("dns");
+        assert_eq!(
+            dns.agent_listen("a"),
+            Some("127.0.1.1:5353".parse().expect("addr"))
+        );
+        assert_eq!(
+            dns.agent_listen("b"),
+            Some("127.0.2.1:53".parse().expect("addr"))
+        );
+        assert_eq!(dns.agent_listen("c"), None);
+
+        let text = text.replace("region = \"b\"\n", "region = \"z\"\n");
+        let errs = parse(&text).expect_err("rejected").0;
+        let e = errs
+            .iter()
+            .find(|e| e.key == "dns.nameservers[2].region")
+            .expect("nameserver region error");
+        assert_eq!(e.line, line_of(&text, "region = \"z\"", 1), "{e}");
+    }
+
+    #[test]
+    fn wildcards_are_not_supported() {
+        let text = format!("{BASE}{DNS}").replace("name = \"_pg._tcp\"", "name = \"*.x\"");
+        let e = only_error(&text);
+        assert_eq!(e.key, "dns.records[2].name", "{e}");
     }
 
     #[test]

@@ -237,6 +237,18 @@ impl ZoneHandler for ZoneAdapter {
         )
     }
 
+    async fn zone_transfer(
+        &self,
+        _request: &Request,
+        _options: LookupOptions,
+        _now: u64,
+    ) -> Option<(
+        Result<hickory_server::zone_handler::ZoneTransfer, LookupError>,
+        Option<hickory_server::proto::rr::TSigResponseContext>,
+    )> {
+        Some((Err(LookupError::from(ResponseCode::Refused)), None))
+    }
+
     async fn nsec_records(
         &self,
         _name: &LowerName,

@@ -138,6 +138,11 @@ async fn nxdomain_nodata_and_refused_are_distinguished() {
     assert_eq!(m.metadata.response_code, ResponseCode::Refused);
     assert!(!m.metadata.authoritative);
 
+    // Zone transfers are refused: secondaries are fed the routing table instead.
+    let mut tcp = h.tcp_client().await;
+    let m = query(&mut tcp, "shop.example.", RecordType::AXFR).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+
     assert_eq!(h.metrics.queries("A", "NXDOMAIN"), 1);
     assert_eq!(h.metrics.queries("A", "REFUSED"), 1);
     let mut text = String::new();
