@@ -61,10 +61,9 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.chars().count(), |nl| before[nl + 1..].chars().count())
-        + 1;
+    let col = before.rfind('\n').map_or(before.chars().count(), |nl| {
+        before[nl + 1..].chars().count()
+    }) + 1;
     (line, col)
 }
 
@@ -108,7 +107,8 @@ impl<'a> Validator<'a> {
         for seg in parse_path(path) {
             let next = match (seg, cur) {
                 (Seg::Key(k), Cursor::Item(item)) => item.as_table_like().and_then(|t| {
-                    t.get_key_value(&k).map(|(key, value)| (key.span(), Cursor::Item(value)))
+                    t.get_key_value(&k)
+                        .map(|(key, value)| (key.span(), Cursor::Item(value)))
                 }),
                 (Seg::Key(k), Cursor::Table(t)) => t
                     .get_key_value(&k)
@@ -116,9 +116,10 @@ impl<'a> Validator<'a> {
                 (Seg::Index(i), Cursor::Item(toml_edit::Item::ArrayOfTables(a))) => {
                     a.get(i).map(|t| (t.span(), Cursor::Table(t)))
                 }
-                (Seg::Index(i), Cursor::Item(toml_edit::Item::Value(toml_edit::Value::Array(a)))) => {
-                    a.get(i).map(|v| (v.span(), Cursor::Leaf))
-                }
+                (
+                    Seg::Index(i),
+                    Cursor::Item(toml_edit::Item::Value(toml_edit::Value::Array(a))),
+                ) => a.get(i).map(|v| (v.span(), Cursor::Leaf)),
                 _ => None,
             };
             match next {
@@ -159,7 +160,9 @@ fn parse_path(path: &str) -> Vec<Seg> {
             }
             rest = idx;
             while let Some(stripped) = rest.strip_prefix('[') {
-                let Some(close) = stripped.find(']') else { break };
+                let Some(close) = stripped.find(']') else {
+                    break;
+                };
                 if let Ok(n) = stripped[..close].parse() {
                     out.push(Seg::Index(n));
                 }

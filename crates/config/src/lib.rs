@@ -151,8 +151,19 @@ pub struct FailoverConfig {
     /// (lag over the limit). An operator may force it.
     #[serde(default = "default_true")]
     pub require_ready_standby: bool,
+    /// After a region becomes active (start-up or promotion) its health checks count
+    /// as failures only once it has been seen healthy, or after this grace: pilot-light
+    /// services need time to start.
+    #[serde(
+        default = "default_activation_grace",
+        deserialize_with = "duration::de"
+    )]
+    pub activation_grace: Duration,
     /// How long a planned switchover waits for the standby to catch up.
-    #[serde(default = "default_switchover_timeout", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_switchover_timeout",
+        deserialize_with = "duration::de"
+    )]
     pub switchover_timeout: Duration,
 }
 
@@ -167,6 +178,7 @@ impl Default for FailoverConfig {
             quorum: None,
             report_ttl: default_report_ttl(),
             require_ready_standby: true,
+            activation_grace: default_activation_grace(),
             switchover_timeout: default_switchover_timeout(),
         }
     }
@@ -183,6 +195,9 @@ fn default_hold_down() -> Duration {
 }
 fn default_report_ttl() -> Duration {
     Duration::from_secs(3)
+}
+fn default_activation_grace() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_switchover_timeout() -> Duration {
     Duration::from_secs(60)
@@ -393,7 +408,10 @@ impl Config {
             for (i, svc) in region.services.iter().enumerate() {
                 let at = format!("regions.{name}.services[{i}]");
                 if !seen.insert(svc.name.clone()) {
-                    v.error(&format!("{at}.name"), format!("duplicate service name {:?}", svc.name));
+                    v.error(
+                        &format!("{at}.name"),
+                        format!("duplicate service name {:?}", svc.name),
+                    );
                 }
                 match (&svc.command, &svc.start) {
                     (None, None) => v.error(&at, "a service needs `command` (a managed process) or `start` (a shell command)"),
@@ -406,19 +424,25 @@ impl Config {
         // Two agents on one address would answer for each other.
         let mut addrs: BTreeMap<SocketAddr, &str> = BTreeMap::new();
         for (name, region) in &self.regions {
-            if region.agent_addr.port() != 0 {
-                if let Some(other) = addrs.insert(region.agent_addr, name) {
-                    v.error(
-                        &format!("regions.{name}.agent_addr"),
-                        format!("region {other:?} uses the same agent address"),
-                    );
-                }
+            if region.agent_addr.port() != 0
+                && let Some(other) = addrs.insert(region.agent_addr, name)
+            {
+                v.error(
+                    &format!("regions.{name}.agent_addr"),
+                    format!("region {other:?} uses the same agent address"),
+                );
             }
         }
 
         match (&self.auth.token_file, &self.auth.token_env) {
-            (None, None) => v.error("auth", "set `token_file` or `token_env`: the bearer token is never written in the config"),
-            (Some(_), Some(_)) => v.error("auth.token_env", "`token_file` and `token_env` exclude each other"),
+            (None, None) => v.error(
+                "auth",
+                "set `token_file` or `token_env`: the bearer token is never written in the config",
+            ),
+            (Some(_), Some(_)) => v.error(
+                "auth.token_env",
+                "`token_file` and `token_env` exclude each other",
+            ),
             _ => {}
         }
 
@@ -455,10 +479,10 @@ impl Config {
 
     fn validate_check(&self, name: &str, c: &CheckConfig, v: &mut Validator<'_>) {
         let at = format!("checks.{name}");
-        if let Some(region) = &c.region {
-            if !self.regions.contains_key(region) {
-                v.error(&format!("{at}.region"), self.undefined_region(region));
-            }
+        if let Some(region) = &c.region
+            && !self.regions.contains_key(region)
+        {
+            v.error(&format!("{at}.region"), self.undefined_region(region));
         }
         let needs = |field: &str, present: bool, v: &mut Validator<'_>| {
             if !present {
@@ -469,18 +493,28 @@ impl Config {
             CheckKind::Http | CheckKind::Https => {
                 needs("url", c.url.is_some(), v);
                 if let Some(url) = &c.url {
-                    let scheme = if c.kind == CheckKind::Http { "http://" } else { "https://" };
+                    let scheme = if c.kind == CheckKind::Http {
+                        "http://"
+                    } else {
+                        "https://"
+                    };
                     if !url.starts_with(scheme) {
-                        v.error(&format!("{at}.url"), format!("a {:?} check's url must start with {scheme}", c.kind));
+                        v.error(
+                            &format!("{at}.url"),
+                            format!("a {:?} check's url must start with {scheme}", c.kind),
+                        );
                     }
                 }
             }
             CheckKind::Tcp => {
                 needs("addr", c.addr.is_some(), v);
-                if let Some(addr) = &c.addr {
-                    if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                        v.error(&format!("{at}.addr"), format!("{addr:?} is not host:port"));
-                    }
+                if let Some(addr) = &c.addr
+                    && addr
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_none()
+                {
+                    v.error(&format!("{at}.addr"), format!("{addr:?} is not host:port"));
                 }
             }
             CheckKind::Calculated => {
@@ -489,13 +523,22 @@ impl Config {
                 }
                 for (i, child) in c.children.iter().enumerate() {
                     if !self.checks.contains_key(child) {
-                        v.error(&format!("{at}.children[{i}]"), format!("no check named {child:?} is defined"));
+                        v.error(
+                            &format!("{at}.children[{i}]"),
+                            format!("no check named {child:?} is defined"),
+                        );
                     }
                 }
-                if let Some(n) = c.min_healthy {
-                    if n > c.children.len() {
-                        v.error(&format!("{at}.min_healthy"), format!("min_healthy {n} is more than the {} children", c.children.len()));
-                    }
+                if let Some(n) = c.min_healthy
+                    && n > c.children.len()
+                {
+                    v.error(
+                        &format!("{at}.min_healthy"),
+                        format!(
+                            "min_healthy {n} is more than the {} children",
+                            c.children.len()
+                        ),
+                    );
                 }
             }
         }
@@ -507,13 +550,22 @@ impl Config {
                 v.error(&format!("{at}.timeout"), "timeout must be more than zero");
             }
             if c.failure_threshold == 0 {
-                v.error(&format!("{at}.failure_threshold"), "failure_threshold must be at least 1");
+                v.error(
+                    &format!("{at}.failure_threshold"),
+                    "failure_threshold must be at least 1",
+                );
             }
         }
         if let Some(vantage) = &c.vantage {
             for (i, vp) in vantage.iter().enumerate() {
                 if vp != "controller" && !self.regions.contains_key(vp) {
-                    v.error(&format!("{at}.vantage[{i}]"), format!("{vp:?} is neither \"controller\" nor a region ({})", self.region_list()));
+                    v.error(
+                        &format!("{at}.vantage[{i}]"),
+                        format!(
+                            "{vp:?} is neither \"controller\" nor a region ({})",
+                            self.region_list()
+                        ),
+                    );
                 }
             }
         }
@@ -526,18 +578,26 @@ impl Config {
                 return true;
             }
             cfg.checks.get(from).is_some_and(|c| {
-                c.children.iter().any(|ch| ch == target || visits(cfg, ch, target, depth + 1))
+                c.children
+                    .iter()
+                    .any(|ch| ch == target || visits(cfg, ch, target, depth + 1))
             })
         }
         for name in self.checks.keys() {
             if visits(self, name, name, 0) {
-                v.error(&format!("checks.{name}.children"), "calculated checks form a cycle");
+                v.error(
+                    &format!("checks.{name}.children"),
+                    "calculated checks form a cycle",
+                );
             }
         }
     }
 
     pub(crate) fn undefined_region(&self, region: &str) -> String {
-        format!("region {region:?} is not defined (regions: {})", self.region_list())
+        format!(
+            "region {region:?} is not defined (regions: {})",
+            self.region_list()
+        )
     }
 
     fn region_list(&self) -> String {
@@ -547,7 +607,11 @@ impl Config {
     /// Every vantage point of the deployment: the controller and each region's agent.
     pub fn vantage_points(&self) -> Vec<VantageId> {
         let mut v = vec![VantageId::Controller];
-        v.extend(self.regions.keys().map(|r| VantageId::Agent(RegionId::new(r))));
+        v.extend(
+            self.regions
+                .keys()
+                .map(|r| VantageId::Agent(RegionId::new(r))),
+        );
         v
     }
 
@@ -587,7 +651,7 @@ impl Config {
     }
 
     pub fn region_ids(&self) -> Vec<RegionId> {
-        self.regions.keys().map(|r| RegionId::new(r)).collect()
+        self.regions.keys().map(RegionId::new).collect()
     }
 
     /// Where a region's agent keeps its state.
@@ -599,12 +663,17 @@ impl Config {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The dotted key at a syntax/type error's position, for the message.
 fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
-    let Some(span) = span else { return String::new() };
+    let Some(span) = span else {
+        return String::new();
+    };
     let start = span.start.min(text.len());
     // The current table header above the error.
     let before = &text[..start];
@@ -620,8 +689,15 @@ fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     // The key on the error's line, if the line is `key = value`.
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split_once('=').map(|(k, _)| k.trim().to_owned()).unwrap_or_default();
-    let key = if key.starts_with('[') { String::new() } else { key };
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().to_owned())
+        .unwrap_or_default();
+    let key = if key.starts_with('[') {
+        String::new()
+    } else {
+        key
+    };
     match (table.is_empty(), key.is_empty()) {
         (true, _) => key,
         (false, true) => table,

@@ -25,19 +25,33 @@ fn example_config_is_valid() {
 
 #[test]
 fn unknown_key_names_line_and_key() {
-    let text = EXAMPLE.replace("hold_down = \"0s\"", "hold_down = \"0s\"\nhodl_down = \"1s\"");
+    let text = EXAMPLE.replace(
+        "hold_down = \"0s\"",
+        "hold_down = \"0s\"\nhodl_down = \"1s\"",
+    );
     let e = only_error(&text);
-    let line = text.lines().position(|l| l.starts_with("hodl_down")).expect("line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("hodl_down"))
+        .expect("line")
+        + 1;
     assert_eq!(e.line, line, "{e}");
     assert!(e.message.contains("hodl_down"), "{e}");
-    assert!(e.to_string().starts_with(&format!("test.toml:{line}:")), "{e}");
+    assert!(
+        e.to_string().starts_with(&format!("test.toml:{line}:")),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_duration_names_line_and_key() {
     let text = EXAMPLE.replace("lease_ttl = \"2s\"", "lease_ttl = \"two seconds\"");
     let e = only_error(&text);
-    let line = text.lines().position(|l| l.starts_with("lease_ttl")).expect("line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("lease_ttl"))
+        .expect("line")
+        + 1;
     assert_eq!(e.line, line, "{e}");
     assert_eq!(e.key, "failover.lease_ttl", "{e}");
     assert!(e.message.contains("invalid duration"), "{e}");
@@ -47,7 +61,11 @@ fn bad_duration_names_line_and_key() {
 fn undefined_region_names_line_and_key() {
     let text = EXAMPLE.replace("region = \"b\"", "region = \"c\"");
     let e = only_error(&text);
-    let line = text.lines().position(|l| l.trim() == "region = \"c\"").expect("line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l.trim() == "region = \"c\"")
+        .expect("line")
+        + 1;
     assert_eq!(e.line, line, "{e}");
     assert_eq!(e.key, "checks.web-b.region");
     assert!(e.message.contains("\"c\" is not defined"), "{e}");
@@ -81,15 +99,20 @@ fn errors_in_array_of_tables_are_located() {
     );
     let e = only_error(&text);
     assert_eq!(e.key, "regions.a.services[0].command");
-    let line = text.lines().position(|l| l == "command = []").expect("line") + 1;
+    let line = text
+        .lines()
+        .position(|l| l == "command = []")
+        .expect("line")
+        + 1;
     assert_eq!(e.line, line, "{e}");
 }
 
 #[test]
 fn all_problems_are_reported_at_once() {
-    let text = EXAMPLE
-        .replace("region = \"b\"", "region = \"c\"")
-        .replace("failure_threshold = 2\n\n[checks.web-b]", "failure_threshold = 0\n\n[checks.web-b]");
+    let text = EXAMPLE.replace("region = \"b\"", "region = \"c\"").replace(
+        "failure_threshold = 2\n\n[checks.web-b]",
+        "failure_threshold = 0\n\n[checks.web-b]",
+    );
     let errs = parse(&text).expect_err("rejected").0;
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
@@ -100,7 +123,11 @@ fn calculated_checks_need_defined_children_and_no_cycles() {
         "{EXAMPLE}\n[checks.all]\ntype = \"calculated\"\nchildren = [\"web-a\", \"nope\"]\n\n[checks.loop1]\ntype = \"calculated\"\nchildren = [\"loop2\"]\n[checks.loop2]\ntype = \"calculated\"\nchildren = [\"loop1\"]\n"
     );
     let errs = parse(&text).expect_err("rejected").0;
-    assert!(errs.iter().any(|e| e.key == "checks.all.children[1]" && e.message.contains("nope")), "{errs:?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "checks.all.children[1]" && e.message.contains("nope")),
+        "{errs:?}"
+    );
     assert!(errs.iter().any(|e| e.message.contains("cycle")), "{errs:?}");
 }
 
@@ -111,5 +138,11 @@ fn secrets_load_from_file_and_report_missing() {
     std::fs::write(&path, "s3cret\n").expect("write");
     assert_eq!(SecretRef::from_file(&path).load().expect("load"), "s3cret");
     let missing = SecretRef::from_file(dir.path().join("absent"));
-    assert!(missing.load().expect_err("missing").to_string().contains("absent"));
+    assert!(
+        missing
+            .load()
+            .expect_err("missing")
+            .to_string()
+            .contains("absent")
+    );
 }

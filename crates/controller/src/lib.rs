@@ -2,10 +2,15 @@
 //!
 //! - [`machine`]: the failover state machine, pure and tested without I/O.
 //! - [`store`]: durable state and journal (SQLite, fsync'd).
-//! - the runtime (`server`) feeds the machine with health decisions, agent reports
-//!   and operator requests, executes its actions in order, and serves the HTTP API.
+//! - [`server`]: the runtime — it feeds the machine with health decisions, agent
+//!   reports and operator requests, executes its actions in order, publishes the
+//!   routing table DNS serves, and answers the HTTP API.
 
 pub mod machine;
+pub mod server;
+pub mod store;
+
 #[cfg(test)]
 mod machine_tests;
-pub mod store;
+
+pub use server::{Controller, ControllerOptions, DiscoveryFn, MetricsFn};

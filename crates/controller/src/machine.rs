@@ -36,6 +36,8 @@ pub struct Params {
     pub report_ttl: Duration,
     pub require_ready_standby: bool,
     pub switchover_timeout: Duration,
+    /// See `FailoverConfig::activation_grace`.
+    pub activation_grace: Duration,
     /// How often an unanswered command is sent again.
     pub resend_every: Duration,
 }
@@ -234,6 +236,10 @@ pub struct Machine {
     pub agents: BTreeMap<RegionId, AgentView>,
     /// Failback: since when the home region has been healthy.
     home_healthy_since: Option<Instant>,
+    /// When the current active region became active (start-up or promotion).
+    active_since: Instant,
+    /// The active region has been seen healthy since it became active.
+    active_seen_healthy: bool,
 }
 
 impl Machine {
@@ -242,12 +248,23 @@ impl Machine {
     /// The controller cannot know whether it granted a lease just before it stopped,
     /// so it assumes it did, *now*: nothing is promoted before ttl + margin from now
     /// unless the holder acknowledges a fence.
-    pub fn restore(params: Params, regions: &[RegionId], durable: Durable, now: Instant) -> Self {
+    /// `fresh` is true when no state existed on disk (a new deployment whose agents
+    /// may not be up yet); false after a restart of a running deployment, where the
+    /// active region was serving and its agent is expected to renew at once.
+    pub fn restore(
+        params: Params,
+        regions: &[RegionId],
+        durable: Durable,
+        now: Instant,
+        fresh: bool,
+    ) -> Self {
         let lease = durable.active.clone().map(|holder| Lease {
             holder,
             epoch: durable.epoch,
             granted_at: now,
-            renewed: false,
+            // After a restart the holder must renew within ttl + margin or it has
+            // lapsed; a fresh deployment's first holder gets the activation grace.
+            renewed: !fresh,
         });
         let phase = match &durable.promoting {
             Some(to) => Phase::Promoting {
@@ -277,6 +294,8 @@ impl Machine {
                 .map(|r| (r.clone(), AgentView::default()))
                 .collect(),
             home_healthy_since: None,
+            active_since: now,
+            active_seen_healthy: !fresh && durable.promoting.is_none(),
         }
     }
 
@@ -319,6 +338,11 @@ impl Machine {
             Event::Health(h) => {
                 for (r, s) in h {
                     self.health.insert(r, s);
+                }
+                if let Some(active) = &self.active
+                    && self.health.get(active) == Some(&HealthStatus::Healthy)
+                {
+                    self.active_seen_healthy = true;
                 }
             }
             Event::Report {
@@ -436,10 +460,10 @@ impl Machine {
                     .map_or("none".into(), |r| r.to_string())
             ));
         }
-        if let Phase::Moving(m) = &self.phase {
-            if m.from.as_ref() == Some(region) {
-                return refuse(format!("a move from {region} to {} is in progress", m.to));
-            }
+        if let Phase::Moving(m) = &self.phase
+            && m.from.as_ref() == Some(region)
+        {
+            return refuse(format!("a move from {region} to {} is in progress", m.to));
         }
         let first = self
             .lease
@@ -641,13 +665,18 @@ impl Machine {
         let Some(active) = self.active.clone() else {
             return;
         };
-        let unhealthy = self.health.get(&active) == Some(&HealthStatus::Unhealthy);
+        // A region that just became active may not have started its pilot-light
+        // services yet: its checks count once it was seen healthy, or after the grace.
+        let judged = self.active_seen_healthy
+            || now.saturating_duration_since(self.active_since) >= self.params.activation_grace;
+        let unhealthy = judged && self.health.get(&active) == Some(&HealthStatus::Unhealthy);
         // A lease the holder renewed with us and then let lapse: the agent is gone or
         // cut off (it has fenced itself by now).
-        let lapsed = self
-            .lease
-            .as_ref()
-            .is_some_and(|l| l.renewed && l.holder == active && self.lease_expired(now));
+        let lapsed = self.lease.as_ref().is_some_and(|l| {
+            let grace_over =
+                now.saturating_duration_since(self.active_since) >= self.params.activation_grace;
+            (l.renewed || grace_over) && l.holder == active && self.lease_expired(now)
+        });
         let failing = unhealthy || lapsed;
         match (&mut self.failure, failing) {
             (None, true) => {
@@ -725,38 +754,41 @@ impl Machine {
                 self.evaluate(now, out);
             }
             Err(why) => {
-                if let Some(f) = &mut self.failure {
-                    if !f.blocked_reported {
-                        f.blocked_reported = true;
-                        out.journal(JournalKind::PromotionBlocked, Some(&active), why);
-                    }
+                if let Some(f) = &mut self.failure
+                    && !f.blocked_reported
+                {
+                    f.blocked_reported = true;
+                    out.journal(JournalKind::PromotionBlocked, Some(&active), why);
                 }
             }
         }
     }
 
-    /// A standby to promote: healthy, its agent reporting, its data roles ready.
+    /// A standby to promote: its agent reporting (the site is up and can take the
+    /// lease) and its data roles ready. Healthy regions first; a pilot-light standby's
+    /// own checks fail by design while its services sleep, so they do not rule it out.
     fn pick_target(&self, now: Instant, from: &RegionId) -> Result<RegionId, String> {
         let mut reasons = Vec::new();
+        let mut candidates = Vec::new();
         for (region, view) in &self.agents {
             if region == from {
                 continue;
             }
             let health = self.health.get(region).copied().unwrap_or_default();
-            if health != HealthStatus::Healthy {
-                reasons.push(format!("{region} is {health:?}"));
-            } else if !self.agent_fresh(region, now) {
+            if !self.agent_fresh(region, now) {
                 reasons.push(format!("{region}'s agent is not reporting"));
             } else if self.params.require_ready_standby && !view.ready {
                 reasons.push(format!("{region} not ready: {}", view.ready_detail));
             } else {
-                return Ok(region.clone());
+                candidates.push((health != HealthStatus::Healthy, region.clone()));
             }
         }
-        Err(format!(
-            "no standby can be promoted: {}",
-            reasons.join("; ")
-        ))
+        candidates.sort();
+        candidates
+            .into_iter()
+            .next()
+            .map(|(_, r)| r)
+            .ok_or_else(|| format!("no standby can be promoted: {}", reasons.join("; ")))
     }
 
     fn advance_move(&mut self, now: Instant, mut m: Move, out: &mut Output) {
@@ -844,6 +876,8 @@ impl Machine {
     fn promote(&mut self, now: Instant, to: RegionId, forced: bool, out: &mut Output) {
         self.epoch = self.epoch.next();
         self.active = Some(to.clone());
+        self.active_since = now;
+        self.active_seen_healthy = false;
         self.lease = None;
         self.phase = Phase::Promoting {
             to: to.clone(),

@@ -23,6 +23,7 @@ fn params() -> Params {
         report_ttl: ms(3000),
         require_ready_standby: true,
         switchover_timeout: ms(10_000),
+        activation_grace: ms(5_000),
         resend_every: ms(1000),
     }
 }
@@ -55,7 +56,7 @@ impl Sim {
             failovers: 0,
         };
         Self {
-            m: Machine::restore(p, &[a(), b()], durable, t0),
+            m: Machine::restore(p, &[a(), b()], durable, t0, true),
             t0,
             journal: vec![],
             sent: vec![],
@@ -180,7 +181,7 @@ fn steady(s: &mut Sim, from: u64, to: u64, a_alive: bool) {
         };
         s.health(t, a_h, HealthStatus::Healthy);
         s.report(t, b(), s.m.epoch.0.min(1), false, true);
-        if t % 600 == 0 {
+        if t.is_multiple_of(600) {
             s.lease(t, a(), 1);
         }
         t += 100;
@@ -350,7 +351,7 @@ fn restart_mid_failover_resends_promote_with_same_epoch() {
         promoting: Some(b()),
         failovers: 3,
     };
-    let mut m = Machine::restore(p, &[a(), b()], durable, t0);
+    let mut m = Machine::restore(p, &[a(), b()], durable, t0, false);
     let out = m.step(t0, Event::Tick);
     let sends: Vec<_> = out
         .actions
@@ -402,7 +403,7 @@ fn after_restart_no_promotion_before_an_assumed_lease_expires() {
         promoting: None,
         failovers: 0,
     };
-    let mut m = Machine::restore(p, &[a(), b()], durable, t0);
+    let mut m = Machine::restore(p, &[a(), b()], durable, t0, false);
     let mut h = BTreeMap::new();
     h.insert(a(), HealthStatus::Unhealthy);
     h.insert(b(), HealthStatus::Healthy);
@@ -772,7 +773,7 @@ async fn paused_time_drives_a_full_failover() {
         promoting: None,
         failovers: 0,
     };
-    let mut m = Machine::restore(params(), &[a(), b()], durable, t0);
+    let mut m = Machine::restore(params(), &[a(), b()], durable, t0, false);
     let mut promoted_at = None;
     let mut h = BTreeMap::new();
     h.insert(a(), HealthStatus::Unhealthy);
@@ -817,4 +818,123 @@ async fn paused_time_drives_a_full_failover() {
         "verified: {:?}",
         m.phase.name()
     );
+}
+
+#[test]
+fn a_newly_active_region_gets_its_grace_before_it_counts_as_failed() {
+    // Start-up of a pilot-light region: its app is down until the agent holds the
+    // lease and starts it. Unhealthy during that time is not a failure...
+    let mut s = Sim::new(params());
+    let mut t = 0;
+    while t <= 4000 {
+        s.health(t, HealthStatus::Unhealthy, HealthStatus::Unhealthy);
+        s.report(t, b(), 1, false, true);
+        if t % 600 == 0 {
+            s.lease(t, a(), 1);
+        }
+        t += 100;
+    }
+    assert!(
+        s.first(JournalKind::Detected).is_none(),
+        "no detection inside the grace"
+    );
+    // ...but once a was healthy, a failure counts at once; and a region that never
+    // comes up is judged when the grace runs out.
+    steady(&mut s, 4100, 4500, true);
+    s.health(4600, HealthStatus::Unhealthy, HealthStatus::Unhealthy);
+    assert_eq!(s.first(JournalKind::Detected), Some(4600));
+    let mut s2 = Sim::new(params());
+    let mut t = 0;
+    while t <= 6000 {
+        s2.health(t, HealthStatus::Unhealthy, HealthStatus::Unhealthy);
+        s2.report(t, b(), 1, false, true);
+        t += 100;
+    }
+    assert_eq!(s2.first(JournalKind::Detected), Some(5000));
+}
+
+#[test]
+fn a_sleeping_pilot_light_standby_can_be_promoted() {
+    // b's own checks fail (its services are stopped), yet its agent reports and its
+    // data is ready: it is a valid target.
+    let mut s = Sim::new(params());
+    let mut t = 0;
+    while t <= 8000 {
+        let a_h = if t < 1000 {
+            HealthStatus::Healthy
+        } else {
+            HealthStatus::Unhealthy
+        };
+        s.health(t, a_h, HealthStatus::Unhealthy);
+        s.report(t, b(), 1, false, true);
+        if t % 600 == 0 && t < 1000 {
+            s.lease(t, a(), 1);
+        }
+        t += 100;
+    }
+    assert_eq!(
+        s.promotes().first().map(|p| p.1.clone()),
+        Some(b()),
+        "{:?}",
+        s.journal
+    );
+}
+
+#[test]
+fn after_a_restart_an_active_agent_that_never_renews_has_lapsed() {
+    // The controller restarts while a's agent is dead (a's app still answers, so
+    // health alone would never notice). The assumed lease lapses at restart + ttl +
+    // margin and the failover proceeds; a fresh deployment would instead wait the
+    // activation grace for its agents to come up.
+    let t0 = Instant::now();
+    let durable = Durable {
+        epoch: Epoch(4),
+        active: Some(a()),
+        home: None,
+        promoting: None,
+        failovers: 1,
+    };
+    let mut m = Machine::restore(params(), &[a(), b()], durable.clone(), t0, false);
+    let mut fresh = Machine::restore(params(), &[a(), b()], durable, t0, true);
+    let mut h = BTreeMap::new();
+    h.insert(a(), HealthStatus::Healthy);
+    h.insert(b(), HealthStatus::Healthy);
+    let report = Event::Report {
+        region: b(),
+        epoch: Epoch(4),
+        active: false,
+        fenced: true,
+        ready: true,
+        caught_up: true,
+        detail: String::new(),
+    };
+    let mut promoted = None;
+    let mut fresh_promoted = None;
+    for i in 0..60u64 {
+        let now = t0 + ms(i * 100);
+        for (mach, slot) in [(&mut m, &mut promoted), (&mut fresh, &mut fresh_promoted)] {
+            let mut acts = mach.step(now, Event::Health(h.clone())).actions;
+            acts.extend(mach.step(now, report.clone()).actions);
+            if slot.is_none()
+                && acts.iter().any(|a| {
+                    matches!(
+                        a,
+                        Action::Send {
+                            command: CommandKind::Promote,
+                            ..
+                        }
+                    )
+                })
+            {
+                *slot = Some(i * 100);
+            }
+        }
+    }
+    let p = promoted.expect("restarted controller fails over from a silent agent");
+    assert!(p >= 2500 + 1000, "lapse (ttl + margin) then hold-down: {p}");
+    assert_eq!(
+        fresh_promoted, None,
+        "a fresh deployment waits for its agents"
+    );
+    assert_eq!(m.epoch, Epoch(5));
 }

@@ -1,0 +1,135 @@
+//! Command-line parsing and dispatch.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "lifeboat", version, about = "Self-hosted cross-region disaster recovery", long_about = None)]
+pub struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. "info" or "lifeboat_agent=debug".
+    #[arg(long, global = true, env = "LIFEBOAT_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller (the witness): health quorum, failover, DNS, HTTP API.
+    Controller {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run one region's agent.
+    Agent {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The region this agent runs in (a name from [regions]).
+        #[arg(long, short)]
+        region: String,
+    },
+    /// Show the deployment's state: regions, health, lease, epoch.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Machine-readable JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fail over to a region now (unplanned: the active region is fenced, not waited for).
+    Failover {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The region to promote.
+        #[arg(long)]
+        to: String,
+        /// Promote even if the target's data roles are not ready (lag over the limit).
+        #[arg(long)]
+        force: bool,
+        /// Return at once instead of waiting for the new region to report active.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Planned switchover: fence the active region, wait until the target has caught up
+    /// (zero data loss), then promote it.
+    Switchover {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print the controller's journal (every step, with timestamps).
+    Journal {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a config file without starting anything.
+    Validate {
+        /// The config file (also accepted as --config).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        file: Option<PathBuf>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Controller { config } => crate::run::controller(&config).await,
+        Command::Agent { config, region } => crate::run::agent(&config, &region).await,
+        Command::Status { config, json } => crate::ops::status(&config, json).await,
+        Command::Failover {
+            config,
+            to,
+            force,
+            no_wait,
+        } => crate::ops::move_to(&config, &to, force, false, no_wait).await,
+        Command::Switchover {
+            config,
+            to,
+            no_wait,
+        } => crate::ops::move_to(&config, &to, false, true, no_wait).await,
+        Command::Journal {
+            config,
+            since,
+            json,
+        } => crate::ops::journal(&config, since, json).await,
+        Command::Validate { config, file } => match config.or(file) {
+            Some(path) => crate::ops::validate(&path),
+            None => anyhow::bail!("validate needs a config file: lifeboat validate FILE"),
+        },
+    }
+}

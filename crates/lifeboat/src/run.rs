@@ -1,0 +1,182 @@
+//! `lifeboat controller` and `lifeboat agent`: the long-running processes.
+//!
+//! Each prints one line per listening socket on stdout (`listening <what> <addr>`)
+//! so scripts and tests can read back ports bound as 0, then runs until SIGINT or
+//! SIGTERM and shuts down in order: stop taking requests, stop the loops, fence.
+
+use anyhow::{Context, Result};
+use lifeboat_agent::{Agent, services::Services};
+use lifeboat_api::types::CheckReport;
+use lifeboat_config::Config;
+use lifeboat_controller::{Controller, ControllerOptions};
+use lifeboat_core::{RegionId, SharedRole, VantageId};
+use lifeboat_health::{CheckStates, Prober};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) fn load_config(path: &Path) -> Result<Arc<Config>> {
+    Config::load(path)
+        .map(Arc::new)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Cancel the token on SIGINT or SIGTERM.
+pub(crate) fn cancel_on_signal(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot listen for SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+}
+
+pub(crate) fn announce(what: &str, addr: impl std::fmt::Display) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening {what} {addr}");
+    let _ = out.flush();
+}
+
+pub(crate) fn to_reports(states: &CheckStates) -> BTreeMap<String, CheckReport> {
+    states
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                CheckReport {
+                    status: s.status,
+                    detail: s.detail.clone(),
+                    latency_ms: s.latency_ms,
+                },
+            )
+        })
+        .collect()
+}
+
+pub async fn controller(path: &Path) -> Result<ExitCode> {
+    let cfg = load_config(path)?;
+    let token = lifeboat_agent::load_token(&cfg)?;
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+
+    let prober =
+        Prober::new(&cfg, VantageId::Controller).context("setting up the controller's probes")?;
+    let local = prober.subscribe();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let probe_cancel = cancel.child_token();
+    tasks.spawn(prober.run(probe_cancel.clone()));
+
+    let ctrl = Controller::open(cfg.clone(), token, local, ControllerOptions::default())
+        .with_context(|| {
+            format!(
+                "opening controller state in {}",
+                cfg.controller.state_dir.display()
+            )
+        })?;
+    let listener = tokio::net::TcpListener::bind(cfg.controller.api_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the controller API on {} (controller.api_addr)",
+                cfg.controller.api_addr
+            )
+        })?;
+    announce("api", format!("http://{}", listener.local_addr()?));
+    let app = ctrl.router();
+    let http_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+            .await
+    });
+    let result = ctrl.clone().run(cancel.clone()).await;
+    cancel.cancel();
+    let _ = server.await;
+    probe_cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
+    let cfg = load_config(path)?;
+    let region_id = RegionId::new(region);
+    let Some(rc) = cfg.region(&region_id).cloned() else {
+        anyhow::bail!(
+            "--region {region}: no such region in {} (regions: {})",
+            path.display(),
+            cfg.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let token = lifeboat_agent::load_token(&cfg)?;
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+    let tasks = tokio_util::task::TaskTracker::new();
+
+    let prober = Prober::new(&cfg, VantageId::Agent(region_id.clone()))
+        .context("setting up the agent's probes")?;
+    let mut states = prober.subscribe();
+    let (checks_tx, checks_rx) = watch::channel(to_reports(&states.borrow()));
+    let probe_cancel = CancellationToken::new();
+    tasks.spawn(prober.run(probe_cancel.clone()));
+    let pc = probe_cancel.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = pc.cancelled() => return,
+                r = states.changed() => {
+                    if r.is_err() { return; }
+                    checks_tx.send_replace(to_reports(&states.borrow_and_update()));
+                }
+            }
+        }
+    });
+
+    // Data roles in activation order: data first, services last.
+    let service_cancel = CancellationToken::new();
+    let services = Services::new(region, &rc.services, service_cancel.clone());
+    let roles: Vec<SharedRole> = vec![services.clone()];
+
+    let agent = Agent::new(cfg.clone(), region_id.clone(), token, roles, checks_rx)?;
+    let listener = tokio::net::TcpListener::bind(rc.agent_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the agent API on {} (regions.{region}.agent_addr)",
+                rc.agent_addr
+            )
+        })?;
+    announce("agent", format!("http://{}", listener.local_addr()?));
+    let app = lifeboat_agent::routes::router(agent.clone());
+    let http_cancel = cancel.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+            .await
+    });
+    let result = agent.run(cancel.clone()).await;
+    let _ = server.await;
+    services.shutdown().await;
+    probe_cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
