@@ -1,0 +1,851 @@
+//! [`MysqlRole`]: one region's MySQL / MariaDB server behind the agent's
+//! [`DataRole`] contract.
+//!
+//! Guarantees:
+//! - `activate` promotes a replica only when it is ready (replication threads healthy,
+//!   lag within `[database] max_lag` / `max_lag_bytes`) unless the activation is
+//!   forced, and it never throws away a transaction the replica already received: the
+//!   relay log is applied (waiting up to `apply_timeout`) before `RESET SLAVE ALL`.
+//! - `fence` is a real fence: a managed server is stopped; an adopted server has its
+//!   client accounts locked and every client session killed (`read_only` alone does not
+//!   stop SUPER sessions). Lifeboat's own statements there are not binlogged.
+//! - `follow` rejoins the old primary over GTID; transactions it has that the new
+//!   primary lacks (errant GTIDs) are saved (`mariadb-binlog` output, replayable, plus a
+//!   JSON report with their count) before they are undone, never silently dropped.
+//! - activations and follows older than the highest epoch seen are refused.
+
+use crate::conn::{ConnectError, Instance, lit, mysql_config};
+use crate::gtid::split_errant;
+use crate::repl::{self, ReplCredentials, ServerView};
+use crate::server::ServerFiles;
+use anyhow::Context as _;
+use lifeboat_config::Config;
+use lifeboat_config::database::ReplicationMode;
+use lifeboat_core::{
+    Activation, DataRole, Epoch, FollowTarget, HealthStatus, RegionId, RoleError, RoleHealth,
+    RoleStatus,
+};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const ROLE: &str = "mysql";
+
+/// How long a managed server gets to shut down cleanly when fenced before SIGKILL.
+const FENCE_GRACE: Duration = Duration::from_secs(5);
+
+/// What a rejoin found and kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RejoinReport {
+    pub region: RegionId,
+    pub new_primary: RegionId,
+    pub epoch: Epoch,
+    /// Transactions this server had that the new primary lacks.
+    pub errant_count: usize,
+    pub errant_gtids: Vec<String>,
+    /// Of those, DDL statements (which cannot be undone automatically).
+    pub errant_ddl: usize,
+    /// Where they were saved (`errant-transactions.sql`, `flashback.sql`, `report.json`).
+    pub kept_in: Option<PathBuf>,
+    /// The GTID position replication resumed from.
+    pub resumed_from: String,
+}
+
+/// Settings the role needs besides the instance itself.
+#[derive(Debug, Clone)]
+struct Settings {
+    semi_sync: Option<Duration>,
+    max_lag: Option<Duration>,
+    max_lag_bytes: Option<u64>,
+    apply_timeout: Duration,
+    keep_dir: PathBuf,
+    bin_dir: Option<PathBuf>,
+    repl: ReplCredentials,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seen: Epoch,
+    fenced: bool,
+    last_rejoin: Option<RejoinReport>,
+}
+
+/// One region's MySQL / MariaDB server as a data role.
+pub struct MysqlRole {
+    cfg: Config,
+    inst: Instance,
+    settings: Settings,
+    state: std::sync::Mutex<State>,
+    /// Serializes fence / activate / follow: a promotion is never interleaved with a fence.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for MysqlRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MysqlRole({:?})", self.inst)
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> RoleError {
+    RoleError::Failed {
+        role: ROLE.into(),
+        message: e.to_string(),
+    }
+}
+
+fn failed_chain(e: anyhow::Error) -> RoleError {
+    failed(format!("{e:#}"))
+}
+
+impl MysqlRole {
+    /// The role of `region`'s instance as the config describes it. Reads the secrets
+    /// now (a missing password file is an error here, not at failover time).
+    pub fn new(cfg: &Config, region: &RegionId) -> anyhow::Result<Self> {
+        let m = mysql_config(cfg)?;
+        let db = cfg
+            .database
+            .as_ref()
+            .context("the config has no [database] table")?;
+        let inst = Instance::from_config(cfg, region)?;
+        let repl = ReplCredentials {
+            user: m.replication_user.clone(),
+            password: crate::conn::load_secret(
+                &m.replication_password(),
+                "replication password (database.mysql.replication_password_*)",
+            )?,
+        };
+        let settings = Settings {
+            semi_sync: (db.mode == ReplicationMode::Sync).then_some(m.semi_sync_timeout),
+            max_lag: db.max_lag,
+            max_lag_bytes: db.max_lag_bytes,
+            apply_timeout: m.apply_timeout,
+            keep_dir: m
+                .keep_dir
+                .clone()
+                .unwrap_or_else(|| cfg.agent_state_dir(region).join("mysql")),
+            bin_dir: m.bin_dir.clone(),
+            repl,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            inst,
+            settings,
+            state: Default::default(),
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn instance(&self) -> &Instance {
+        &self.inst
+    }
+
+    /// Where errant transactions and fencing state are kept.
+    pub fn keep_dir(&self) -> &Path {
+        &self.settings.keep_dir
+    }
+
+    /// The report of the last rejoin of this server, if any.
+    pub fn last_rejoin(&self) -> Option<RejoinReport> {
+        self.lock_state().last_rejoin.clone()
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent (plain fields).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn files(&self) -> Option<ServerFiles> {
+        self.inst
+            .datadir
+            .as_deref()
+            .map(|d| ServerFiles::new(d, self.settings.bin_dir.as_deref()))
+    }
+
+    fn check_epoch(&self, epoch: Epoch) -> Result<(), RoleError> {
+        let mut st = self.lock_state();
+        if epoch < st.seen {
+            return Err(RoleError::StaleEpoch {
+                got: epoch,
+                seen: st.seen,
+            });
+        }
+        st.seen = epoch;
+        Ok(())
+    }
+
+    async fn connect(&self) -> Result<Conn, RoleError> {
+        self.inst
+            .connect()
+            .await
+            .map_err(ConnectError::into_role_error)
+    }
+
+    /// Connect, starting a managed server first if it is not running.
+    async fn connect_starting(&self) -> Result<Conn, RoleError> {
+        if let Some(files) = self.files()
+            && files.running_pid().is_none()
+        {
+            files.start(None).await.map_err(failed_chain)?;
+            return wait_connect(&self.inst, Duration::from_secs(60))
+                .await
+                .map_err(failed_chain);
+        }
+        self.connect().await
+    }
+
+    fn fenced_accounts_file(&self) -> PathBuf {
+        self.settings
+            .keep_dir
+            .join(format!("fenced-accounts-{}.json", self.inst.region))
+    }
+
+    /// Lock every client account and kill every client session (adopted servers).
+    async fn fence_by_locking(&self, conn: &mut Conn) -> anyhow::Result<usize> {
+        conn.query_drop("SET SESSION sql_log_bin=0").await?;
+        conn.query_drop("SET GLOBAL read_only=1")
+            .await
+            .context("SET GLOBAL read_only=1")?;
+        let accounts: Vec<(String, String, String)> = conn
+            .query(
+                "SELECT User, Host, IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false') \
+                 FROM mysql.global_priv",
+            )
+            .await
+            .context("listing accounts")?;
+        let mut locked: Vec<(String, String)> = read_json(&self.fenced_accounts_file())?;
+        for (user, host, is_locked) in accounts {
+            if user.is_empty()
+                || user == self.inst.user
+                || user == self.settings.repl.user
+                || user == "mariadb.sys"
+                || is_locked == "true"
+            {
+                continue;
+            }
+            let lock = format!("ALTER USER {}@{} ACCOUNT LOCK", lit(&user), lit(&host));
+            match conn.query_drop(lock).await {
+                Ok(()) => {}
+                // An account the running server ignores (a host name under
+                // skip_name_resolve) cannot log in anyway.
+                Err(mysql_async::Error::Server(e)) if e.code == 1396 => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("locking account {user}@{host}"));
+                }
+            }
+            if !locked.contains(&(user.clone(), host.clone())) {
+                locked.push((user, host));
+            }
+        }
+        // Record the accounts before killing sessions: an unfence must find them.
+        write_json(&self.fenced_accounts_file(), &locked)?;
+        let me: Option<u64> = conn.query_first("SELECT CONNECTION_ID()").await?;
+        let sessions: Vec<(u64, String, String)> = conn
+            .query("SELECT ID, USER, COMMAND FROM information_schema.PROCESSLIST")
+            .await
+            .context("listing sessions")?;
+        let mut killed = 0;
+        for (id, user, command) in sessions {
+            if Some(id) == me
+                || user == "system user"
+                || user == "event_scheduler"
+                || command == "Daemon"
+                || command == "Binlog Dump"
+            {
+                continue;
+            }
+            // A session may end by itself meanwhile (ER_NO_SUCH_THREAD): that is fine.
+            if conn
+                .query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+
+    /// Undo `fence_by_locking`: unlock the accounts it locked.
+    async fn unlock_accounts(&self, conn: &mut Conn) -> anyhow::Result<()> {
+        let path = self.fenced_accounts_file();
+        let locked: Vec<(String, String)> = read_json(&path)?;
+        if locked.is_empty() {
+            return Ok(());
+        }
+        conn.query_drop("SET SESSION sql_log_bin=0").await?;
+        for (user, host) in &locked {
+            conn.query_drop(format!(
+                "ALTER USER {}@{} ACCOUNT UNLOCK",
+                lit(user),
+                lit(host)
+            ))
+            .await
+            .with_context(|| format!("unlocking account {user}@{host}"))?;
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(())
+    }
+
+    async fn do_fence(&self) -> Result<(), RoleError> {
+        if let Some(files) = self.files() {
+            files.stop(FENCE_GRACE).await.map_err(failed_chain)?;
+        } else {
+            let mut conn = self.connect().await?;
+            let killed = self
+                .fence_by_locking(&mut conn)
+                .await
+                .map_err(failed_chain)?;
+            tracing::info!(region = %self.inst.region, killed, "mysql fenced: accounts locked, sessions killed");
+            let _ = conn.disconnect().await;
+        }
+        self.lock_state().fenced = true;
+        Ok(())
+    }
+
+    async fn do_activate(&self, act: &Activation) -> Result<(), RoleError> {
+        let mut conn = self.connect_starting().await?;
+        let view = repl::observe(&mut conn).await.map_err(failed_chain)?;
+        if let Some(rs) = &view.replica {
+            self.check_ready(&view, rs, act.forced)?;
+            self.apply_received(&mut conn, act.forced).await?;
+        }
+        repl::open_as_primary(&mut conn, self.settings.semi_sync)
+            .await
+            .map_err(failed_chain)?;
+        self.unlock_accounts(&mut conn)
+            .await
+            .map_err(failed_chain)?;
+        self.lock_state().fenced = false;
+        tracing::info!(region = %self.inst.region, epoch = %act.epoch, forced = act.forced, "mysql promoted");
+        let _ = conn.disconnect().await;
+        Ok(())
+    }
+
+    fn check_ready(
+        &self,
+        view: &ServerView,
+        rs: &repl::ReplicaStatus,
+        forced: bool,
+    ) -> Result<(), RoleError> {
+        if forced {
+            return Ok(());
+        }
+        if let Some(reason) = self.not_ready_reason(view, rs) {
+            return Err(RoleError::NotReady {
+                role: format!("{ROLE} ({})", self.inst.region),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// Why this replica must not be promoted automatically (None: it may be).
+    fn not_ready_reason(&self, view: &ServerView, rs: &repl::ReplicaStatus) -> Option<String> {
+        if !rs.last_sql_error.is_empty() {
+            return Some(format!("the SQL thread failed: {}", rs.last_sql_error));
+        }
+        if !rs.sql_running {
+            return Some("the SQL thread is stopped: received transactions are not applied".into());
+        }
+        if let (Some(max), Some(lag)) = (self.settings.max_lag, rs.seconds_behind)
+            && lag as f64 > max.as_secs_f64()
+        {
+            return Some(format!(
+                "lag {lag}s exceeds max_lag {max:?} (Seconds_Behind_Master)"
+            ));
+        }
+        if let (Some(max), Some(bytes)) = (self.settings.max_lag_bytes, rs.unapplied_bytes)
+            && bytes > max
+        {
+            return Some(format!(
+                "{bytes} bytes received but not applied exceed max_lag_bytes {max}"
+            ));
+        }
+        if rs.sql_delay > 0 && !view.fully_applied() {
+            return Some(format!(
+                "delayed replication (MASTER_DELAY={}s) holds {} received transactions",
+                rs.sql_delay,
+                view.unapplied_transactions()
+            ));
+        }
+        None
+    }
+
+    /// Stop receiving, then apply everything already received (the relay log).
+    async fn apply_received(&self, conn: &mut Conn, forced: bool) -> Result<(), RoleError> {
+        let io = |e: mysql_async::Error| failed(format!("stopping the IO thread: {e}"));
+        conn.query_drop("STOP SLAVE IO_THREAD").await.map_err(io)?;
+        let view = repl::observe(conn).await.map_err(failed_chain)?;
+        let Some(rs) = view.replica.clone() else {
+            return Ok(());
+        };
+        if (rs.sql_delay > 0 || !rs.sql_running) && forced {
+            // An operator forces it: apply what was received now, without the delay.
+            // CHANGE MASTER purges the relay log unless told where the SQL thread is.
+            conn.query_drop("STOP SLAVE").await.map_err(failed)?;
+            let now = repl::replica_status(conn)
+                .await
+                .map_err(failed_chain)?
+                .unwrap_or_else(|| rs.clone());
+            conn.query_drop(format!(
+                "CHANGE MASTER TO MASTER_DELAY=0, RELAY_LOG_FILE={}, RELAY_LOG_POS={}",
+                lit(&now.relay_log_file),
+                now.relay_log_pos
+            ))
+            .await
+            .map_err(failed)?;
+            conn.query_drop("START SLAVE SQL_THREAD")
+                .await
+                .map_err(failed)?;
+        }
+        let target = rs.io_pos.to_string();
+        if target.is_empty() {
+            return Ok(());
+        }
+        let secs = self.settings.apply_timeout.as_secs_f64();
+        let res: Option<i64> = conn
+            .query_first(format!("SELECT MASTER_GTID_WAIT({}, {secs})", lit(&target)))
+            .await
+            .map_err(|e| failed(format!("waiting for the relay log to be applied: {e}")))?;
+        if res == Some(0) {
+            return Ok(());
+        }
+        let view = repl::observe(conn).await.map_err(failed_chain)?;
+        let left = view.unapplied_transactions();
+        if forced {
+            tracing::warn!(
+                left,
+                "forced promotion: received transactions left unapplied"
+            );
+            return Ok(());
+        }
+        // Not promoted: resume receiving so the replica keeps following.
+        let _ = conn.query_drop("START SLAVE").await;
+        Err(RoleError::NotReady {
+            role: format!("{ROLE} ({})", self.inst.region),
+            reason: format!(
+                "{left} received transactions not applied within apply_timeout {:?}",
+                self.settings.apply_timeout
+            ),
+        })
+    }
+
+    async fn do_follow(&self, target: &FollowTarget) -> Result<(), RoleError> {
+        if target.active == self.inst.region {
+            return Err(failed("cannot follow the own region"));
+        }
+        let primary = Instance::from_config(&self.cfg, &target.active).map_err(failed_chain)?;
+        let mut pconn = primary
+            .connect()
+            .await
+            .map_err(ConnectError::into_role_error)?;
+        let pview = repl::observe(&mut pconn).await.map_err(failed_chain)?;
+        if pview.replica.is_some() || pview.read_only {
+            return Err(RoleError::NotReady {
+                role: format!("{ROLE} ({})", self.inst.region),
+                reason: format!("{primary} is not a writable primary yet"),
+            });
+        }
+        let mut conn = self.connect_starting().await?;
+        let view = repl::observe(&mut conn).await.map_err(failed_chain)?;
+        if let Some(rs) = &view.replica
+            && rs.master_host == primary.host
+            && rs.master_port == primary.port
+            && rs.sql_running
+            && rs.last_io_error.is_empty()
+        {
+            // Already following the active region.
+            self.unlock_accounts(&mut conn)
+                .await
+                .map_err(failed_chain)?;
+            self.lock_state().fenced = false;
+            return Ok(());
+        }
+        let report = self
+            .rejoin(&mut conn, &view, &primary, &pview, target)
+            .await
+            .map_err(failed_chain)?;
+        self.unlock_accounts(&mut conn)
+            .await
+            .map_err(failed_chain)?;
+        let mut st = self.lock_state();
+        st.fenced = false;
+        if report.errant_count > 0 || st.last_rejoin.is_none() {
+            st.last_rejoin = Some(report);
+        }
+        Ok(())
+    }
+
+    async fn rejoin(
+        &self,
+        conn: &mut Conn,
+        view: &ServerView,
+        primary: &Instance,
+        pview: &ServerView,
+        target: &FollowTarget,
+    ) -> anyhow::Result<RejoinReport> {
+        conn.query_drop("SET SESSION sql_log_bin=0").await?;
+        conn.query_drop("SET GLOBAL read_only=1").await?;
+        conn.query_drop("STOP SLAVE").await.context("STOP SLAVE")?;
+        let tail = repl::binlog_tail(conn, |g| pview.binlog_state.contains(g)).await?;
+        let gtids: Vec<_> = tail.iter().map(|t| t.gtid).collect();
+        let (common, errant) = split_errant(&gtids, &pview.binlog_state);
+        // Resume from the newest position this server has in every domain, except where
+        // it diverged: there, from the last transaction both servers have.
+        let mut start = view.slave_pos.clone();
+        for (d, g) in &view.binlog_pos.0 {
+            if start.0.get(d).is_none_or(|s| s.seq < g.seq) {
+                start.0.insert(*d, *g);
+            }
+        }
+        let mut report = RejoinReport {
+            region: self.inst.region.clone(),
+            new_primary: primary.region.clone(),
+            epoch: target.epoch,
+            errant_count: errant.len(),
+            errant_gtids: errant.iter().map(ToString::to_string).collect(),
+            errant_ddl: 0,
+            kept_in: None,
+            resumed_from: String::new(),
+        };
+        if !errant.is_empty() {
+            for g in &errant {
+                match common.0.get(&g.domain) {
+                    Some(c) => start.0.insert(g.domain, *c),
+                    None => start.0.remove(&g.domain),
+                };
+            }
+            let first = tail
+                .iter()
+                .find(|t| !pview.binlog_state.contains(&t.gtid))
+                .context("errant transaction vanished from the binlog")?;
+            let files: Vec<String> = {
+                let all: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await?;
+                let all: Vec<String> = all
+                    .iter()
+                    .filter_map(|r| crate::conn::col(r, "Log_name"))
+                    .collect();
+                let from = all.iter().position(|n| *n == first.file).unwrap_or(0);
+                all[from..].to_vec()
+            };
+            report.errant_ddl = tail
+                .iter()
+                .filter(|t| t.ddl && !pview.binlog_state.contains(&t.gtid))
+                .count();
+            let dir = self.settings.keep_dir.join(format!(
+                "errant-{}-epoch{}-{}",
+                self.inst.region,
+                target.epoch,
+                unix_now()
+            ));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            report.kept_in = Some(dir.clone());
+            let binlog = |extra: &[&str]| {
+                let mut cmd = tokio::process::Command::new(crate::server::program(
+                    self.settings.bin_dir.as_deref(),
+                    "mariadb-binlog",
+                ));
+                cmd.arg("--read-from-remote-server")
+                    .arg(format!("--host={}", self.inst.host))
+                    .arg(format!("--port={}", self.inst.port))
+                    .arg(format!("--user={}", self.inst.user))
+                    .arg(format!("--start-position={}", first.pos))
+                    .args(extra)
+                    .args(&files)
+                    .env("MYSQL_PWD", &self.inst.password);
+                cmd
+            };
+            run_to_file(binlog(&["--verbose"]), &dir.join("errant-transactions.sql")).await?;
+            write_replay_file(
+                &dir.join("errant-transactions.sql"),
+                &dir.join("replay.sql"),
+            )?;
+            run_to_file(binlog(&["--flashback"]), &dir.join("flashback.sql")).await?;
+            report.resumed_from = start.to_string();
+            write_json(&dir.join("report.json"), &report)?;
+            tracing::warn!(
+                region = %self.inst.region,
+                count = errant.len(),
+                dir = %dir.display(),
+                "errant transactions kept before rejoin"
+            );
+            if report.errant_ddl > 0 {
+                anyhow::bail!(
+                    "{} errant transactions ({} of them DDL) kept in {}; DDL cannot be undone \
+                     automatically: rebuild this server as a replica of {}",
+                    errant.len(),
+                    report.errant_ddl,
+                    dir.display(),
+                    primary
+                );
+            }
+            // Undo the errant row changes (they are kept above), without binlogging.
+            let mut mariadb = tokio::process::Command::new(crate::server::program(
+                self.settings.bin_dir.as_deref(),
+                "mariadb",
+            ));
+            mariadb
+                .arg(format!("--host={}", self.inst.host))
+                .arg(format!("--port={}", self.inst.port))
+                .arg(format!("--user={}", self.inst.user))
+                .arg("--init-command=SET SESSION sql_log_bin=0")
+                .env("MYSQL_PWD", &self.inst.password)
+                .stdin(std::fs::File::open(dir.join("flashback.sql"))?);
+            let out = mariadb
+                .output()
+                .await
+                .context("running mariadb to undo errant transactions")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "undoing the errant transactions failed (they are kept in {}): {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            // The binlog still holds the errant GTIDs; the new primary's history replaces it.
+            conn.query_drop("RESET MASTER")
+                .await
+                .context("RESET MASTER")?;
+        }
+        report.resumed_from = start.to_string();
+        repl::start_replica(
+            conn,
+            primary,
+            &self.settings.repl,
+            self.settings.semi_sync.is_some(),
+            Some(&start),
+        )
+        .await?;
+        repl::wait_replicating(conn, Duration::from_secs(30)).await?;
+        Ok(report)
+    }
+
+    async fn do_status(&self) -> RoleStatus {
+        let mut st = RoleStatus::new(ROLE, RoleHealth::Unknown);
+        let fenced = self.lock_state().fenced;
+        if let Some(r) = &self.lock_state().last_rejoin {
+            st.metrics
+                .insert("errant_transactions_kept".into(), r.errant_count as f64);
+        }
+        let mut conn = match self.inst.connect_within(Duration::from_secs(2)).await {
+            Ok(c) => c,
+            Err(e) => {
+                let stopped = self.files().is_some_and(|f| f.running_pid().is_none());
+                st.role = match (fenced, stopped) {
+                    (true, _) => RoleHealth::Fenced,
+                    (false, true) => RoleHealth::Stopped,
+                    (false, false) => RoleHealth::Unknown,
+                };
+                st.health = if fenced {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                };
+                st.detail = e.to_string();
+                return st;
+            }
+        };
+        let view = match repl::observe(&mut conn).await {
+            Ok(v) => v,
+            Err(e) => {
+                st.health = HealthStatus::Unhealthy;
+                st.detail = format!("{e:#}");
+                return st;
+            }
+        };
+        let _ = conn.disconnect().await;
+        st.metrics
+            .insert("read_only".into(), f64::from(u8::from(view.read_only)));
+        st.metrics.insert(
+            "semi_sync_master".into(),
+            f64::from(u8::from(view.semi_sync_master)),
+        );
+        st.metrics
+            .insert("semi_sync_clients".into(), view.semi_sync_clients as f64);
+        match &view.replica {
+            Some(rs) => {
+                st.role = RoleHealth::Standby;
+                st.lag_seconds = rs.seconds_behind.map(|s| s as f64);
+                st.lag_bytes = rs.unapplied_bytes;
+                st.metrics.insert(
+                    "unapplied_transactions".into(),
+                    view.unapplied_transactions() as f64,
+                );
+                let reason = self.not_ready_reason(&view, rs);
+                st.ready_to_promote = reason.is_none();
+                st.caught_up = rs.io_connected()
+                    && rs.sql_running
+                    && view.fully_applied()
+                    && rs.seconds_behind == Some(0);
+                st.health = if rs.sql_running && rs.last_sql_error.is_empty() {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                };
+                st.detail = format!(
+                    "replica of {}:{} (IO thread: {}{}; applied {}; received {}){}",
+                    rs.master_host,
+                    rs.master_port,
+                    rs.io_running,
+                    if rs.last_io_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {}", rs.last_io_error)
+                    },
+                    view.slave_pos,
+                    rs.io_pos,
+                    reason
+                        .map(|r| format!("; not ready: {r}"))
+                        .unwrap_or_default()
+                );
+            }
+            None if view.read_only => {
+                st.role = RoleHealth::Fenced;
+                st.health = HealthStatus::Healthy;
+                st.detail = format!(
+                    "read-only, not replicating (gtid_binlog_pos {})",
+                    view.binlog_pos
+                );
+            }
+            None => {
+                st.role = RoleHealth::Primary;
+                st.health = HealthStatus::Healthy;
+                st.caught_up = true;
+                st.detail = format!(
+                    "primary at {}{}",
+                    view.binlog_pos,
+                    match self.settings.semi_sync {
+                        Some(_) if !view.semi_sync_master => {
+                            " (semi-sync configured but not active: running asynchronously)"
+                        }
+                        _ => "",
+                    }
+                );
+            }
+        }
+        st
+    }
+}
+
+#[async_trait::async_trait]
+impl DataRole for MysqlRole {
+    fn name(&self) -> &str {
+        ROLE
+    }
+
+    async fn status(&self) -> RoleStatus {
+        self.do_status().await
+    }
+
+    async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
+        let _op = self.op.lock().await;
+        {
+            let mut st = self.lock_state();
+            st.seen = st.seen.max(epoch);
+        }
+        self.do_fence().await
+    }
+
+    async fn activate(&self, activation: &Activation) -> Result<(), RoleError> {
+        let _op = self.op.lock().await;
+        self.check_epoch(activation.epoch)?;
+        self.do_activate(activation).await
+    }
+
+    async fn follow(&self, target: &FollowTarget) -> Result<(), RoleError> {
+        let _op = self.op.lock().await;
+        self.check_epoch(target.epoch)?;
+        self.do_follow(target).await
+    }
+}
+
+/// Poll until a login succeeds (a server that was just started).
+pub(crate) async fn wait_connect(inst: &Instance, timeout: Duration) -> anyhow::Result<Conn> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match inst.connect().await {
+            Ok(c) => return Ok(c),
+            Err(ConnectError::Unreachable { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn run_to_file(mut cmd: tokio::process::Command, path: &Path) -> anyhow::Result<()> {
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // Not `output()`: tokio's would replace stdout with a pipe.
+    let out = cmd
+        .stdout(file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running mariadb-binlog")?
+        .wait_with_output()
+        .await
+        .context("running mariadb-binlog")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "mariadb-binlog failed writing {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The errant transactions without their original GTIDs: replayed on the new primary
+/// (`mariadb < replay.sql`) they get new GTIDs of that server, which strict mode accepts.
+fn write_replay_file(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !(l.contains("SET @@session.gtid_seq_no=") || l.contains("SET @@session.server_id="))
+        })
+        .collect();
+    std::fs::write(to, kept.join("\n") + "\n").with_context(|| format!("writing {}", to.display()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn read_json<T: serde::de::DeserializeOwned + Default>(path: &Path) -> anyhow::Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Used by [`crate::bootstrap`] to check a pair it adopts.
+pub(crate) fn describe(view: &ServerView) -> String {
+    match &view.replica {
+        Some(rs) => format!("a replica of {}:{}", rs.master_host, rs.master_port),
+        None if view.read_only => "a read-only server that replicates from nobody".into(),
+        None => format!("a writable primary (gtid_binlog_pos {})", view.binlog_pos),
+    }
+}
