@@ -73,6 +73,8 @@ async fn create_overwrite_and_delete_without_delete_replication() {
         db.target("hello.txt", "b").unwrap().is_none(),
         "a forgets the key"
     );
+    // The file appears before the copy is verified and recorded: wait for the record.
+    wait_until(20, "both copies recorded", || a.metrics.replicated() >= 2).await;
     assert_eq!(a.metrics.replicated(), 2);
     a.stop().await;
 }
@@ -361,6 +363,7 @@ async fn no_ping_pong_after_the_direction_changes() {
             .is_some_and(|s| s.status == "REPLICA")
     })
     .await;
+    wait_until(20, "b recorded its copy", || b.metrics.replicated() >= 1).await;
     assert_eq!(
         b.metrics.replicated(),
         1,
@@ -381,6 +384,7 @@ async fn no_ping_pong_after_the_direction_changes() {
         read(&t.b, "again-a.txt").is_some()
     })
     .await;
+    wait_until(20, "a recorded its copy", || a.metrics.replicated() >= 2).await;
     assert_eq!(
         a.metrics.replicated(),
         2,
