@@ -15,6 +15,7 @@
 //! ([`DnsMetrics`]).
 
 mod metrics;
+mod udp;
 mod zone;
 
 pub use metrics::DnsMetrics;
@@ -91,13 +92,18 @@ impl DnsServer {
             self.live.model.origin().clone(),
             vec![Arc::new(ZoneAdapter(self.live.clone()))],
         );
-        let handler = CountingHandler {
+        let handler = Arc::new(CountingHandler {
             catalog,
             metrics: self.metrics.clone(),
-        };
-        let mut server = Server::new(handler);
-        server.register_socket(udp);
+        });
+        // TCP through hickory's server; UDP through our receive loops (see `udp`).
+        let mut server = Server::new(SharedHandler(handler.clone()));
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        let udp = Arc::new(udp);
+        let mut udp_tasks = tokio::task::JoinSet::new();
+        for _ in 0..udp_receivers() {
+            udp_tasks.spawn(udp::serve(udp.clone(), handler.clone(), cancel.clone()));
+        }
 
         // Rebuild as soon as the table changes, so that switches are logged and counted
         // even when nobody asks; queries also rebuild on demand, so none sees a stale table.
@@ -116,15 +122,32 @@ impl DnsServer {
 
         let shutdown = server.shutdown_token().clone();
         let result = tokio::select! {
-            r = server.block_until_done() => r.context("DNS server stopped"),
-            () = cancel.cancelled() => {
-                shutdown.cancel();
-                server.block_until_done().await.context("shutting down the DNS server")
-            }
+            r = server.block_until_done() => r.context("DNS server (TCP) stopped"),
+            Some(r) = udp_tasks.join_next() => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::Error::new(e).context("DNS UDP task failed")),
+            },
+            () = cancel.cancelled() => Ok(()),
         };
+        // Whatever ended first, stop everything else.
+        shutdown.cancel();
+        udp_tasks.abort_all();
         watcher.abort();
-        result
+        let stopped = server
+            .block_until_done()
+            .await
+            .context("shutting down the DNS server");
+        result.and(stopped)
     }
+}
+
+/// How many tasks receive on the UDP socket: one per core, so that every core can
+/// answer while the others wait for packets.
+fn udp_receivers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 16)
 }
 
 /// The zone and the routing table it answers from.
@@ -259,9 +282,25 @@ impl ZoneHandler for ZoneAdapter {
 }
 
 /// The catalog, counting every answer by query type and response code.
-struct CountingHandler {
+pub(crate) struct CountingHandler {
     catalog: Catalog,
-    metrics: Arc<DnsMetrics>,
+    pub(crate) metrics: Arc<DnsMetrics>,
+}
+
+/// The handler as hickory's server owns it (shared with the UDP tasks).
+struct SharedHandler(Arc<CountingHandler>);
+
+#[async_trait::async_trait]
+impl RequestHandler for SharedHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
+    }
 }
 
 #[async_trait::async_trait]

@@ -82,6 +82,28 @@ async fn malformed_packets_do_not_stop_the_server() {
             assert_eq!(a_records(&m), vec!["192.0.2.10"], "after {what}");
         }
     }
+    // A packet whose header parses but whose question loops gets FORMERR, not silence.
+    let mut p = header(21, 1, 0, 0, 0);
+    p.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1]);
+    raw.send(&p).await.expect("send");
+    let mut buf = vec![0u8; 512];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), raw.recv(&mut buf))
+            .await
+            .expect("an answer to the compression loop")
+            .expect("recv");
+        // Earlier garbage may also have drawn FORMERRs: find ours by id.
+        let m = hickory_net::proto::op::Message::from_vec(&buf[..n]).expect("a valid response");
+        if m.metadata.id == 21 {
+            assert_eq!(
+                m.metadata.response_code,
+                hickory_net::proto::op::ResponseCode::FormErr
+            );
+            break;
+        }
+    }
+    assert!(h.metrics.queries("NONE", "FORMERR") > 0);
+
     // And over TCP too: a garbage frame closes that connection only.
     let mut tcp = tokio::net::TcpStream::connect(h.tcp)
         .await
