@@ -45,10 +45,18 @@ fn repl_credentials(cfg: &Config) -> anyhow::Result<ReplCredentials> {
     })
 }
 
-fn semi_sync(cfg: &Config) -> anyhow::Result<Option<Duration>> {
+fn semi_sync(cfg: &Config) -> anyhow::Result<Option<repl::SemiSync>> {
     let m = mysql_config(cfg)?;
-    let mode = cfg.database.as_ref().map(|d| d.mode).unwrap_or_default();
-    Ok((mode == ReplicationMode::Sync).then_some(m.semi_sync_timeout))
+    let db = cfg
+        .database
+        .as_ref()
+        .context("the config has no [database] table")?;
+    Ok(
+        (db.mode == ReplicationMode::Sync).then_some(repl::SemiSync {
+            timeout: m.semi_sync_timeout,
+            strict: db.strict,
+        }),
+    )
 }
 
 /// Accounts lifeboat needs on every server (not binlogged).

@@ -255,18 +255,39 @@ pub async fn wait_replicating(conn: &mut Conn, timeout: Duration) -> anyhow::Res
     }
 }
 
+/// Semi-synchronous replication settings of a primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SemiSync {
+    /// `rpl_semi_sync_master_timeout`: then the primary falls back to async.
+    pub timeout: Duration,
+    /// `[database] strict`: with no semi-sync replica connected, commits wait for one
+    /// (practically forever) instead of proceeding unprotected.
+    pub strict: bool,
+}
+
 /// Make the server a writable primary (the last step of a promotion).
-pub async fn open_as_primary(conn: &mut Conn, semi_sync: Option<Duration>) -> anyhow::Result<()> {
+///
+/// In semi-sync mode and not strict, `rpl_semi_sync_master_wait_no_slave=OFF`: a
+/// primary with no replica left (just after a failover) does not make every commit wait
+/// for the timeout; it runs unprotected, which status reports, until a replica connects
+/// and catches up, when semi-sync resumes by itself.
+pub async fn open_as_primary(conn: &mut Conn, semi_sync: Option<SemiSync>) -> anyhow::Result<()> {
     conn.query_drop("STOP SLAVE").await.context("STOP SLAVE")?;
     conn.query_drop("RESET SLAVE ALL")
         .await
         .context("RESET SLAVE ALL")?;
     match semi_sync {
-        Some(timeout) => conn
+        Some(ss) => conn
             .query_drop(format!(
                 "SET GLOBAL rpl_semi_sync_master_wait_point='AFTER_SYNC', \
-                 rpl_semi_sync_master_timeout={}, rpl_semi_sync_master_enabled=1",
-                timeout.as_millis()
+                 rpl_semi_sync_master_timeout={}, rpl_semi_sync_master_wait_no_slave={}, \
+                 rpl_semi_sync_master_enabled=1",
+                if ss.strict {
+                    u128::from(u32::MAX)
+                } else {
+                    ss.timeout.as_millis()
+                },
+                if ss.strict { "ON" } else { "OFF" }
             ))
             .await
             .context("enabling semi-sync on the primary")?,

@@ -57,7 +57,7 @@ pub struct RejoinReport {
 /// Settings the role needs besides the instance itself.
 #[derive(Debug, Clone)]
 struct Settings {
-    semi_sync: Option<Duration>,
+    semi_sync: Option<repl::SemiSync>,
     max_lag: Option<Duration>,
     max_lag_bytes: Option<u64>,
     apply_timeout: Duration,
@@ -118,7 +118,10 @@ impl MysqlRole {
             )?,
         };
         let settings = Settings {
-            semi_sync: (db.mode == ReplicationMode::Sync).then_some(m.semi_sync_timeout),
+            semi_sync: (db.mode == ReplicationMode::Sync).then_some(repl::SemiSync {
+                timeout: m.semi_sync_timeout,
+                strict: db.strict,
+            }),
             max_lag: db.max_lag,
             max_lag_bytes: db.max_lag_bytes,
             apply_timeout: m.apply_timeout,
@@ -713,17 +716,20 @@ impl MysqlRole {
                 );
             }
             None => {
+                let unprotected = self.settings.semi_sync.is_some()
+                    && (!view.semi_sync_master || view.semi_sync_clients == 0);
+                st.metrics
+                    .insert("unprotected".into(), f64::from(u8::from(unprotected)));
                 st.role = RoleHealth::Primary;
                 st.health = HealthStatus::Healthy;
                 st.caught_up = true;
                 st.detail = format!(
                     "primary at {}{}",
                     view.binlog_pos,
-                    match self.settings.semi_sync {
-                        Some(_) if !view.semi_sync_master => {
-                            " (semi-sync configured but not active: running asynchronously)"
-                        }
-                        _ => "",
+                    if unprotected {
+                        " (semi-sync configured but no replica acknowledges: running unprotected, asynchronously)"
+                    } else {
+                        ""
                     }
                 );
             }

@@ -403,6 +403,11 @@ async fn semi_sync_acknowledged_writes_survive_kill_9() {
     let mut b = pair.admin(&region_b()).await.unwrap();
     let ids: Vec<i32> = b.query("SELECT id FROM app.t ORDER BY id").await.unwrap();
     assert_eq!(ids, acknowledged, "acknowledged writes lost");
+    // With no replica left the new primary runs unprotected (not strict), openly.
+    let st = role_b.status().await;
+    assert_eq!(st.role, RoleHealth::Primary, "{st:?}");
+    assert_eq!(st.metrics.get("unprotected"), Some(&1.0), "{st:?}");
+    assert!(st.detail.contains("unprotected"), "{st:?}");
     b.query_drop("INSERT INTO app.t VALUES (1000, 'after')")
         .await
         .unwrap();
