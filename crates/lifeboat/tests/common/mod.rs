@@ -1,0 +1,523 @@
+//! Test harness: real `lifeboat` processes on loopback (and in network namespaces),
+//! with configs written to a temp dir, ports found free, and everything killed on
+//! Drop — even when the test fails.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use lifeboat_api::ApiClient;
+use lifeboat_api::types::ControllerStatus;
+use lifeboat_core::JournalEntry;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub const TOKEN: &str = "test-token-7f3a";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lifeboat")
+}
+
+/// A port free on `ip` right now (the config must name ports before the processes
+/// start; DESIGN.md allows "a port found free").
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed on Drop: SIGTERM first (so an agent stops its services),
+/// SIGKILL if it does not exit within a few seconds.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub lines: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let err = std::fs::File::create(log).unwrap();
+        cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Wait for a stdout line starting with `prefix` and return the rest.
+    pub async fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.starts_with(prefix))
+            {
+                return l[prefix.len()..].trim().to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never printed {prefix:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One region of a test deployment.
+#[derive(Clone, Debug)]
+pub struct RegionSpec {
+    pub name: String,
+    /// Address the agent and the app bind.
+    pub ip: String,
+    pub agent_port: u16,
+    pub app_port: u16,
+}
+
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub ctrl_addr: String,
+    pub regions: Vec<RegionSpec>,
+    pub procs: BTreeMap<String, Proc>,
+}
+
+pub struct Options {
+    pub ctrl_ip: String,
+    pub regions: Vec<(String, String)>,
+    /// Fixed (agent, app) ports for regions whose address is not bindable here
+    /// (inside a network namespace of their own, where every port is free).
+    pub fixed_ports: BTreeMap<String, (u16, u16)>,
+    pub failover_extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ctrl_ip: "127.0.0.1".into(),
+            regions: vec![
+                ("a".into(), "127.0.1.1".into()),
+                ("b".into(), "127.0.2.1".into()),
+            ],
+            fixed_ports: BTreeMap::new(),
+            failover_extra: String::new(),
+        }
+    }
+}
+
+impl Deployment {
+    /// Write a config: a controller, two regions, each with a pilot-light HTTP app
+    /// (python's http.server) and an HTTP check on it; checks every 500 ms,
+    /// threshold 2, lease ttl 2 s — the figures of issue 2's benchmark.
+    pub fn new(opts: Options) -> Deployment {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("token"), TOKEN).unwrap();
+        let ctrl_port = free_port(&opts.ctrl_ip);
+        let ctrl_addr = format!("{}:{ctrl_port}", opts.ctrl_ip);
+        let mut cfg = format!(
+            "[deployment]\nname = \"test\"\n\n[controller]\napi_addr = \"{ctrl_addr}\"\nstate_dir = \"{}\"\n\n[auth]\ntoken_file = \"{}\"\n\n[failover]\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nreport_ttl = \"2s\"\n{}\n",
+            d.join("controller").display(),
+            d.join("token").display(),
+            opts.failover_extra,
+        );
+        let mut regions = Vec::new();
+        for (i, (name, ip)) in opts.regions.iter().enumerate() {
+            let (agent_port, app_port) = opts
+                .fixed_ports
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| (free_port(ip), free_port(ip)));
+            let spec = RegionSpec {
+                name: name.clone(),
+                ip: ip.clone(),
+                agent_port,
+                app_port,
+            };
+            let www = d.join(format!("www-{name}"));
+            std::fs::create_dir_all(&www).unwrap();
+            std::fs::write(www.join("index.html"), format!("region {name}\n")).unwrap();
+            let pidfile = d.join(format!("app-{name}.pid"));
+            let poison = d.join(format!("poison-{name}"));
+            cfg.push_str(&format!(
+                "[regions.{name}]\nagent_addr = \"{ip}:{}\"\naddress = \"{ip}\"\nrole = \"{}\"\n\n[[regions.{name}.services]]\nname = \"web\"\nworkdir = \"{}\"\nstop_timeout = \"2s\"\ncommand = [\"sh\", \"-c\", \"echo $$ > {}; test -e {} && exit 1; exec python3 -m http.server --bind {ip} {}\"]\n\n[checks.web-{name}]\ntype = \"http\"\nregion = \"{name}\"\nurl = \"http://{ip}:{}/\"\nsearch = \"region {name}\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\nfailure_threshold = 2\n\n",
+                spec.agent_port,
+                if i == 0 { "active" } else { "standby" },
+                www.display(),
+                pidfile.display(),
+                poison.display(),
+                spec.app_port,
+                spec.app_port,
+            ));
+            regions.push(spec);
+        }
+        let config = d.join("lifeboat.toml");
+        std::fs::write(&config, cfg).unwrap();
+        Deployment {
+            dir,
+            config,
+            ctrl_addr,
+            regions,
+            procs: BTreeMap::new(),
+        }
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    pub fn command(&self, netns: Option<&str>) -> Command {
+        match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        }
+    }
+
+    pub async fn start_controller(&mut self) {
+        let mut cmd = self.command(None);
+        cmd.args(["controller", "--config"])
+            .arg(&self.config)
+            .env("LIFEBOAT_LOG", "info");
+        let p = Proc::spawn("controller", cmd, &self.log("controller"));
+        p.wait_line("listening api ", Duration::from_secs(30)).await;
+        self.procs.insert("controller".into(), p);
+    }
+
+    pub async fn start_agent(&mut self, region: &str, netns: Option<&str>) {
+        let mut cmd = self.command(netns);
+        cmd.args(["agent", "--config"])
+            .arg(&self.config)
+            .args(["--region", region])
+            .env("LIFEBOAT_LOG", "info");
+        let name = format!("agent-{region}");
+        let p = Proc::spawn(&name, cmd, &self.log(&name));
+        p.wait_line("listening agent ", Duration::from_secs(30))
+            .await;
+        self.procs.insert(name, p);
+    }
+
+    pub fn proc(&mut self, name: &str) -> &mut Proc {
+        self.procs.get_mut(name).unwrap()
+    }
+
+    pub fn client(&self) -> ApiClient {
+        ApiClient::new(
+            format!("http://{}", self.ctrl_addr),
+            Some(TOKEN.into()),
+            Duration::from_secs(3),
+        )
+    }
+
+    pub fn agent_client(&self, region: &str) -> ApiClient {
+        let r = self.region(region);
+        ApiClient::new(
+            format!("http://{}:{}", r.ip, r.agent_port),
+            Some(TOKEN.into()),
+            Duration::from_secs(3),
+        )
+    }
+
+    pub fn region(&self, name: &str) -> &RegionSpec {
+        self.regions.iter().find(|r| r.name == name).unwrap()
+    }
+
+    pub fn app_url(&self, region: &str) -> String {
+        let r = self.region(region);
+        format!("http://{}:{}/", r.ip, r.app_port)
+    }
+
+    /// Make region's app crash and stay down: a poison file makes every restart by
+    /// the supervisor exit at once, then SIGKILL the running one.
+    pub fn kill_app(&self, region: &str) {
+        std::fs::write(self.dir.path().join(format!("poison-{region}")), b"").unwrap();
+        if let Some(pid) = self.app_pid(region) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    pub fn app_pid(&self, region: &str) -> Option<i32> {
+        std::fs::read_to_string(self.dir.path().join(format!("app-{region}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub async fn status(&self) -> Option<ControllerStatus> {
+        self.client().status().await.ok()
+    }
+
+    pub async fn journal(&self) -> Vec<JournalEntry> {
+        self.client().journal(0).await.unwrap_or_default()
+    }
+
+    /// Poll `f` until it returns Some, or fail with `what` after `timeout`.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let journal = self.journal().await;
+                let lines: Vec<String> = journal
+                    .iter()
+                    .map(|e| format!("{} {} {:?} {}", e.seq, e.kind.as_str(), e.region, e.detail))
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}\njournal:\n{}\ncontroller log:\n{}",
+                    lines.join("\n"),
+                    std::fs::read_to_string(self.log("controller"))
+                        .unwrap_or_default()
+                        .lines()
+                        .rev()
+                        .take(30)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every agent reports.
+    pub async fn wait_all_reporting(&self, timeout: Duration) {
+        self.wait_for("every agent reporting", timeout, || async {
+            let st = self.status().await?;
+            st.regions
+                .iter()
+                .all(|r| r.last_report_ms.is_some_and(|ms| ms < 1500))
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Wait until `region` is active, verified (phase steady), healthy and reporting.
+    pub async fn wait_active(&self, region: &str, timeout: Duration) -> ControllerStatus {
+        self.wait_for(&format!("{region} active and steady"), timeout, || async {
+            let st = self.status().await?;
+            let ok = st.active.as_ref().map(|r| r.as_str()) == Some(region)
+                && st.phase == "steady"
+                && st.regions.iter().any(|r| {
+                    r.name.as_str() == region
+                        && r.agent_active
+                        && r.last_report_ms.is_some_and(|ms| ms < 1500)
+                        && r.health == lifeboat_core::HealthStatus::Healthy
+                });
+            ok.then_some(st)
+        })
+        .await
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
+            eprintln!("keeping {}", self.dir.path().display());
+            let keep = tempfile::tempdir().unwrap();
+            let old = std::mem::replace(&mut self.dir, keep);
+            let _ = old.keep();
+        }
+        // Agents first (they stop their services), then the controller.
+        let names: Vec<String> = self.procs.keys().cloned().collect();
+        for n in names.iter().filter(|n| n.starts_with("agent")) {
+            self.procs.remove(n);
+        }
+        self.procs.clear();
+        // Apps whose agent was killed hard are orphans: kill them by pid file.
+        for r in &self.regions {
+            if let Some(pid) = self.app_pid(&r.name) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// HTTP GET returning (status, body), or None if nothing answers.
+pub async fn http_get(url: &str) -> Option<(u16, String)> {
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .ok()?;
+    let r = c.get(url).send().await.ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.text().await.ok()?))
+}
+
+/// A network namespace joined to the host by a veth pair: the host side gets
+/// `198.18.N.1/30`, the namespace side `198.18.N.2/30` (RFC 2544 test addresses).
+/// Removed on Drop.
+pub struct NetNs {
+    pub name: String,
+    pub host_if: String,
+    pub ns_if: String,
+    pub guard_route: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetNs {
+    pub fn create() -> NetNs {
+        let id = std::process::id() % 200 + 20;
+        let name = format!("lbtest{}", std::process::id());
+        let host_if = format!("lbh{id}");
+        let ns_if = format!("lbn{id}");
+        let host_ip = format!("198.18.{id}.1");
+        let ns_ip = format!("198.18.{id}.2");
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let guard_route = format!("198.18.{id}.0/24");
+        let ns = NetNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
+            guard_route: guard_route.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        // Whatever happens to the veth, traffic for the test prefix never leaves this
+        // machine by the default route: it is unreachable unless the veth carries it.
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", &guard_route])
+            .output();
+        ip(&[
+            "route",
+            "add",
+            "unreachable",
+            &guard_route,
+            "metric",
+            "4000",
+        ]);
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &name,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Cut the namespace off (both directions), or join it again. The namespace's
+    /// side goes down: the host keeps its route to the veth (packets die there).
+    pub fn set_link(&self, up: bool) {
+        ip(&[
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.ns_if,
+            if up { "up" } else { "down" },
+        ]);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["route", "del", "unreachable", &self.guard_route])
+            .output();
+    }
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
