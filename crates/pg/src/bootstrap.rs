@@ -309,3 +309,45 @@ fn prepare_empty_dir(dir: &Path) -> Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     give_to_postgres(dir)
 }
+
+/// Bootstrap `region`'s server as the config describes it: the initially active region
+/// gets a primary, any other region a replica of the active one (which must be up).
+pub async fn bootstrap_region(
+    cfg: &lifeboat_config::Config,
+    region: &lifeboat_core::RegionId,
+) -> Result<()> {
+    let pg = postgres_section(cfg)?;
+    let bin = PgBin::locate(pg.bin_dir.as_deref())?;
+    let settings = ServerSettings {
+        wal_keep_size_mb: pg.wal_keep_size_mb,
+    };
+    let local = Instance::from_region(cfg, region)?;
+    let active = cfg
+        .initial_active()
+        .context("no region has role = \"active\"")?;
+    if &active == region {
+        bootstrap_primary(&bin, &local, &settings).await
+    } else {
+        let primary = Instance::from_region(cfg, &active)?;
+        let mode = cfg.database.as_ref().map(|d| d.mode).unwrap_or_default();
+        bootstrap_replica(&bin, &primary, &local, &settings, mode).await
+    }
+}
+
+/// [`adopt`] `region`'s existing server, expecting the role the config gives the region.
+pub async fn adopt_region(
+    cfg: &lifeboat_config::Config,
+    region: &lifeboat_core::RegionId,
+) -> Result<Adopted> {
+    let local = Instance::from_region(cfg, region)?;
+    adopt(&local, cfg.initial_active().as_ref() == Some(region)).await
+}
+
+pub(crate) fn postgres_section(
+    cfg: &lifeboat_config::Config,
+) -> Result<&lifeboat_config::postgres::PostgresConfig> {
+    cfg.database
+        .as_ref()
+        .and_then(|d| d.postgres.as_ref())
+        .ok_or_else(|| anyhow!("the config has no [database.postgres] section"))
+}

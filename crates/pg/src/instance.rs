@@ -72,6 +72,16 @@ impl Instance {
         }
     }
 
+    /// `region`'s instance from `[database.postgres.regions.REGION]`.
+    pub fn from_region(cfg: &lifeboat_config::Config, region: &RegionId) -> Result<Self> {
+        let pg = crate::bootstrap::postgres_section(cfg)?;
+        let inst = pg
+            .regions
+            .get(region.as_str())
+            .ok_or_else(|| anyhow!("[database.postgres.regions.{region}] is not configured"))?;
+        Ok(Self::from_config(region, inst, &pg.dbname))
+    }
+
     pub fn addr(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }

@@ -19,7 +19,8 @@ pub mod server;
 pub mod testing;
 
 pub use bootstrap::{
-    Adopted, adopt, bootstrap_primary, bootstrap_replica, set_synchronous_standbys,
+    Adopted, adopt, adopt_region, bootstrap_primary, bootstrap_region, bootstrap_replica,
+    set_synchronous_standbys,
 };
 pub use exec::PgBin;
 pub use instance::{Instance, PgError};

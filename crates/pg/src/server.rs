@@ -58,6 +58,7 @@ pub fn write_lifeboat_conf(inst: &Instance, dir: &Path, settings: &ServerSetting
          wal_receiver_status_interval = '1s'\n\
          wal_sender_timeout = '10s'\n\
          wal_receiver_timeout = '10s'\n\
+         wal_retrieve_retry_interval = '1s'\n\
          logging_collector = off\n",
         region = inst.region,
         host = conf_quote(&inst.host),
@@ -150,8 +151,25 @@ pub fn log_file(dir: &Path) -> PathBuf {
     dir.join("lifeboat-server.log")
 }
 
-/// Is a postmaster running on this data directory?
+/// Is process `pid` alive (and not a zombie waiting to be reaped)?
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// Is a postmaster running on this data directory? A postmaster.pid left by a killed
+/// postmaster (dead or a zombie) does not count.
 pub async fn is_running(bin: &PgBin, dir: &Path) -> Result<bool> {
+    match postmaster_pid(dir) {
+        None => return Ok(false),
+        Some(pid) if !process_alive(pid) => return Ok(false),
+        Some(_) => {}
+    }
     let mut cmd = bin.command("pg_ctl");
     cmd.arg("status").arg("-D").arg(dir);
     cmd.stdin(std::process::Stdio::null());
@@ -249,6 +267,14 @@ pub async fn stop(bin: &PgBin, dir: &Path, mode: &str) -> Result<()> {
     )
     .await
     .map(|_| ())
+    .or_else(|e| {
+        // A postmaster that died while we waited (killed, crashed) is stopped too.
+        if postmaster_pid(dir).is_none_or(|pid| !process_alive(pid)) {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
     .with_context(|| format!("stop PostgreSQL in {} ({mode})", dir.display()))
 }
 

@@ -490,6 +490,35 @@ async fn bad_input_gives_clear_errors() {
             .expect("b is a standby"),
         lifeboat_pg::Adopted::Standby
     );
+    // The same checks, driven by the config's initial roles.
+    assert_eq!(
+        lifeboat_pg::adopt_region(&pair.config, &RegionId::new("a"))
+            .await
+            .expect("adopt a"),
+        lifeboat_pg::Adopted::Primary
+    );
+    assert_eq!(
+        lifeboat_pg::adopt_region(&pair.config, &RegionId::new("b"))
+            .await
+            .expect("adopt b"),
+        lifeboat_pg::Adopted::Standby
+    );
+    // A role whose password is wrong reports it in its status instead of hanging.
+    let text = pair.config_text.replace(
+        &format!(
+            "password_file = \"{}\"",
+            pair.dir().join("secrets").join("su").display()
+        ),
+        &format!("password_file = \"{}\"", dir.path().join("pw").display()),
+    );
+    let cfg =
+        lifeboat_config::Config::parse(std::path::Path::new("wrong.toml"), &text).expect("config");
+    let st = PostgresRole::new(&cfg, &RegionId::new("a"))
+        .expect("role")
+        .status()
+        .await;
+    assert_eq!(st.health, lifeboat_core::HealthStatus::Unhealthy, "{st:?}");
+    assert!(st.detail.contains("wrong password"), "{st:?}");
     // A replica cannot be built from a standby.
     let mut c = pair.instance("a");
     c.data_dir = Some(pair.dir().join("pg-c"));
