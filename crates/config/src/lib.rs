@@ -8,6 +8,7 @@
 
 pub mod database;
 pub mod dns;
+pub mod drill;
 pub mod duration;
 mod error;
 pub mod mysql;
@@ -47,6 +48,8 @@ pub struct Config {
     pub objects: Option<objects::ObjectsConfig>,
     #[serde(default)]
     pub database: Option<database::DatabaseConfig>,
+    #[serde(default)]
+    pub drill: Option<drill::DrillConfig>,
     /// Where the file was read from (not a key in the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -474,6 +477,9 @@ impl Config {
         }
         if let Some(db) = &self.database {
             db.validate(self, v);
+        }
+        if let Some(drill) = &self.drill {
+            drill.validate(self, v);
         }
     }
 
