@@ -364,3 +364,55 @@ async fn a_config_without_dns_is_an_error() {
     let err = lifeboat_dns::DnsServer::new(&cfg, rx).expect_err("no [dns]");
     assert!(format!("{err:#}").contains("[dns]"), "{err:#}");
 }
+
+#[tokio::test]
+async fn an_agent_fed_the_controllers_table_answers_alike_and_outlives_its_feed() {
+    let controller = Harness::start().await;
+
+    // The agent's secondary: the same server, fed by a channel the agent updates with
+    // the table it polls from the controller.
+    let (agent_tx, agent_rx) = tokio::sync::watch::channel(controller.routing.borrow().clone());
+    let agent = lifeboat_dns::DnsServer::new(&common::config(), agent_rx).expect("agent server");
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let agent_addr = udp.local_addr().expect("addr");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let _stop = cancel.clone().drop_guard();
+    tokio::spawn(agent.run(udp, tcp, cancel));
+    let stream = hickory_net::udp::UdpClientStream::builder(
+        agent_addr,
+        hickory_net::runtime::TokioRuntimeProvider::default(),
+    )
+    .build();
+    let (mut agent_client, bg) = hickory_net::client::Client::<
+        hickory_net::runtime::TokioRuntimeProvider,
+    >::from_sender(stream);
+    tokio::spawn(bg);
+    let mut controller_client = controller.udp_client();
+
+    controller.publish(|t| t.active = Some(RegionId::new("b")));
+    agent_tx.send_replace(controller.routing.borrow().clone()); // the agent's poll
+    for c in [&mut controller_client, &mut agent_client] {
+        assert_eq!(
+            a_records(&query(c, "db.shop.example.", RecordType::A).await),
+            vec!["127.0.2.1"]
+        );
+        let m = query(c, "shop.example.", RecordType::SOA).await;
+        let RData::SOA(soa) = &m.answers[0].data else {
+            panic!("no SOA")
+        };
+        assert_eq!(soa.serial, 2, "both nameservers serve the same serial");
+    }
+
+    // The witness site is lost: the agent's feed stops, the agent keeps the last decision.
+    drop(controller);
+    drop(agent_tx);
+    assert_eq!(
+        a_records(&query(&mut agent_client, "db.shop.example.", RecordType::A).await),
+        vec!["127.0.2.1"]
+    );
+}
