@@ -34,6 +34,9 @@ use tokio::time::Instant;
 
 const ROLE: &str = "mysql";
 
+/// The longest a status report may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long a managed server gets to shut down cleanly when fenced before SIGKILL.
 const FENCE_GRACE: Duration = Duration::from_secs(5);
 
@@ -745,7 +748,16 @@ impl DataRole for MysqlRole {
     }
 
     async fn status(&self) -> RoleStatus {
-        self.do_status().await
+        // Never block the agent for long: a hung server is reported, not waited for.
+        match tokio::time::timeout(STATUS_TIMEOUT, self.do_status()).await {
+            Ok(st) => st,
+            Err(_) => {
+                let mut st = RoleStatus::new(ROLE, RoleHealth::Unknown);
+                st.health = HealthStatus::Unhealthy;
+                st.detail = format!("{} did not answer within {STATUS_TIMEOUT:?}", self.inst);
+                st
+            }
+        }
     }
 
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {

@@ -567,3 +567,56 @@ async fn a_lagging_replica_is_promoted_only_when_forced() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn switchover_then_rejoin_without_errant_transactions_restores_semi_sync() {
+    let opts = PairOptions {
+        semi_sync: true,
+        ..PairOptions::default()
+    };
+    let pair = MysqlPair::start(opts).await.unwrap();
+    let mut a = pair.admin(&region_a()).await.unwrap();
+    create_table(&mut a).await;
+    a.query_drop("INSERT INTO app.t VALUES (1, 'before')")
+        .await
+        .unwrap();
+    drop(a);
+
+    let role_a = MysqlRole::new(&pair.config, &region_a()).unwrap();
+    let role_b = MysqlRole::new(&pair.config, &region_b()).unwrap();
+    role_a.fence(Epoch(2)).await.unwrap();
+    role_b.activate(&activation(2, false)).await.unwrap();
+    role_a
+        .follow(&FollowTarget {
+            epoch: Epoch(2),
+            active: region_b(),
+        })
+        .await
+        .expect("rejoin");
+    let report = role_a.last_rejoin().expect("report");
+    assert_eq!(report.errant_count, 0, "{report:?}");
+    assert!(report.kept_in.is_none());
+
+    let mut b = pair.admin(&region_b()).await.unwrap();
+    b.query_drop("INSERT INTO app.t VALUES (2, 'after switchover')")
+        .await
+        .unwrap();
+    wait_for("the old primary to replicate from the new one", || async {
+        rows_on(&pair, &region_a()).await == 2
+    })
+    .await;
+    wait_for("semi-sync to protect the new primary again", || async {
+        role_b.status().await.metrics.get("unprotected") == Some(&0.0)
+    })
+    .await;
+    let st = role_a.status().await;
+    assert_eq!(st.role, RoleHealth::Standby, "{st:?}");
+    // Following again is a no-op.
+    role_a
+        .follow(&FollowTarget {
+            epoch: Epoch(2),
+            active: region_b(),
+        })
+        .await
+        .expect("idempotent follow");
+}
