@@ -1,0 +1,60 @@
+//! The sample app when lifeboat cannot tell it where the database is: every endpoint
+//! that needs the database is a 503 that says why; the page still renders.
+
+mod common;
+
+use common::{App, FakeDiscovery, closed_port, get, post};
+use serde_json::json;
+
+#[tokio::test]
+async fn unreachable_discovery_and_no_database_endpoint_are_503s_that_say_why() {
+    let (_reserved, port) = closed_port();
+    let url = format!("http://127.0.0.1:{port}/v1/discovery");
+    let objects = tempfile::tempdir().expect("objects dir");
+    let app = App::start(
+        &[
+            "--region",
+            "b",
+            "--discovery",
+            &url,
+            "--objects-dir",
+            &objects.path().display().to_string(),
+        ],
+        &[],
+    )
+    .await;
+    let r = post(
+        &format!("{}/api/entries", app.url),
+        r#"{"id": "x", "body": "y"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 503, "{r:?}");
+    let msg = r.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        msg.contains("cannot discover the database") && msg.contains(&url),
+        "{msg}"
+    );
+    let h = get(&format!("{}/healthz", app.url)).await;
+    assert_eq!(h.status, 503, "{h:?}");
+    assert!(h.text.contains(&url), "{h:?}");
+    let page = get(&app.url).await;
+    assert_eq!(page.status, 503);
+    assert!(
+        page.text.contains("id=\"region\">b</span>"),
+        "{}",
+        page.text
+    );
+    assert!(page.text.contains("(no message yet)"), "{}", page.text);
+
+    // Discovery answers, but no region is active: no database endpoint.
+    let disco = FakeDiscovery::start(json!({"epoch": 3, "active": null, "address": null})).await;
+    let app = App::start(&["--region", "b", "--discovery", &disco.url()], &[]).await;
+    let r = post(&format!("{}/api/entries", app.url), r#"{"id": "x"}"#).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.text.contains("names no database endpoint"), "{r:?}");
+    let r = get(&format!("{}/api/entries/x", app.url)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    // Bad input is still the client's fault, whatever the database does.
+    let r = post(&format!("{}/api/entries", app.url), "[1, 2]").await;
+    assert_eq!(r.status, 400, "{r:?}");
+}
