@@ -131,16 +131,18 @@ pub enum DrillError {
 }
 
 /// A token cancelled by the first Ctrl-C (SIGINT): hand it to [`run`], which then
-/// undoes any injected fault and returns [`DrillError::Cancelled`].
-pub fn cancel_on_ctrl_c() -> CancellationToken {
+/// undoes any injected fault and returns [`DrillError::Cancelled`]. The signal handler
+/// is installed before this returns (call it inside the tokio runtime).
+pub fn cancel_on_ctrl_c() -> std::io::Result<CancellationToken> {
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if sigint.recv().await.is_some() {
             t.cancel();
         }
     });
-    token
+    Ok(token)
 }
 
 /// Run the drill: `opts.runs` runs of `opts.scenario` against `cfg`'s deployment.
