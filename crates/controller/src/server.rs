@@ -57,6 +57,8 @@ pub struct Controller {
     results_tx: mpsc::UnboundedSender<Event>,
     results_rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     opts: ControllerOptions,
+    /// Metrics sources added after start (DNS is built from the routing channel).
+    late_metrics: Mutex<Vec<MetricsFn>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,7 +167,13 @@ impl Controller {
             results_tx,
             results_rx: Mutex::new(Some(results_rx)),
             opts,
+            late_metrics: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Append more Prometheus text to `/metrics` (for pieces built after the controller).
+    pub fn add_metrics(&self, f: MetricsFn) {
+        lock(&self.late_metrics).push(f);
     }
 
     /// The live routing table, for DNS.
@@ -784,6 +792,9 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
         }
     }
     for f in &c.opts.extra_metrics {
+        f(&mut out);
+    }
+    for f in lock(&c.late_metrics).iter() {
         f(&mut out);
     }
     (

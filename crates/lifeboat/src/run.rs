@@ -89,6 +89,16 @@ pub async fn controller(path: &Path) -> Result<ExitCode> {
                 cfg.controller.state_dir.display()
             )
         })?;
+    if let (Some(_), Some(addr)) = (&cfg.dns, cfg.controller.dns_addr) {
+        let (udp, tcp) = bind_dns(addr, "controller.dns_addr").await?;
+        let dns =
+            lifeboat_dns::DnsServer::new(&cfg, ctrl.routing()).context("building the DNS zone")?;
+        let metrics = dns.metrics();
+        ctrl.add_metrics(Arc::new(move |out: &mut String| {
+            metrics.render_prometheus(out)
+        }));
+        tasks.spawn(dns.run(udp, tcp, probe_cancel.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(cfg.controller.api_addr)
         .await
         .with_context(|| {
@@ -113,6 +123,77 @@ pub async fn controller(path: &Path) -> Result<ExitCode> {
     tasks.wait().await;
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bind DNS on UDP and TCP at the same address (port 0: the same free port for both).
+pub(crate) async fn bind_dns(
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let udp = tokio::net::UdpSocket::bind(addr)
+        .await
+        .with_context(|| format!("binding DNS (UDP) on {addr} ({key})"))?;
+    let bound = udp.local_addr()?;
+    let tcp = tokio::net::TcpListener::bind(bound)
+        .await
+        .with_context(|| format!("binding DNS (TCP) on {bound} ({key})"))?;
+    announce("dns", bound);
+    Ok((udp, tcp))
+}
+
+/// An agent's secondary nameserver: the zone as the controller last decided it,
+/// polled from `/v1/routing`; it keeps answering from the last table if the
+/// controller (the witness site) is lost.
+async fn agent_dns(
+    cfg: Arc<Config>,
+    region: &str,
+    token: String,
+    tasks: &tokio_util::task::TaskTracker,
+    cancel: CancellationToken,
+) -> Result<()> {
+    let Some(dns_cfg) = &cfg.dns else {
+        return Ok(());
+    };
+    let Some(addr) = dns_cfg.agent_listen(region) else {
+        return Ok(());
+    };
+    let (udp, tcp) = bind_dns(addr, &format!("dns.nameservers (region {region})")).await?;
+    let client = lifeboat_api::ApiClient::new(
+        format!("http://{}", cfg.controller.api_addr),
+        Some(token),
+        std::time::Duration::from_secs(2),
+    );
+    let initial = client
+        .routing()
+        .await
+        .unwrap_or_else(|_| lifeboat_core::RoutingTable {
+            version: 1,
+            epoch: lifeboat_core::Epoch::ZERO,
+            active: cfg.initial_active(),
+            regions: BTreeMap::new(),
+            checks: BTreeMap::new(),
+        });
+    let (tx, rx) = watch::channel(initial);
+    let server = lifeboat_dns::DnsServer::new(&cfg, rx).context("building the DNS zone")?;
+    tasks.spawn(server.run(udp, tcp, cancel.clone()));
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+            if let Ok(rt) = client.routing().await {
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != rt;
+                    if changed {
+                        *cur = rt;
+                    }
+                    changed
+                });
+            }
+        }
+    });
+    Ok(())
 }
 
 pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
@@ -154,6 +235,14 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     let services = Services::new(region, &rc.services, service_cancel.clone());
     let roles: Vec<SharedRole> = vec![services.clone()];
 
+    agent_dns(
+        cfg.clone(),
+        region,
+        token.as_str().to_owned(),
+        &tasks,
+        probe_cancel.clone(),
+    )
+    .await?;
     let agent = Agent::new(cfg.clone(), region_id.clone(), token, roles, checks_rx)?;
     let listener = tokio::net::TcpListener::bind(rc.agent_addr)
         .await

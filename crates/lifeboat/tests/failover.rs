@@ -52,6 +52,9 @@ async fn killed_app_fails_over_and_the_pilot_light_starts() {
         body.contains("region b") || body.contains("index.html"),
         "{body}"
     );
+    // DNS switched with the decision.
+    assert_eq!(d.dig_app(false), d.region("b").ip);
+    assert_eq!(d.dig_app(true), d.region("b").ip);
     // The journal tells the story in order.
     let j = d.journal().await;
     let detected = first(&j, JournalKind::Detected, before).expect("detected");

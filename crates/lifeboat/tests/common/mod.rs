@@ -130,6 +130,7 @@ pub struct Deployment {
     pub ctrl_addr: String,
     pub regions: Vec<RegionSpec>,
     pub procs: BTreeMap<String, Proc>,
+    pub dns_addr: Option<String>,
 }
 
 pub struct Options {
@@ -166,7 +167,7 @@ impl Deployment {
         let ctrl_port = free_port(&opts.ctrl_ip);
         let ctrl_addr = format!("{}:{ctrl_port}", opts.ctrl_ip);
         let mut cfg = format!(
-            "[deployment]\nname = \"test\"\n\n[controller]\napi_addr = \"{ctrl_addr}\"\nstate_dir = \"{}\"\n\n[auth]\ntoken_file = \"{}\"\n\n[failover]\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nreport_ttl = \"2s\"\n{}\n",
+            "[deployment]\nname = \"test\"\n\n[controller]\napi_addr = \"{ctrl_addr}\"\ndns_addr = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[auth]\ntoken_file = \"{}\"\n\n[failover]\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nreport_ttl = \"2s\"\n{}\n",
             d.join("controller").display(),
             d.join("token").display(),
             opts.failover_extra,
@@ -199,8 +200,13 @@ impl Deployment {
                 spec.app_port,
                 spec.app_port,
             ));
+            cfg.push_str(&format!(
+                "[[dns.records]]\nname = \"app\"\ntype = \"A\"\npolicy = \"failover\"\nfailover = \"{}\"\nregion = \"{name}\"\nttl = \"1s\"\n\n",
+                if i == 0 { "primary" } else { "secondary" }
+            ));
             regions.push(spec);
         }
+        cfg.push_str("[dns]\nzone = \"test.lifeboat.\"\nttl = \"1s\"\n\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n");
         let config = d.join("lifeboat.toml");
         std::fs::write(&config, cfg).unwrap();
         Deployment {
@@ -209,6 +215,7 @@ impl Deployment {
             ctrl_addr,
             regions,
             procs: BTreeMap::new(),
+            dns_addr: None,
         }
     }
 
@@ -234,7 +241,31 @@ impl Deployment {
             .env("LIFEBOAT_LOG", "info");
         let p = Proc::spawn("controller", cmd, &self.log("controller"));
         p.wait_line("listening api ", Duration::from_secs(30)).await;
+        self.dns_addr = Some(p.wait_line("listening dns ", Duration::from_secs(5)).await);
         self.procs.insert("controller".into(), p);
+    }
+
+    /// `dig @dns app.test.lifeboat. A +short` over UDP (or TCP).
+    pub fn dig_app(&self, tcp: bool) -> String {
+        let addr = self.dns_addr.as_ref().expect("controller started");
+        let (ip, port) = addr.rsplit_once(':').unwrap();
+        let mut cmd = Command::new("dig");
+        cmd.arg(format!("@{ip}")).args([
+            "-p",
+            port,
+            "app.test.lifeboat.",
+            "A",
+            "+short",
+            "+time=2",
+            "+tries=1",
+        ]);
+        if tcp {
+            cmd.arg("+tcp");
+        }
+        let out = cmd
+            .output()
+            .expect("dig is installed by scripts/test (Debian package dnsutils)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     pub async fn start_agent(&mut self, region: &str, netns: Option<&str>) {
