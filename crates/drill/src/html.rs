@@ -41,7 +41,7 @@ pub fn render_html(r: &DrillReport) -> String {
     let s = &r.summary;
     let _ = write!(
         h,
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>\
 <title>lifeboat drill: {scenario} — {dep}</title>\
 <style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}\
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}\
@@ -160,7 +160,7 @@ fn render_svg(h: &mut String, run: &RunReport) {
         (Outcome::Failed, 110.0, "failed"),
     ];
     let label_rows = 3.0;
-    let height = 150.0 + label_rows * 16.0 + 30.0;
+    let height = 165.0 + label_rows * 16.0 + 30.0;
     let mut colours: BTreeMap<String, &str> = BTreeMap::new();
     for o in &run.ops {
         if let Some(r) = &o.region {
@@ -243,10 +243,11 @@ fn render_svg(h: &mut String, run: &RunReport) {
     }
     for (i, (t, label, colour)) in marks.iter().enumerate() {
         let mx = x(*t);
-        let ly = 150.0 + (i as f64 % label_rows) * 16.0;
+        let ly = 165.0 + (i as f64 % label_rows) * 16.0;
+        let anchor = if mx > RIGHT - 30.0 { "end" } else { "middle" };
         let _ = writeln!(
             h,
-            "<line class=\"step\" x1=\"{mx:.1}\" y1=\"25\" x2=\"{mx:.1}\" y2=\"{}\" stroke=\"{colour}\" stroke-dasharray=\"4 3\"/><text x=\"{mx:.1}\" y=\"{ly}\" font-size=\"11\" fill=\"{colour}\" text-anchor=\"middle\">{}</text>",
+            "<line class=\"step\" x1=\"{mx:.1}\" y1=\"25\" x2=\"{mx:.1}\" y2=\"{}\" stroke=\"{colour}\" stroke-dasharray=\"4 3\"/><text x=\"{mx:.1}\" y=\"{ly}\" font-size=\"11\" fill=\"{colour}\" text-anchor=\"{anchor}\">{}</text>",
             ly - 10.0,
             esc(label)
         );
