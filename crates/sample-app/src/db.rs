@@ -238,6 +238,8 @@ impl Database {
         F: Fn(Conn, DbEndpoint) -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
+        // (epoch, endpoint, connecting failed) of the first try's failure.
+        let mut first: Option<(Epoch, DbEndpoint, bool)> = None;
         let mut last = None;
         for attempt in 0..2 {
             let d = if attempt == 0 {
@@ -252,23 +254,37 @@ impl Database {
                     self.discovery.url()
                 ))
             })?;
-            let result = match self.connection(&d, &endpoint).await {
+            // Connecting to the same server again right away is pointless; a broken
+            // connection or a different server is worth one more try.
+            if let Some((epoch, ep, true)) = &first
+                && *epoch == d.epoch
+                && *ep == endpoint
+            {
+                break;
+            }
+            let (result, connect_failed) = match self.connection(&d, &endpoint).await {
                 Ok(conn) => {
-                    match tokio::time::timeout(OP_TIMEOUT, op(conn, endpoint.clone())).await {
+                    let r = match tokio::time::timeout(OP_TIMEOUT, op(conn, endpoint.clone())).await
+                    {
                         Ok(r) => r,
                         Err(_) => Err(DbError::Unreachable {
                             engine: endpoint.engine,
                             addr: endpoint.addr(),
                             reason: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
                         }),
-                    }
+                    };
+                    (r, false)
                 }
-                Err(e) => Err(e),
+                Err(e) => (Err(e), true),
             };
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => {
-                    self.forget(d.epoch, &endpoint).await;
+                    // A read-only server keeps its connection: it may be promoted in
+                    // place, and reconnecting to it for every request helps nobody.
+                    if matches!(e, DbError::Unreachable { .. }) {
+                        self.forget(d.epoch, &endpoint).await;
+                    }
                     let e = match &d.stale_because {
                         Some(why) => DbError::Discovery(format!(
                             "{e} (and discovery through {} fails: {why})",
@@ -276,6 +292,7 @@ impl Database {
                         )),
                         None => e,
                     };
+                    first.get_or_insert((d.epoch, endpoint, connect_failed));
                     last = Some(e);
                 }
                 Err(e) => return Err(e),
@@ -296,7 +313,7 @@ impl Database {
                 new_epoch = d.epoch.0,
                 old = %c.endpoint.addr(),
                 new = %endpoint.addr(),
-                "database moved: closing the old connection"
+                "discovery changed: closing the old connection"
             );
         }
         *cur = None;

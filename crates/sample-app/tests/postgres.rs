@@ -183,7 +183,19 @@ async fn serves_follows_a_failover_and_reports_an_outage() {
     )
     .await;
 
-    // Discovery names a standby: writes and health say it is read-only.
+    // The primary crashes; discovery still names it: a clear 503 naming it.
+    pair.kill9("a").await.expect("kill a");
+    let down = post(&entries, r#"{"id": "e-6", "body": "during the outage"}"#).await;
+    assert_eq!(down.status, 503, "{down:?}");
+    let msg = down.json()["error"].as_str().unwrap_or_default().to_owned();
+    let addr_a = format!("127.0.0.1:{}", port("a"));
+    assert!(
+        msg.contains("unreachable") && msg.contains(&addr_a),
+        "{msg}"
+    );
+
+    // Discovery names the standby before it is promoted: writes and health say it is
+    // read-only.
     disco.set(answer(
         3,
         "b",
@@ -197,22 +209,16 @@ async fn serves_follows_a_failover_and_reports_an_outage() {
         Duration::from_secs(10),
         || async {
             let h = get(&format!("{}/healthz", app.url)).await;
-            (h.status == 503).then_some(h)
+            (h.status == 503 && h.text.contains("read-only")).then_some(h)
         },
     )
     .await;
-    assert!(
-        h.text.contains("read-only") && h.text.contains("standby"),
-        "{h:?}"
-    );
+    assert!(h.text.contains("standby"), "{h:?}");
     let r = post(&entries, r#"{"id": "e-6", "body": "to a standby"}"#).await;
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.text.contains("read-only"), "{r:?}");
 
-    // Failover: a crashes, b is promoted, discovery moves to b in a new epoch.
-    pair.kill9("a").await.expect("kill a");
-    let down = post(&entries, r#"{"id": "e-6", "body": "during the outage"}"#).await;
-    assert_eq!(down.status, 503, "{down:?}");
+    // b is promoted and discovery moves to it in a new epoch.
     let c = pair.client("b").await.expect("connect b");
     c.execute("SELECT pg_promote(true, 60)", &[])
         .await
@@ -245,12 +251,18 @@ async fn serves_follows_a_failover_and_reports_an_outage() {
     );
     let h = get(&format!("{}/healthz", app.url)).await;
     assert_eq!(h.status, 200, "{h:?}");
-    let page = get(&app.url).await;
-    assert!(
-        page.text.contains("<span id=\"epoch\">4</span>"),
-        "{}",
-        page.text
-    );
+    // The page shows the new epoch within about a second (discovery is cached 500 ms).
+    let page = wait_for(
+        "the page to show epoch 4",
+        Duration::from_secs(10),
+        || async {
+            let page = get(&app.url).await;
+            page.text
+                .contains("<span id=\"epoch\">4</span>")
+                .then_some(page)
+        },
+    )
+    .await;
     assert!(
         page.text.contains("<td>after the failover</td>"),
         "{}",
