@@ -125,7 +125,7 @@ impl Discoverer {
 
     /// The cached answer if it is younger than [`MAX_AGE`], else a fresh one.
     pub async fn get(&self) -> Result<Discovered, DiscoveryError> {
-        if let Some(r) = self.cached(Instant::now() - MAX_AGE) {
+        if let Some(r) = self.cached(ago(MAX_AGE)) {
             return r;
         }
         self.fetch(false).await
@@ -175,7 +175,11 @@ impl Discoverer {
         let _one_at_a_time = self.fetching.lock().await;
         // Someone else fetched while we waited for the lock: their answer is as fresh
         // as ours would be.
-        let since = if force { asked } else { asked - MAX_AGE };
+        let since = if force {
+            asked
+        } else {
+            asked.checked_sub(MAX_AGE).unwrap_or(asked)
+        };
         if let Some(r) = self.cached(since) {
             return r;
         }
@@ -258,6 +262,11 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+fn ago(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(d).unwrap_or(now)
 }
 
 /// A std Mutex is fine: never held across an `.await`.

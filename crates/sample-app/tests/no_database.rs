@@ -13,14 +13,13 @@ async fn unreachable_discovery_and_no_database_endpoint_are_503s_that_say_why() 
     let objects = tempfile::tempdir().expect("objects dir");
     let app = App::start(
         &[
-            "--region",
-            "b",
             "--discovery",
             &url,
             "--objects-dir",
             &objects.path().display().to_string(),
         ],
-        &[],
+        // As the agent starts a service.
+        &[("LIFEBOAT_REGION", "b"), ("LIFEBOAT_ROLE", "standby")],
     )
     .await;
     let r = post(
@@ -45,6 +44,7 @@ async fn unreachable_discovery_and_no_database_endpoint_are_503s_that_say_why() 
         page.text
     );
     assert!(page.text.contains("(no message yet)"), "{}", page.text);
+    assert!(page.text.contains("(role: standby)"), "{}", page.text);
 
     // Discovery answers, but no region is active: no database endpoint.
     let disco = FakeDiscovery::start(json!({"epoch": 3, "active": null, "address": null})).await;
