@@ -219,7 +219,8 @@ impl AppClient {
     }
 
     /// Which of `ids` the app at `addr` has: the list endpoint (`GET {path}` ->
-    /// `{"ids": [...]}`) when the app has one, else `GET {path}/{id}` for each.
+    /// `{"ids": [...]}`) when the app has one, then `GET {path}/{id}` for every id the
+    /// list lacks (so a list that is truncated or paged never makes a write look lost).
     pub async fn read_present(
         &self,
         addr: IpAddr,
@@ -233,18 +234,18 @@ impl AppClient {
             .send()
             .await
             .with_context(|| format!("reading {url}"))?;
+        let mut present = HashSet::new();
         if resp.status().is_success() {
             let list: IdList = resp
                 .json()
                 .await
                 .with_context(|| format!("{url} did not answer {{\"ids\": [...]}}"))?;
-            return Ok(list.ids.into_iter().collect());
-        }
-        if !matches!(resp.status().as_u16(), 404 | 405) {
+            present.extend(list.ids);
+        } else if !matches!(resp.status().as_u16(), 404 | 405) {
             bail!("{url} answered {}", resp.status());
         }
-        let mut present = HashSet::new();
-        for id in ids {
+        let missing: Vec<&String> = ids.iter().filter(|id| !present.contains(*id)).collect();
+        for id in missing {
             let url = self.url(addr, &format!("/{id}"));
             let resp = self
                 .http
@@ -255,7 +256,7 @@ impl AppClient {
                 .with_context(|| format!("reading {url}"))?;
             match resp.status().as_u16() {
                 200..=299 => {
-                    present.insert(id.clone());
+                    present.insert(id.to_owned());
                 }
                 404 => {}
                 s => bail!("{url} answered {s}"),

@@ -448,7 +448,6 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32) -> anyhow::Result<RunRecord> {
     let injection = fault::plan(ctx.cfg, ctx.scenario, &target)?;
     let started_ms = ctx.clock.now_ms();
     let run_id = format!("drill{started_ms:x}r{i}");
-    let cursor = journal_cursor(ctx.controller).await?;
     let ops = Arc::new(Mutex::new(Vec::new()));
     let stop = CancellationToken::new();
     let writer_task = tokio::spawn(writer(
@@ -496,6 +495,15 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32) -> anyhow::Result<RunRecord> {
         region: target.clone(),
         scenario: ctx.scenario,
         run: i,
+    };
+    // The journal window starts here: its steps are those of this fault.
+    let cursor = match journal_cursor(ctx.controller).await {
+        Ok(c) => c,
+        Err(e) => {
+            stop.cancel();
+            let _ = writer_task.await;
+            return Err(e.context("nothing was injected"));
+        }
     };
     let fault_at_ms = ctx.clock.now_ms();
     show(&format!("injecting {} into {target}", ctx.scenario));
