@@ -91,10 +91,16 @@ impl std::fmt::Debug for AppClient {
     }
 }
 
+/// A page of the list endpoint: `{"ids": [...], "next": ID or null}`.
 #[derive(serde::Deserialize)]
 struct IdList {
     ids: Vec<String>,
+    #[serde(default)]
+    next: Option<String>,
 }
+
+/// Pages of the list endpoint followed, at most (a guard against an app that loops).
+const MAX_LIST_PAGES: usize = 1000;
 
 impl AppClient {
     pub fn new(
@@ -227,22 +233,32 @@ impl AppClient {
         ids: &[String],
     ) -> anyhow::Result<HashSet<String>> {
         let url = self.url(addr, "");
-        let resp = self
-            .http
-            .get(&url)
-            .header(reqwest::header::HOST, self.host())
-            .send()
-            .await
-            .with_context(|| format!("reading {url}"))?;
         let mut present = HashSet::new();
-        if resp.status().is_success() {
-            let list: IdList = resp
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut req = self
+                .http
+                .get(&url)
+                .header(reqwest::header::HOST, self.host());
+            if let Some(a) = &after {
+                req = req.query(&[("after", a)]);
+            }
+            let resp = req.send().await.with_context(|| format!("reading {url}"))?;
+            if matches!(resp.status().as_u16(), 404 | 405) {
+                break; // no list endpoint: every id is asked for below
+            }
+            if !resp.status().is_success() {
+                bail!("{url} answered {}", resp.status());
+            }
+            let page: IdList = resp
                 .json()
                 .await
                 .with_context(|| format!("{url} did not answer {{\"ids\": [...]}}"))?;
-            present.extend(list.ids);
-        } else if !matches!(resp.status().as_u16(), 404 | 405) {
-            bail!("{url} answered {}", resp.status());
+            present.extend(page.ids);
+            match page.next {
+                Some(n) if after.as_ref() != Some(&n) => after = Some(n),
+                _ => break,
+            }
         }
         let missing: Vec<&String> = ids.iter().filter(|id| !present.contains(*id)).collect();
         for id in missing {

@@ -137,11 +137,30 @@ async fn post_entry(
     (StatusCode::CREATED, "ok")
 }
 
-async fn list_entries(State(s): State<AppState>) -> axum::Json<serde_json::Value> {
+#[derive(serde::Deserialize)]
+struct After {
+    after: Option<String>,
+}
+
+/// Paged like the sample app (`?after=ID`, `next`), 20 ids a page, but only the first
+/// three pages are served: the drill must ask for the rest one by one.
+async fn list_entries(
+    State(s): State<AppState>,
+    Query(q): Query<After>,
+) -> axum::Json<serde_json::Value> {
     let w = s.world.lock().unwrap();
-    // Capped like a "latest rows" page: the drill must check the rest one by one.
-    let ids: Vec<&String> = w.stores[&s.region].keys().take(20).collect();
-    axum::Json(serde_json::json!({ "ids": ids }))
+    let store = &w.stores[&s.region];
+    let skip = store
+        .keys()
+        .position(|k| Some(k) == q.after.as_ref())
+        .map_or(0, |p| p + 1);
+    let ids: Vec<&String> = store.keys().skip(skip).take(20).collect();
+    let next = if skip < 40 && skip + 20 < store.len() {
+        ids.last().copied()
+    } else {
+        None
+    };
+    axum::Json(serde_json::json!({ "ids": ids, "next": next }))
 }
 
 async fn get_entry(State(s): State<AppState>, UrlPath(id): UrlPath<String>) -> StatusCode {
