@@ -238,7 +238,7 @@ impl Database {
         F: Fn(Conn, DbEndpoint) -> Fut,
         Fut: Future<Output = Result<T, DbError>>,
     {
-        // (epoch, endpoint, connecting failed) of the first try's failure.
+        // The first try's (epoch, endpoint, whether the same server is worth another try).
         let mut first: Option<(Epoch, DbEndpoint, bool)> = None;
         let mut last = None;
         for attempt in 0..2 {
@@ -254,28 +254,35 @@ impl Database {
                     self.discovery.url()
                 ))
             })?;
-            // Connecting to the same server again right away is pointless; a broken
-            // connection or a different server is worth one more try.
-            if let Some((epoch, ep, true)) = &first
+            // Asking the same server again right away is pointless after a refused or
+            // timed-out connection, a timeout or a read-only answer; a connection that
+            // broke (server restarted, session killed) or a different server is worth
+            // one more try.
+            if let Some((epoch, ep, false)) = &first
                 && *epoch == d.epoch
                 && *ep == endpoint
             {
                 break;
             }
-            let (result, connect_failed) = match self.connection(&d, &endpoint).await {
+            let (result, retry_same) = match self.connection(&d, &endpoint).await {
                 Ok(conn) => {
-                    let r = match tokio::time::timeout(OP_TIMEOUT, op(conn, endpoint.clone())).await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(DbError::Unreachable {
-                            engine: endpoint.engine,
-                            addr: endpoint.addr(),
-                            reason: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
-                        }),
-                    };
-                    (r, false)
+                    match tokio::time::timeout(OP_TIMEOUT, op(conn, endpoint.clone())).await {
+                        Ok(Err(e @ DbError::Unreachable { .. })) => (Err(e), true),
+                        Ok(r) => (r, false),
+                        Err(_) => (
+                            Err(DbError::Unreachable {
+                                engine: endpoint.engine,
+                                addr: endpoint.addr(),
+                                reason: format!(
+                                    "no answer within {} s (the outcome of a write is unknown)",
+                                    OP_TIMEOUT.as_secs()
+                                ),
+                            }),
+                            false,
+                        ),
+                    }
                 }
-                Err(e) => (Err(e), true),
+                Err(e) => (Err(e), false),
             };
             match result {
                 Ok(v) => return Ok(v),
@@ -292,7 +299,7 @@ impl Database {
                         )),
                         None => e,
                     };
-                    first.get_or_insert((d.epoch, endpoint, connect_failed));
+                    first.get_or_insert((d.epoch, endpoint, retry_same));
                     last = Some(e);
                 }
                 Err(e) => return Err(e),

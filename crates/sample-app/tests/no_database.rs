@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{App, FakeDiscovery, closed_port, get, post};
+use common::{App, FakeDiscovery, answer, closed_port, get, post};
 use serde_json::json;
 
 #[tokio::test]
@@ -57,4 +57,37 @@ async fn unreachable_discovery_and_no_database_endpoint_are_503s_that_say_why() 
     // Bad input is still the client's fault, whatever the database does.
     let r = post(&format!("{}/api/entries", app.url), "[1, 2]").await;
     assert_eq!(r.status, 400, "{r:?}");
+}
+
+/// A server that accepts connections and never says a word (a hung or half-partitioned
+/// database): requests fail with 503 "timed out", they do not hang.
+#[tokio::test]
+async fn a_silent_database_is_a_503_not_a_hang() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    for engine in ["postgres", "mariadb"] {
+        let disco = FakeDiscovery::start(answer(1, "a", engine, port, "app", "app")).await;
+        let app = App::start(&["--region", "a", "--discovery", &disco.url()], &[]).await;
+        let r = post(
+            &format!("{}/api/entries", app.url),
+            r#"{"id": "x", "body": "y"}"#,
+        )
+        .await;
+        assert_eq!(r.status, 503, "{engine}: {r:?}");
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            msg.contains("unreachable") && msg.contains("timed out"),
+            "{engine}: {msg}"
+        );
+        let h = get(&format!("{}/healthz", app.url)).await;
+        assert_eq!(h.status, 503, "{engine}: {h:?}");
+    }
 }
