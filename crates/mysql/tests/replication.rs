@@ -620,3 +620,68 @@ async fn switchover_then_rejoin_without_errant_transactions_restores_semi_sync()
         .await
         .expect("idempotent follow");
 }
+
+#[tokio::test]
+async fn errant_ddl_is_kept_and_the_rejoin_refuses_to_guess() {
+    let pair = MysqlPair::start(PairOptions::default()).await.unwrap();
+    let mut a = pair.admin(&region_a()).await.unwrap();
+    create_table(&mut a).await;
+    wait_for("replication", || async {
+        pair.admin(&region_b())
+            .await
+            .unwrap()
+            .query_first::<u64, _>(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'app'",
+            )
+            .await
+            .unwrap()
+            == Some(1)
+    })
+    .await;
+    let mut b = pair.admin(&region_b()).await.unwrap();
+    b.query_drop("STOP SLAVE IO_THREAD").await.unwrap();
+    a.query_drop("INSERT INTO app.t VALUES (1, 'errant row')")
+        .await
+        .unwrap();
+    a.query_drop("CREATE TABLE app.errant_table (id INT PRIMARY KEY)")
+        .await
+        .unwrap();
+    drop(a);
+
+    let role_a = MysqlRole::new(&pair.config, &region_a()).unwrap();
+    let role_b = MysqlRole::new(&pair.config, &region_b()).unwrap();
+    role_a.fence(Epoch(2)).await.unwrap();
+    role_b.activate(&activation(2, false)).await.unwrap();
+    let err = role_a
+        .follow(&FollowTarget {
+            epoch: Epoch(2),
+            active: region_b(),
+        })
+        .await
+        .expect_err("errant DDL cannot be undone automatically");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("2 errant transactions") && msg.contains("DDL"),
+        "{msg}"
+    );
+    // Kept all the same, and the old primary stays read-only and out of replication.
+    let keep = pair.dir().join("keep");
+    let dir = std::fs::read_dir(&keep)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("errant-a-"))
+        .expect("an errant directory")
+        .path();
+    let sql = std::fs::read_to_string(dir.join("errant-transactions.sql")).unwrap();
+    assert!(
+        sql.contains("errant_table") && sql.contains("errant row"),
+        "{sql}"
+    );
+    let mut a = pair.admin(&region_a()).await.unwrap();
+    assert_eq!(count(&mut a, "SELECT @@read_only").await, 1);
+    assert_eq!(
+        count(&mut a, "SELECT COUNT(*) FROM app.t").await,
+        1,
+        "nothing undone"
+    );
+}
