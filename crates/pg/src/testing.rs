@@ -150,6 +150,7 @@ impl TestPair {
             database_toml,
             config_text: text,
         };
+        spawn_watchdog(&root, &pair.data_dirs)?;
         let settings = ServerSettings {
             wal_keep_size_mb: 256,
         };
@@ -220,6 +221,35 @@ impl TestPair {
         }
         Ok(())
     }
+}
+
+/// A detached shell (its own session, so a test runner killing the test's process group
+/// does not take it along) that waits for this process to end and then kills any
+/// postmaster still running in the pair's data directories and removes the directory.
+/// `Drop` is the normal path; this covers a test process killed by a timeout or a signal,
+/// where no destructor runs.
+fn spawn_watchdog(root: &Path, data_dirs: &[PathBuf]) -> Result<()> {
+    let mut script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done\n",
+        std::process::id()
+    );
+    for dir in data_dirs {
+        let pidfile = dir.join("postmaster.pid");
+        script.push_str(&format!(
+            "if [ -f '{pidfile}' ]; then p=$(head -n 1 '{pidfile}'); \
+             if grep -q postgres /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; fi; fi\n",
+            pidfile = pidfile.display()
+        ));
+    }
+    script.push_str(&format!("sleep 1; rm -rf '{}'\n", root.display()));
+    std::process::Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("spawn the harness watchdog")?;
+    Ok(())
 }
 
 impl Drop for TestPair {

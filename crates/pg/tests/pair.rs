@@ -629,3 +629,105 @@ async fn a_lagging_replica_is_not_promoted_unless_forced() {
         .await
         .expect("writable");
 }
+
+#[tokio::test]
+async fn the_harness_stops_both_servers_when_a_test_panics() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen_in_task = seen.clone();
+    let task = tokio::spawn(async move {
+        let pair = pair(PairOptions::default()).await;
+        let pids: Vec<u32> = ["a", "b"]
+            .iter()
+            .map(|r| lifeboat_pg::server::postmaster_pid(&pair.data_dir(r)).expect("running"))
+            .collect();
+        *seen_in_task.lock().expect("lock") = Some((pids, pair.dir().to_path_buf()));
+        panic!("a failing test");
+    });
+    assert!(task.await.expect_err("the task panicked").is_panic());
+    let (pids, dir) = seen.lock().expect("lock").clone().expect("pair started");
+    for pid in pids {
+        assert!(
+            !lifeboat_pg::server::process_alive(pid),
+            "postmaster {pid} still runs"
+        );
+    }
+    assert!(!dir.exists(), "temp dir {} removed", dir.display());
+}
+
+/// The documented caveat of synchronous mode, end to end: a commit whose wait for the
+/// standby is cancelled returns success but exists on the primary only; after a
+/// failover the rejoin report counts it instead of losing it silently.
+#[tokio::test]
+async fn sync_mode_caveat_a_cancelled_wait_commits_locally_and_rejoin_reports_it() {
+    let pair = pair(PairOptions {
+        mode: ReplicationMode::Sync,
+        ..PairOptions::default()
+    })
+    .await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int)")
+        .await
+        .expect("create");
+    let rb = pair.role("b").expect("role b");
+    rb.fence(Epoch(1)).await.expect("stop the standby");
+    // The commit waits for the standby; cancel the wait from another session
+    // (statement_timeout does not apply to the commit wait).
+    let pid: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let other = pair.client("a").await.expect("second session");
+    let canceller = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: bool = other
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep')",
+                    &[&pid],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if waiting {
+                other
+                    .execute("SELECT pg_cancel_backend($1)", &[&pid])
+                    .await
+                    .expect("cancel");
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the commit never waited for the standby"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    a.batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("the cancelled wait still reports success");
+    canceller.await.expect("canceller");
+    assert_eq!(count(&a, "t").await, 1, "committed locally");
+    drop(a);
+    pair.kill9("a").await.expect("kill -9 a");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    let b = pair.client("b").await.expect("connect b");
+    assert_eq!(count(&b, "t").await, 0, "the standby never had it");
+    let ra = pair.role("a").expect("role a");
+    ra.follow(&FollowTarget {
+        epoch: Epoch(2),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("rejoin a");
+    let report = ra.last_rejoin_report().expect("report");
+    assert_eq!(
+        report.tables.get("public.t").map(|c| c.inserts),
+        Some(1),
+        "{report:?}"
+    );
+    assert!(report.divergent_commits >= 1, "{report:?}");
+    assert!(report.kept_copy.is_some(), "{report:?}");
+}
