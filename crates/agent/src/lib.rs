@@ -32,6 +32,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Extra Prometheus text appended to the agent's `/metrics`.
+pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// What the agent's vantage probes currently say (filled by the health prober).
 pub type ChecksRx = watch::Receiver<BTreeMap<String, CheckReport>>;
 
@@ -68,6 +71,7 @@ pub struct Agent {
     checks: ChecksRx,
     role_cache: Mutex<Vec<RoleStatus>>,
     forced: std::sync::atomic::AtomicBool,
+    extra_metrics: Mutex<Vec<MetricsFn>>,
     pub report_interval: Duration,
 }
 
@@ -120,8 +124,28 @@ impl Agent {
             checks,
             role_cache: Mutex::new(Vec::new()),
             forced: std::sync::atomic::AtomicBool::new(false),
+            extra_metrics: Mutex::new(Vec::new()),
             report_interval,
         }))
+    }
+
+    /// Append more Prometheus text to the agent's `/metrics` (replication, database …).
+    pub fn add_metrics(&self, f: MetricsFn) {
+        self.extra_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    pub(crate) fn render_extra_metrics(&self, out: &mut String) {
+        for f in self
+            .extra_metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f(out);
+        }
     }
 
     pub fn state(&self) -> State {

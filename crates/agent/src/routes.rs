@@ -152,6 +152,7 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
             );
         }
     }
+    agent.render_extra_metrics(&mut out);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -70,6 +70,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Object replication: pending and failed objects, retries, backfill.
+    Objects {
+        #[command(subcommand)]
+        command: ObjectsCommand,
+    },
+    /// Database orchestration: bootstrap a region's server as the config describes it.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Run a disaster-recovery drill against a running deployment and report RTO / RPO.
+    Drill {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        drill: DrillArgs,
+    },
+    /// Start a complete two-region deployment on this machine (loopback) and keep it
+    /// up until Ctrl-C; with --drill, run a drill against it and exit.
+    Demo(crate::demo::DemoArgs),
+    /// The sample application (the demo runs it as each region's pilot-light service).
+    #[command(name = "sample-app")]
+    SampleApp(lifeboat_sample_app::Options),
     /// Check a config file without starting anything.
     Validate {
         /// The config file (also accepted as --config).
@@ -77,6 +100,64 @@ pub enum Command {
         config: Option<PathBuf>,
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ObjectsCommand {
+    /// Counts and lists of pending and failed objects of a region.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        region: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry failed (and backing-off) objects now.
+    Retry {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        region: String,
+        /// Only keys starting with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Copy every existing object of a region that the other regions lack.
+    Backfill {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        region: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Create the region's server: a primary in the initially active region, a replica
+    /// of it elsewhere (the primary must be up).
+    Bootstrap {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, short)]
+        region: String,
+    },
+}
+
+/// The drill's options, shared by `lifeboat drill` and `lifeboat demo --drill`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DrillArgs {
+    /// region-outage, partition, db-crash or app-crash.
+    #[arg(long, default_value = "region-outage")]
+    pub scenario: lifeboat_drill::Scenario,
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
+    /// Write the JSON report to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the HTML report (with an SVG timeline) to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -127,6 +208,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             since,
             json,
         } => crate::ops::journal(&config, since, json).await,
+        Command::Objects { command } => crate::extra::objects(command).await,
+        Command::Db { command } => crate::extra::db(command).await,
+        Command::Drill { config, drill } => crate::extra::drill(&config, drill).await,
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::SampleApp(opts) => crate::extra::sample_app(opts).await,
         Command::Validate { config, file } => match config.or(file) {
             Some(path) => crate::ops::validate(&path),
             None => anyhow::bail!("validate needs a config file: lifeboat validate FILE"),

@@ -82,13 +82,21 @@ pub async fn controller(path: &Path) -> Result<ExitCode> {
     let probe_cancel = cancel.child_token();
     tasks.spawn(prober.run(probe_cancel.clone()));
 
-    let ctrl = Controller::open(cfg.clone(), token, local, ControllerOptions::default())
-        .with_context(|| {
-            format!(
-                "opening controller state in {}",
-                cfg.controller.state_dir.display()
-            )
-        })?;
+    let ctrl = Controller::open(
+        cfg.clone(),
+        token,
+        local,
+        ControllerOptions {
+            discovery: Some(crate::wiring::discovery()),
+            ..ControllerOptions::default()
+        },
+    )
+    .with_context(|| {
+        format!(
+            "opening controller state in {}",
+            cfg.controller.state_dir.display()
+        )
+    })?;
     if let (Some(_), Some(addr)) = (&cfg.dns, cfg.controller.dns_addr) {
         let (udp, tcp) = bind_dns(addr, "controller.dns_addr").await?;
         let dns =
@@ -233,7 +241,10 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     // Data roles in activation order: data first, services last.
     let service_cancel = CancellationToken::new();
     let services = Services::new(region, &rc.services, service_cancel.clone());
-    let roles: Vec<SharedRole> = vec![services.clone()];
+    let data_cancel = CancellationToken::new();
+    let (mut roles, extra_metrics) =
+        crate::wiring::data_roles(&cfg, &region_id, &tasks, data_cancel.clone()).await?;
+    roles.push(services.clone() as SharedRole);
 
     agent_dns(
         cfg.clone(),
@@ -244,6 +255,9 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     )
     .await?;
     let agent = Agent::new(cfg.clone(), region_id.clone(), token, roles, checks_rx)?;
+    for m in extra_metrics {
+        agent.add_metrics(m);
+    }
     let listener = tokio::net::TcpListener::bind(rc.agent_addr)
         .await
         .with_context(|| {
@@ -263,6 +277,7 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     let result = agent.run(cancel.clone()).await;
     let _ = server.await;
     services.shutdown().await;
+    data_cancel.cancel();
     probe_cancel.cancel();
     tasks.close();
     tasks.wait().await;

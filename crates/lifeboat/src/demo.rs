@@ -1,0 +1,706 @@
+//! `lifeboat demo`: the whole reference architecture on one machine.
+//!
+//! It starts, on loopback, a complete two-region deployment in a fresh directory: the
+//! controller with its DNS, one agent per region (each region on its own loopback
+//! address, 127.0.1.1 and 127.0.2.1, so a DNS answer moves a client between them while
+//! the port stays the same), a database primary and replica (PostgreSQL with
+//! synchronous replication by default, or MariaDB with semi-sync), one local object
+//! store per region with replication, and the sample app as each region's pilot-light
+//! service. It prints what runs where and the config path — so `lifeboat status`,
+//! `failover`, `drill` and `objects` can be pointed at it — and stays up until Ctrl-C,
+//! then stops everything and removes the directory. `--drill` runs a drill instead.
+//!
+//! A region whose agent was killed (a drill's region outage) is started again only
+//! when asked: the drill's `outage_stop` command touches `control/restore-<region>`.
+
+use crate::cli::DrillArgs;
+use anyhow::{Context, Result, bail};
+use lifeboat_config::Config;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// postgres (synchronous replication) or mariadb (semi-synchronous).
+    #[arg(long, default_value = "postgres")]
+    pub database: String,
+    /// Replicate the database asynchronously instead (the drill will show the RPO).
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// Keep the deployment in this directory instead of a temporary one (kept on exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Run a drill against the demo, print its report and exit.
+    #[arg(long)]
+    pub drill: bool,
+    #[command(flatten)]
+    pub drill_args: DrillArgs,
+}
+
+const REGIONS: [(&str, &str); 2] = [("a", "127.0.1.1"), ("b", "127.0.2.1")];
+
+/// Ports chosen once, free on every address that binds them.
+struct Ports {
+    api: u16,
+    dns: u16,
+    app: u16,
+    agent: u16,
+    db: BTreeMap<&'static str, u16>,
+}
+
+fn free_on_all(ips: &[&str], udp_too: bool) -> Result<u16> {
+    for _ in 0..200 {
+        let first = TcpListener::bind((ips[0].parse::<IpAddr>()?, 0))?;
+        let port = first.local_addr()?.port();
+        let ok = ips.iter().all(|ip| {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                return false;
+            };
+            let tcp = ip == ips[0].parse().unwrap_or(ip) || TcpListener::bind((ip, port)).is_ok();
+            let udp = !udp_too || UdpSocket::bind((ip, port)).is_ok();
+            tcp && udp
+        });
+        if ok {
+            return Ok(port);
+        }
+    }
+    bail!("no port is free on {}", ips.join(", "))
+}
+
+fn choose_ports() -> Result<Ports> {
+    let region_ips: Vec<&str> = REGIONS.iter().map(|(_, ip)| *ip).collect();
+    let mut db = BTreeMap::new();
+    for (r, ip) in REGIONS {
+        db.insert(r, free_on_all(&[ip], false)?);
+    }
+    Ok(Ports {
+        api: free_on_all(&["127.0.0.1"], false)?,
+        dns: free_on_all(&["127.0.0.1"], true)?,
+        app: free_on_all(&region_ips, false)?,
+        agent: free_on_all(&region_ips, false)?,
+        db,
+    })
+}
+
+struct Layout {
+    dir: PathBuf,
+    config: PathBuf,
+    control: PathBuf,
+    logs: PathBuf,
+}
+
+impl Layout {
+    fn new(dir: PathBuf) -> Result<Layout> {
+        let l = Layout {
+            config: dir.join("lifeboat.toml"),
+            control: dir.join("control"),
+            logs: dir.join("logs"),
+            dir,
+        };
+        for d in [&l.dir, &l.control, &l.logs] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        // The database server runs as the postgres user when we are root: it must be
+        // able to reach its data directory inside ours.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&l.dir, std::fs::Permissions::from_mode(0o755))?;
+        Ok(l)
+    }
+}
+
+fn exe() -> Result<PathBuf> {
+    std::env::current_exe().context("finding the lifeboat binary")
+}
+
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn write_secret(path: &Path, value: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, value).with_context(|| format!("writing {}", path.display()))?;
+    // Readable by the postgres / mysql server user too (the demo's own throwaway secrets).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+fn random_secret() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("demo-{:x}{:x}", n, std::process::id())
+}
+
+fn database_section(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<String> {
+    let mut s = String::new();
+    match args.database.as_str() {
+        "postgres" | "postgresql" => {
+            s.push_str(&format!(
+                "[database]\nengine = \"postgres\"\nmode = \"{}\"\nmax_lag_bytes = 67108864\n\n[database.postgres]\ndbname = \"postgres\"\nwal_keep_size_mb = 256\n\n",
+                if args.asynchronous { "async" } else { "sync" }
+            ));
+            for (r, ip) in REGIONS {
+                s.push_str(&format!(
+                    "[database.postgres.regions.{r}]\nhost = \"{ip}\"\nport = {}\ndata_dir = {}\nuser = \"postgres\"\npassword_file = {}\nreplication_user = \"replicator\"\nreplication_password_file = {}\n\n",
+                    p.db[r],
+                    toml_str(&l.dir.join(format!("pg-{r}")).display().to_string()),
+                    toml_str(&l.dir.join("db-password").display().to_string()),
+                    toml_str(&l.dir.join("repl-password").display().to_string()),
+                ));
+            }
+        }
+        "mariadb" | "mysql" => {
+            s.push_str(&format!(
+                "[database]\nengine = \"mariadb\"\nmode = \"{}\"\n\n[database.mysql]\nreplication_user = \"replicator\"\nreplication_password_file = {}\n\n",
+                if args.asynchronous { "async" } else { "sync" },
+                toml_str(&l.dir.join("repl-password").display().to_string()),
+            ));
+            for (i, (r, ip)) in REGIONS.iter().enumerate() {
+                s.push_str(&format!(
+                    "[database.mysql.regions.{r}]\nhost = \"{ip}\"\nport = {}\ndatadir = {}\nuser = \"root\"\npassword_file = {}\nserver_id = {}\n\n",
+                    p.db[r],
+                    toml_str(&l.dir.join(format!("mariadb-{r}")).display().to_string()),
+                    toml_str(&l.dir.join("db-password").display().to_string()),
+                    i + 1,
+                ));
+            }
+        }
+        other => bail!("--database {other}: use postgres or mariadb"),
+    }
+    Ok(s)
+}
+
+fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
+    let exe = exe()?;
+    let d = |name: &str| l.dir.join(name).display().to_string();
+    let mut c = format!(
+        "# Generated by `lifeboat demo`: a two-region deployment on loopback.\n\n[deployment]\nname = \"demo\"\n\n[controller]\napi_addr = \"127.0.0.1:{}\"\ndns_addr = \"127.0.0.1:{}\"\nstate_dir = {}\n\n[auth]\ntoken_file = {}\n\n[failover]\nmode = \"automatic\"\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nhold_down = \"0s\"\nreport_ttl = \"2s\"\nfailback = \"manual\"\n\n",
+        p.api,
+        p.dns,
+        toml_str(&d("controller")),
+        toml_str(&d("token")),
+    );
+    for (i, (r, ip)) in REGIONS.iter().enumerate() {
+        let poison = l.control.join(format!("poison-app-{r}"));
+        let app = format!(
+            "test -e {} && exit 1; exec {} sample-app --bind {ip}:{} --region {r} --discovery http://127.0.0.1:{}/v1/discovery --objects-dir {} --db-password-file {}",
+            poison.display(),
+            exe.display(),
+            p.app,
+            p.api,
+            d(&format!("objects-{r}")),
+            d("db-password"),
+        );
+        c.push_str(&format!(
+            "[regions.{r}]\nagent_addr = \"{ip}:{}\"\naddress = \"{ip}\"\nrole = \"{}\"\n\n[[regions.{r}.services]]\nname = \"sample-app\"\nmode = \"pilot-light\"\nstop_timeout = \"3s\"\ncommand = [\"sh\", \"-c\", {}]\n\n[regions.{r}.services.env]\nLIFEBOAT_LOG = \"warn\"\n\n",
+            p.agent,
+            if i == 0 { "active" } else { "standby" },
+            toml_str(&app),
+        ));
+        c.push_str(&format!(
+            "[checks.app-{r}]\ntype = \"http\"\nregion = \"{r}\"\nurl = \"http://{ip}:{}/healthz\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\nfailure_threshold = 2\n\n",
+            p.app
+        ));
+    }
+    c.push_str("[dns]\nzone = \"demo.lifeboat.\"\nttl = \"1s\"\n\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n");
+    for name in ["app", "db"] {
+        for (i, (r, _)) in REGIONS.iter().enumerate() {
+            c.push_str(&format!(
+                "[[dns.records]]\nname = \"{name}\"\ntype = \"A\"\npolicy = \"failover\"\nfailover = \"{}\"\nregion = \"{r}\"\nttl = \"1s\"\n\n",
+                if i == 0 { "primary" } else { "secondary" }
+            ));
+        }
+    }
+    c.push_str("[objects]\nreconcile_interval = \"10s\"\nlatency_alert = \"30s\"\n\n");
+    for (r, _) in REGIONS {
+        c.push_str(&format!(
+            "[objects.stores.{r}]\ntype = \"local\"\npath = {}\n\n",
+            toml_str(&d(&format!("objects-{r}")))
+        ));
+    }
+    c.push_str(&database_section(args, l, p)?);
+    c.push_str(&format!(
+        "[drill]\napp_name = \"app.demo.lifeboat.\"\napp_port = {}\nrate = 20\n\n",
+        p.app
+    ));
+    for (r, ip) in REGIONS {
+        let kill_region = format!(
+            "kill -9 $(cat {ctl}/agent-{r}.pid) 2>/dev/null; pkill -9 -f '[s]ample-app --bind {ip}:{app}' ; {db_kill}; true",
+            ctl = l.control.display(),
+            app = p.app,
+            db_kill = db_kill_command(args, l, r),
+        );
+        c.push_str(&format!(
+            "[drill.regions.{r}]\noutage_start = {}\noutage_stop = {}\ndb_crash = {}\ndb_restore = \"true\"\napp_crash = {}\napp_restore = {}\n\n",
+            toml_str(&kill_region),
+            toml_str(&format!("touch {}/restore-{r}", l.control.display())),
+            toml_str(&format!("{}; true", db_kill_command(args, l, r))),
+            toml_str(&format!(
+                "touch {}/poison-app-{r}; pkill -9 -f '[s]ample-app --bind {ip}:{}'; true",
+                l.control.display(),
+                p.app
+            )),
+            toml_str(&format!("rm -f {}/poison-app-{r}", l.control.display())),
+        ));
+    }
+    std::fs::write(&l.config, c).with_context(|| format!("writing {}", l.config.display()))
+}
+
+fn db_kill_command(args: &DemoArgs, l: &Layout, r: &str) -> String {
+    if args.database.starts_with("maria") || args.database == "mysql" {
+        format!(
+            "kill -9 $(cat {}/mariadb-{r}/mariadbd.pid 2>/dev/null) 2>/dev/null",
+            l.dir.display()
+        )
+    } else {
+        format!(
+            "kill -9 $(head -1 {}/pg-{r}/postmaster.pid 2>/dev/null) 2>/dev/null",
+            l.dir.display()
+        )
+    }
+}
+
+/// The demo's child processes: the controller and one agent per region.
+struct Children {
+    layout: PathBuf,
+    config: PathBuf,
+    logs: PathBuf,
+    procs: BTreeMap<String, Child>,
+}
+
+impl Children {
+    async fn spawn(&mut self, name: &str, args: &[&str], wait_for: &str) -> Result<String> {
+        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        let mut cmd = Command::new(exe()?);
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "LIFEBOAT_LOG",
+                std::env::var("LIFEBOAT_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(
+                Path::new(&self.layout)
+                    .join("control")
+                    .join(format!("{name}.pid")),
+                pid.to_string(),
+            )?;
+        }
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prefix = wait_for.to_owned();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            let mut tx = Some(tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix(&prefix)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(60), rx)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{name} did not start in 60 s: see {}",
+                    self.logs.join(format!("{name}.log")).display()
+                )
+            })?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{name} exited at start: see {}",
+                    self.logs.join(format!("{name}.log")).display()
+                )
+            })?;
+        self.procs.insert(name.to_owned(), child);
+        Ok(addr)
+    }
+
+    async fn stop(&mut self, name: &str) {
+        if let Some(mut child) = self.procs.remove(name) {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            if tokio::time::timeout(Duration::from_secs(15), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn check_prerequisites(args: &DemoArgs) -> Result<()> {
+    match args.database.as_str() {
+        "postgres" | "postgresql" => {
+            if lifeboat_pg::PgBin::locate(None).is_err() {
+                bail!(
+                    "PostgreSQL server binaries were not found (/usr/lib/postgresql/*/bin).\nInstall them with:  sudo apt-get install -y postgresql   (or run ./scripts/test once, which installs what lifeboat needs)"
+                );
+            }
+        }
+        _ => {
+            let found = ["/usr/sbin/mariadbd", "/usr/bin/mariadbd"]
+                .iter()
+                .any(|p| Path::new(p).exists());
+            if !found {
+                bail!(
+                    "MariaDB was not found.\nInstall it with:  sudo apt-get install -y mariadb-server"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    check_prerequisites(&args)?;
+    let (tempdir, dir) = match &args.dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("lifeboat-demo-")
+                .tempdir()
+                .context("creating the demo directory")?;
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    let layout = Layout::new(dir)?;
+    let ports = choose_ports()?;
+    write_secret(&layout.dir.join("token"), &random_secret())?;
+    write_secret(&layout.dir.join("db-password"), &random_secret())?;
+    write_secret(&layout.dir.join("repl-password"), &random_secret())?;
+    for (r, _) in REGIONS {
+        std::fs::create_dir_all(layout.dir.join(format!("objects-{r}")))?;
+    }
+    std::fs::write(
+        layout.dir.join("objects-a").join("msgdrdct.txt"),
+        "Hello from the lifeboat demo. This message lives in region a's object store and lifeboat replicates it to region b.\n",
+    )?;
+    write_config(&args, &layout, &ports)?;
+    let cfg = Config::load(&layout.config)
+        .map_err(|e| anyhow::anyhow!("the generated config is invalid (a bug): {e}"))?;
+
+    eprintln!("lifeboat demo: setting up in {}", layout.dir.display());
+    let mut children = Children {
+        layout: layout.dir.clone(),
+        config: layout.config.clone(),
+        logs: layout.logs.clone(),
+        procs: BTreeMap::new(),
+    };
+    let result = run_inner(&args, &cfg, &layout, &ports, &mut children).await;
+
+    eprintln!("lifeboat demo: stopping");
+    for (r, _) in REGIONS {
+        children.stop(&format!("agent-{r}")).await;
+    }
+    children.stop("controller").await;
+    stop_databases(&cfg).await;
+    // Pilot-light apps whose agent was killed by a drill are orphans: end them too.
+    let _ = std::process::Command::new("pkill")
+        .args([
+            "-9",
+            "-f",
+            &format!("sample-app --bind 127.0.[12].1:{}", ports.app),
+        ])
+        .status();
+    match tempdir {
+        Some(t) => {
+            let path = t.path().display().to_string();
+            if let Err(e) = t.close() {
+                eprintln!("lifeboat demo: could not remove {path}: {e}");
+            } else {
+                eprintln!("lifeboat demo: removed {path}");
+            }
+        }
+        None => eprintln!("lifeboat demo: kept {}", layout.dir.display()),
+    }
+    result
+}
+
+async fn stop_databases(cfg: &Config) {
+    let Some(db) = &cfg.database else { return };
+    if let Some(pg) = &db.postgres
+        && let Ok(bin) = lifeboat_pg::PgBin::locate(pg.bin_dir.as_deref())
+    {
+        for inst in pg.regions.values() {
+            if let Some(dir) = &inst.data_dir {
+                let _ = lifeboat_pg::server::stop(&bin, dir, "immediate").await;
+            }
+        }
+    }
+    if let Some(my) = &db.mysql {
+        for inst in my.regions.values() {
+            if let Some(dir) = &inst.datadir
+                && let Ok(pid) = std::fs::read_to_string(dir.join("mariadbd.pid"))
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+async fn run_inner(
+    args: &DemoArgs,
+    cfg: &Config,
+    l: &Layout,
+    p: &Ports,
+    children: &mut Children,
+) -> Result<ExitCode> {
+    let cancel = CancellationToken::new();
+    crate::run::cancel_on_signal(cancel.clone());
+
+    eprintln!(
+        "lifeboat demo: bootstrapping the {} primary (region a) and replica (region b)",
+        cfg.database
+            .as_ref()
+            .map_or("-", |d| if d.postgres.is_some() {
+                "PostgreSQL"
+            } else {
+                "MariaDB"
+            })
+    );
+    for (r, _) in REGIONS {
+        let region = lifeboat_core::RegionId::new(r);
+        tokio::select! {
+            res = crate::extra::bootstrap(cfg, &region) => res?,
+            _ = cancel.cancelled() => return Ok(ExitCode::FAILURE),
+        }
+    }
+    eprintln!("lifeboat demo: starting the controller and the agents");
+    children
+        .spawn("controller", &["controller"], "listening api ")
+        .await?;
+    for (r, _) in REGIONS {
+        children
+            .spawn(
+                &format!("agent-{r}"),
+                &["agent", "--region", r],
+                "listening agent ",
+            )
+            .await?;
+    }
+    let client = lifeboat_api::ApiClient::new(
+        format!("http://127.0.0.1:{}", p.api),
+        None,
+        Duration::from_secs(3),
+    );
+    let ready = wait_ready(&client, p, &cancel).await;
+    if let Err(e) = ready {
+        eprintln!("lifeboat demo: {e:#}\nlogs are in {}", l.logs.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    print_banner(args, cfg, l, p);
+
+    if args.drill {
+        let supervisor = tokio::spawn(supervise_restores(
+            l.control.clone(),
+            l.config.clone(),
+            l.logs.clone(),
+            cancel.clone(),
+        ));
+        let code = tokio::select! {
+            r = crate::extra::run_drill(cfg, args.drill_args.clone()) => r?,
+            _ = cancel.cancelled() => ExitCode::FAILURE,
+        };
+        cancel.cancel();
+        let _ = supervisor.await;
+        return Ok(code);
+    }
+    println!(
+        "Ctrl-C stops everything{}.",
+        if args.dir.is_none() {
+            " and removes the directory"
+        } else {
+            ""
+        }
+    );
+    supervise_restores(
+        l.control.clone(),
+        l.config.clone(),
+        l.logs.clone(),
+        cancel.clone(),
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wait until region a is active and its app answers.
+async fn wait_ready(
+    client: &lifeboat_api::ApiClient,
+    p: &Ports,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()?;
+    let url = format!("http://{}:{}/healthz", REGIONS[0].1, p.app);
+    loop {
+        if cancel.is_cancelled() {
+            bail!("interrupted");
+        }
+        let st = client.status().await.ok();
+        let active = st.as_ref().is_some_and(|s| {
+            s.active.as_ref().map(|r| r.as_str()) == Some("a") && s.phase == "steady"
+        });
+        let app_ok = http
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if active && app_ok {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the deployment did not become ready in 90 s (active region a: {active}, app healthy: {app_ok})"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Start a region's agent again when `control/restore-<region>` appears (the drill's
+/// `outage_stop`), if it is not running.
+async fn supervise_restores(
+    control: PathBuf,
+    config: PathBuf,
+    logs: PathBuf,
+    cancel: CancellationToken,
+) {
+    let mut restarted: BTreeMap<String, Child> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        for (r, _) in REGIONS {
+            let flag = control.join(format!("restore-{r}"));
+            if !flag.exists() {
+                continue;
+            }
+            let _ = std::fs::remove_file(&flag);
+            let mut c = Children {
+                layout: control.parent().map(Path::to_path_buf).unwrap_or_default(),
+                config: config.clone(),
+                logs: logs.clone(),
+                procs: BTreeMap::new(),
+            };
+            match c
+                .spawn(
+                    &format!("agent-{r}"),
+                    &["agent", "--region", r],
+                    "listening agent ",
+                )
+                .await
+            {
+                Ok(_) => {
+                    eprintln!("lifeboat demo: region {r} restored (agent restarted)");
+                    restarted.extend(c.procs);
+                }
+                Err(e) => eprintln!("lifeboat demo: cannot restore region {r}: {e:#}"),
+            }
+        }
+    }
+    for (_, mut child) in restarted {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    }
+}
+
+fn print_banner(args: &DemoArgs, cfg: &Config, l: &Layout, p: &Ports) {
+    let engine = if args.database.starts_with("maria") || args.database == "mysql" {
+        "MariaDB"
+    } else {
+        "PostgreSQL"
+    };
+    let mode = if args.asynchronous {
+        "asynchronous"
+    } else if engine == "MariaDB" {
+        "semi-synchronous"
+    } else {
+        "synchronous"
+    };
+    let cfgp = l.config.display();
+    let mut s = String::new();
+    s.push_str(&format!(
+        "\nlifeboat demo is up: deployment \"{}\", two regions on loopback\n\n",
+        cfg.deployment.name
+    ));
+    s.push_str(&format!("  app         http://app.demo.lifeboat:{app}/   (resolve it through lifeboat's DNS below)\n", app = p.app));
+    for (r, ip) in REGIONS {
+        s.push_str(&format!(
+            "              region {r}: http://{ip}:{}/{}\n",
+            p.app,
+            if r == "a" {
+                "   (active)"
+            } else {
+                "   (pilot light: starts on promotion)"
+            }
+        ));
+    }
+    s.push_str(&format!(
+        "  dns         127.0.0.1:{dns}   dig @127.0.0.1 -p {dns} app.demo.lifeboat. A +short\n",
+        dns = p.dns
+    ));
+    s.push_str(&format!(
+        "  controller  http://127.0.0.1:{}/   (dashboard, /metrics, /v1/status)\n",
+        p.api
+    ));
+    for (r, ip) in REGIONS {
+        s.push_str(&format!(
+            "  database    region {r}: {engine} on {ip}:{}{}\n",
+            p.db[r],
+            if r == "a" {
+                format!(" (primary, {mode} replication to b)")
+            } else {
+                " (replica)".into()
+            }
+        ));
+    }
+    for (r, _) in REGIONS {
+        s.push_str(&format!(
+            "  objects     region {r}: {}\n",
+            l.dir.join(format!("objects-{r}")).display()
+        ));
+    }
+    s.push_str(&format!(
+        "\n  config      {cfgp}\n  logs        {}\n\n",
+        l.logs.display()
+    ));
+    s.push_str(&format!("Try:\n  lifeboat status --config {cfgp}\n  lifeboat failover --config {cfgp} --to b\n  lifeboat drill --config {cfgp} --scenario region-outage\n  lifeboat objects status --config {cfgp} --region a\n"));
+    println!("{s}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

@@ -1,0 +1,125 @@
+//! `lifeboat objects`, `lifeboat db`, `lifeboat drill` and `lifeboat sample-app`.
+
+use crate::cli::{DbCommand, DrillArgs, ObjectsCommand};
+use crate::run::load_config;
+use anyhow::{Context, Result};
+use lifeboat_config::database::DatabaseEngine;
+use lifeboat_core::RegionId;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn region_of(cfg: &lifeboat_config::Config, region: &str) -> Result<RegionId> {
+    let id = RegionId::new(region);
+    anyhow::ensure!(
+        cfg.region(&id).is_some(),
+        "--region {region}: no such region in {} (regions: {})",
+        cfg.source.display(),
+        cfg.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(id)
+}
+
+pub async fn objects(cmd: ObjectsCommand) -> Result<ExitCode> {
+    let out = match cmd {
+        ObjectsCommand::Status {
+            config,
+            region,
+            json,
+        } => {
+            let cfg = load_config(&config)?;
+            let r = region_of(&cfg, &region)?;
+            lifeboat_objects::cli::status(&cfg, &r, &cfg.agent_state_dir(&r), json).await?
+        }
+        ObjectsCommand::Retry {
+            config,
+            region,
+            prefix,
+        } => {
+            let cfg = load_config(&config)?;
+            let r = region_of(&cfg, &region)?;
+            lifeboat_objects::cli::retry(&cfg, &r, &cfg.agent_state_dir(&r), prefix.as_deref())
+                .await?
+        }
+        ObjectsCommand::Backfill { config, region } => {
+            let cfg = load_config(&config)?;
+            let r = region_of(&cfg, &region)?;
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            lifeboat_objects::cli::backfill(&cfg, &r, &cfg.agent_state_dir(&r), progress).await?
+        }
+    };
+    println!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn db(cmd: DbCommand) -> Result<ExitCode> {
+    match cmd {
+        DbCommand::Bootstrap { config, region } => {
+            let cfg = load_config(&config)?;
+            let r = region_of(&cfg, &region)?;
+            bootstrap(&cfg, &r).await?;
+            println!("database of region {r} bootstrapped");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(crate) async fn bootstrap(cfg: &lifeboat_config::Config, r: &RegionId) -> Result<()> {
+    let db = cfg
+        .database
+        .as_ref()
+        .context("the config has no [database] section")?;
+    match db.engine {
+        DatabaseEngine::Postgres => lifeboat_pg::bootstrap_region(cfg, r).await,
+        DatabaseEngine::Mariadb => {
+            if cfg.initial_active().as_ref() == Some(r) {
+                lifeboat_mysql::bootstrap_primary(cfg, r).await.map(|_| ())
+            } else {
+                let primary = cfg
+                    .initial_active()
+                    .context("no region has role = \"active\"")?;
+                lifeboat_mysql::bootstrap_replica(cfg, r, &primary)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+    .with_context(|| format!("bootstrapping the database of region {r}"))
+}
+
+pub async fn drill(config: &Path, args: DrillArgs) -> Result<ExitCode> {
+    let cfg = load_config(config)?;
+    run_drill(&cfg, args).await
+}
+
+pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) -> Result<ExitCode> {
+    let cancel = lifeboat_drill::cancel_on_ctrl_c().context("listening for Ctrl-C")?;
+    let opts = lifeboat_drill::DrillOptions {
+        scenario: args.scenario,
+        runs: args.runs,
+        json: args.json,
+        html: args.html,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = lifeboat_drill::run(cfg, opts, cancel).await?;
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", lifeboat_drill::render_summary(&report));
+    let _ = out.flush();
+    let bad = report.runs.iter().any(|r| r.dual_primary);
+    Ok(if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn sample_app(opts: lifeboat_sample_app::Options) -> Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(opts.bind)
+        .await
+        .with_context(|| format!("binding the sample app on {}", opts.bind))?;
+    crate::run::announce("app", format!("http://{}", listener.local_addr()?));
+    let cancel = tokio_util::sync::CancellationToken::new();
+    crate::run::cancel_on_signal(cancel.clone());
+    lifeboat_sample_app::serve(listener, opts, cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
