@@ -116,7 +116,7 @@ impl PasswordSource {
 /// A connection (cheap to clone) to one server.
 #[derive(Clone)]
 enum Conn {
-    Pg(Arc<tokio_postgres::Client>),
+    Pg(Arc<PgClients>),
     My(mysql_async::Pool),
 }
 
@@ -125,8 +125,8 @@ struct Current {
     epoch: Epoch,
     endpoint: DbEndpoint,
     conn: Conn,
-    /// Aborted on drop: closes the PostgreSQL socket even while a query holds a clone.
-    _pg_task: Option<AbortOnDrop>,
+    /// Aborted on drop: closes the PostgreSQL sockets even while a query holds a clone.
+    _pg_tasks: Vec<AbortOnDrop>,
 }
 
 impl Drop for Current {
@@ -142,6 +142,23 @@ impl Drop for Current {
         }
     }
 }
+
+/// Several PostgreSQL connections used in turn: one backend commits one transaction at a
+/// time, so concurrent requests (and synchronous replication's waits) need several.
+struct PgClients {
+    clients: Vec<tokio_postgres::Client>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl PgClients {
+    fn pick(&self) -> &tokio_postgres::Client {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &self.clients[i % self.clients.len()]
+    }
+}
+
+/// PostgreSQL connections per (epoch, endpoint).
+pub const PG_CONNECTIONS: usize = 4;
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
@@ -332,16 +349,16 @@ impl Database {
                 addr: endpoint.addr(),
                 reason,
             })?;
-        let (conn, task) = match endpoint.engine {
+        let (conn, tasks) = match endpoint.engine {
             Engine::Postgres => pg::connect(endpoint, password).await?,
-            Engine::Mariadb => (my::connect(endpoint, password).await?, None),
+            Engine::Mariadb => (my::connect(endpoint, password).await?, Vec::new()),
         };
         tracing::info!(epoch = d.epoch.0, db = %endpoint.addr(), engine = %endpoint.engine, "connected to the database");
         *cur = Some(Current {
             epoch: d.epoch,
             endpoint: endpoint.clone(),
             conn: conn.clone(),
-            _pg_task: task.map(AbortOnDrop),
+            _pg_tasks: tasks.into_iter().map(AbortOnDrop).collect(),
         });
         Ok(conn)
     }
@@ -351,7 +368,7 @@ impl Database {
         let region = self.region.as_str();
         self.with_conn(|conn, ep| async move {
             match conn {
-                Conn::Pg(c) => pg::insert(&c, &ep, id, body, region).await,
+                Conn::Pg(c) => pg::insert(c.pick(), &ep, id, body, region).await,
                 Conn::My(p) => my::insert(&p, &ep, id, body, region).await,
             }
         })
@@ -361,7 +378,7 @@ impl Database {
     pub async fn get(&self, id: &str) -> Result<Option<Entry>, DbError> {
         self.with_conn(|conn, ep| async move {
             match conn {
-                Conn::Pg(c) => pg::get(&c, &ep, id).await,
+                Conn::Pg(c) => pg::get(c.pick(), &ep, id).await,
                 Conn::My(p) => my::get(&p, &ep, id).await,
             }
         })
@@ -372,7 +389,7 @@ impl Database {
     pub async fn latest(&self, n: u32) -> Result<Vec<Entry>, DbError> {
         self.with_conn(|conn, ep| async move {
             match conn {
-                Conn::Pg(c) => pg::latest(&c, &ep, n).await,
+                Conn::Pg(c) => pg::latest(c.pick(), &ep, n).await,
                 Conn::My(p) => my::latest(&p, &ep, n).await,
             }
         })
@@ -383,7 +400,7 @@ impl Database {
     pub async fn ids(&self, after: Option<&str>, limit: u32) -> Result<Vec<String>, DbError> {
         self.with_conn(|conn, ep| async move {
             match conn {
-                Conn::Pg(c) => pg::ids(&c, &ep, after, limit).await,
+                Conn::Pg(c) => pg::ids(c.pick(), &ep, after, limit).await,
                 Conn::My(p) => my::ids(&p, &ep, after, limit).await,
             }
         })
@@ -394,7 +411,7 @@ impl Database {
     pub async fn writable(&self) -> Result<DbEndpoint, DbError> {
         self.with_conn(|conn, ep| async move {
             match &conn {
-                Conn::Pg(c) => pg::writable(c, &ep).await?,
+                Conn::Pg(c) => pg::writable(c.pick(), &ep).await?,
                 Conn::My(p) => my::writable(p, &ep).await?,
             }
             Ok(ep)
@@ -458,20 +475,10 @@ mod pg {
         e.code() == Some(&SqlState::UNDEFINED_TABLE)
     }
 
-    pub(super) async fn connect(
+    async fn connect_one(
+        cfg: &tokio_postgres::Config,
         ep: &DbEndpoint,
-        password: Option<String>,
-    ) -> Result<(Conn, Option<tokio::task::JoinHandle<()>>), DbError> {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&ep.host)
-            .port(ep.port)
-            .dbname(&ep.dbname)
-            .user(&ep.user)
-            .application_name(APPLICATION_NAME)
-            .connect_timeout(CONNECT_TIMEOUT);
-        if let Some(p) = password {
-            cfg.password(p);
-        }
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), DbError> {
         let unreachable = |reason: String| DbError::Unreachable {
             engine: ep.engine,
             addr: ep.addr(),
@@ -492,6 +499,44 @@ mod pg {
                 tracing::debug!(error = %e, "PostgreSQL connection ended");
             }
         });
+        Ok((client, task))
+    }
+
+    pub(super) async fn connect(
+        ep: &DbEndpoint,
+        password: Option<String>,
+    ) -> Result<(Conn, Vec<tokio::task::JoinHandle<()>>), DbError> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&ep.host)
+            .port(ep.port)
+            .dbname(&ep.dbname)
+            .user(&ep.user)
+            .application_name(APPLICATION_NAME)
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(p) = password {
+            cfg.password(p);
+        }
+        let attempts =
+            futures::future::join_all((0..PG_CONNECTIONS).map(|_| connect_one(&cfg, ep))).await;
+        let mut clients = Vec::with_capacity(PG_CONNECTIONS);
+        let mut tasks = Vec::with_capacity(PG_CONNECTIONS);
+        let mut failed = None;
+        for a in attempts {
+            match a {
+                Ok((c, t)) => {
+                    clients.push(c);
+                    tasks.push(t);
+                }
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            tasks.iter().for_each(|t| t.abort());
+            return Err(e);
+        }
+        let Some(client) = clients.first() else {
+            return Err(unreachable_none(ep));
+        };
         let setup = async {
             let primary: bool = client
                 .query_one("SELECT NOT pg_is_in_recovery()", &[])
@@ -523,10 +568,22 @@ mod pg {
         }
         .await;
         if let Err(e) = setup {
-            task.abort();
+            tasks.iter().for_each(|t| t.abort());
             return Err(e);
         }
-        Ok((Conn::Pg(Arc::new(client)), Some(task)))
+        let clients = PgClients {
+            clients,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        };
+        Ok((Conn::Pg(Arc::new(clients)), tasks))
+    }
+
+    fn unreachable_none(ep: &DbEndpoint) -> DbError {
+        DbError::Unreachable {
+            engine: ep.engine,
+            addr: ep.addr(),
+            reason: "no connection made".into(),
+        }
     }
 
     fn entry(row: &tokio_postgres::Row) -> Entry {
