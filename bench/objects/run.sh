@@ -75,7 +75,7 @@ run_pair() { # $1 = dataset, $2 = local|s3
     if [ "$2" = local ]; then config "$src" "local $W/dst" "$W/cfg.toml"; else config "$src" s3 "$W/cfg.toml"; fi
     local t0 t1 t2
     t0=$(now)
-    "$BIN" backfill "$W/cfg.toml" a "$W/state" | head -1
+    "$BIN" backfill "$W/cfg.toml" a "$W/state" | grep -v elapsed_seconds
     t1=$(now)
     if [ "$2" = local ]; then
         rclone copy --transfers $CONC --checkers $CONC "$src" "$W/rclone-dst"

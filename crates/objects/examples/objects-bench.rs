@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| args.get(i).cloned().expect("missing argument (see bench/objects/run.sh)");
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .expect("missing argument (see bench/objects/run.sh)")
+    };
     match arg(0).as_str() {
         "serve-s3" => serve_s3(Path::new(&arg(1)), &arg(2), &arg(3), &arg(4)).await,
         "gen" => {
@@ -26,12 +30,22 @@ async fn main() -> anyhow::Result<()> {
             let cfg = lifeboat_config::Config::load(Path::new(&arg(1)))?;
             let region = lifeboat_core::RegionId::new(arg(2));
             let start = tokio::time::Instant::now();
-            let out = lifeboat_objects::cli::backfill(&cfg, &region, Path::new(&arg(3)), false).await?;
+            let out =
+                lifeboat_objects::cli::backfill(&cfg, &region, Path::new(&arg(3)), false).await?;
             println!("{out}");
             println!("elapsed_seconds {:.3}", start.elapsed().as_secs_f64());
             Ok(())
         }
-        "latency" => latency(Path::new(&arg(1)), &arg(2), Path::new(&arg(3)), arg(4).parse()?, arg(5).parse()?).await,
+        "latency" => {
+            latency(
+                Path::new(&arg(1)),
+                &arg(2),
+                Path::new(&arg(3)),
+                arg(4).parse()?,
+                arg(5).parse()?,
+            )
+            .await
+        }
         other => anyhow::bail!("unknown command {other}"),
     }
 }
@@ -42,14 +56,16 @@ async fn serve_s3(root: &Path, bucket: &str, key: &str, secret: &str) -> anyhow:
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("http://{}", listener.local_addr()?);
-    let fs = s3s_fs::FileSystem::new(root)?;
+    let fs = s3s_fs::FileSystem::new(root).map_err(|e| anyhow::anyhow!("s3s-fs: {e:?}"))?;
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(key, secret));
     let service = b.build();
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     loop {
         let (socket, _) = listener.accept().await?;
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone()).into_owned();
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone())
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -70,16 +86,29 @@ fn generate(dir: &Path, count: usize, size: usize) {
 
 /// Replicate local dir a -> b while writing `rate` objects per second for `secs`;
 /// latency = when the verified copy was recorded minus when the write finished.
-async fn latency(config: &Path, region: &str, state: &Path, rate: u64, secs: u64) -> anyhow::Result<()> {
+async fn latency(
+    config: &Path,
+    region: &str,
+    state: &Path,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<()> {
     let cfg = lifeboat_config::Config::load(config)?;
     let region = lifeboat_core::RegionId::new(region);
-    let src = cfg.objects.as_ref().unwrap().stores[region.as_str()].path.clone().unwrap();
+    let src = cfg.objects.as_ref().unwrap().stores[region.as_str()]
+        .path
+        .clone()
+        .unwrap();
     let rep = Replicator::open(&cfg, &region, state).await?;
     let role = rep.role();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(rep.run(cancel.clone()));
-    role.activate(&lifeboat_core::Activation { epoch: lifeboat_core::Epoch(1), region: region.clone(), forced: false })
-        .await?;
+    role.activate(&lifeboat_core::Activation {
+        epoch: lifeboat_core::Epoch(1),
+        region: region.clone(),
+        forced: false,
+    })
+    .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut written: HashMap<String, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
@@ -108,7 +137,11 @@ async fn latency(config: &Path, region: &str, state: &Path, rate: u64, secs: u64
             }
         }
         if missing == 0 || tokio::time::Instant::now() > deadline {
-            println!("objects {} replicated {} missing {missing}", written.len(), lat.len());
+            println!(
+                "objects {} replicated {} missing {missing}",
+                written.len(),
+                lat.len()
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -116,7 +149,11 @@ async fn latency(config: &Path, region: &str, state: &Path, rate: u64, secs: u64
     cancel.cancel();
     let _ = task.await;
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(-1);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(-1)
+    };
     println!(
         "latency_ms p50 {} p90 {} p99 {} max {} (n={}, {rate}/s for {secs}s)",
         pct(0.5),

@@ -384,83 +384,72 @@ impl Db {
         )
     }
 
-    /// Record a verified copy (or a replicated delete). Returns false when the row
-    /// moved on to a newer version meanwhile (nothing is changed then).
-    pub fn complete(
-        &self,
-        t: &Target,
-        checksum: Option<&str>,
-        dest_etag: Option<&str>,
-        size: u64,
-        now: i64,
-    ) -> DbResult<bool> {
+    /// Record the outcome of finished transfers, all in one transaction (one commit
+    /// per batch, not per object: the commit is what costs). For each, returns
+    /// whether it applied: false when the row moved on to a newer version meanwhile
+    /// (a newer change of the object was seen), in which case nothing is changed.
+    pub fn finish(&self, results: &[(Target, Finish)], now: i64) -> DbResult<Vec<bool>> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let changed = match t.op {
-            Op::Put => tx.execute(
+        let mut applied = Vec::with_capacity(results.len());
+        {
+            let mut completed = tx.prepare_cached(
                 "UPDATE targets SET status='COMPLETED', checksum=?4, dest_etag=?5, size=?6,
                    last_error=NULL, completed_ms=?7, updated_ms=?7
                  WHERE key=?1 AND dest=?2 AND gen=?3",
-                params![
-                    t.key,
-                    t.dest,
-                    t.generation,
-                    checksum,
-                    dest_etag,
-                    to_i64(size),
-                    now
-                ],
-            )?,
-            // A replicated delete leaves nothing to track.
-            Op::Delete => tx.execute(
-                "DELETE FROM targets WHERE key=?1 AND dest=?2 AND gen=?3",
-                params![t.key, t.dest, t.generation],
-            )?,
-        };
-        if changed > 0 && t.op == Op::Put {
-            tx.execute(
-                "UPDATE objects SET checksum=?2 WHERE key=?1",
-                params![t.key, checksum],
             )?;
+            let mut checksum = tx.prepare_cached("UPDATE objects SET checksum=?2 WHERE key=?1")?;
+            // A replicated delete, or a copy whose source vanished, leaves nothing to track.
+            let mut remove =
+                tx.prepare_cached("DELETE FROM targets WHERE key=?1 AND dest=?2 AND gen=?3")?;
+            let mut failed = tx.prepare_cached(
+                "UPDATE targets SET status=?4, attempts=attempts+1, last_error=?5,
+                   next_attempt_ms=?6, updated_ms=?7
+                 WHERE key=?1 AND dest=?2 AND gen=?3",
+            )?;
+            for (t, f) in results {
+                let n = match f {
+                    Finish::Copied {
+                        checksum: sum,
+                        dest_etag,
+                        size,
+                    } => {
+                        let n = completed.execute(params![
+                            t.key,
+                            t.dest,
+                            t.generation,
+                            sum,
+                            dest_etag,
+                            to_i64(*size),
+                            now
+                        ])?;
+                        if n > 0 {
+                            checksum.execute(params![t.key, sum])?;
+                        }
+                        n
+                    }
+                    Finish::Deleted | Finish::Dropped => {
+                        remove.execute(params![t.key, t.dest, t.generation])?
+                    }
+                    Finish::Failed {
+                        error,
+                        terminal,
+                        next_ms,
+                    } => failed.execute(params![
+                        t.key,
+                        t.dest,
+                        t.generation,
+                        if *terminal { FAILED } else { PENDING },
+                        error,
+                        next_ms,
+                        now
+                    ])?,
+                };
+                applied.push(n > 0);
+            }
         }
         tx.commit()?;
-        Ok(changed > 0)
-    }
-
-    /// Record a failed attempt: PENDING again at `next_ms`, or FAILED when `terminal`.
-    pub fn fail(
-        &self,
-        t: &Target,
-        error: &str,
-        terminal: bool,
-        next_ms: i64,
-        now: i64,
-    ) -> DbResult<()> {
-        self.lock().execute(
-            "UPDATE targets SET status=?4, attempts=attempts+1, last_error=?5, next_attempt_ms=?6,
-               updated_ms=?7
-             WHERE key=?1 AND dest=?2 AND gen=?3",
-            params![
-                t.key,
-                t.dest,
-                t.generation,
-                if terminal { FAILED } else { PENDING },
-                error,
-                next_ms,
-                now
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// The source vanished before it could be copied: forget the operation (a delete,
-    /// if replicated, is enqueued by the observation that sees it gone).
-    pub fn drop_target(&self, t: &Target) -> DbResult<()> {
-        self.lock().execute(
-            "DELETE FROM targets WHERE key=?1 AND dest=?2 AND gen=?3",
-            params![t.key, t.dest, t.generation],
-        )?;
-        Ok(())
+        Ok(applied)
     }
 
     /// Completed copies at `dest`, to compare with what the destination holds.
@@ -629,5 +618,24 @@ pub enum Observation {
         key: String,
         /// Destinations to delete it from (empty when deletes are not replicated).
         delete_from: Vec<String>,
+    },
+}
+
+/// How a transfer ended, for [`Db::finish`].
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Copied {
+        checksum: String,
+        dest_etag: Option<String>,
+        size: u64,
+    },
+    Deleted,
+    /// The source vanished before it could be copied: forget the operation (a delete,
+    /// if replicated, is enqueued by the observation that sees it gone).
+    Dropped,
+    Failed {
+        error: String,
+        terminal: bool,
+        next_ms: i64,
     },
 }

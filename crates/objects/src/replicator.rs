@@ -15,7 +15,7 @@
 //! Fencing stops the dispatcher at once (in-flight copies are abandoned and stay
 //! PENDING); `follow` makes the region receive only; `activate` starts pushing.
 
-use crate::db::{self, Db, Observation, Op, Target};
+use crate::db::{self, Db, Finish, Observation, Op, Target};
 use crate::metrics::ObjectMetrics;
 use crate::source::{Change, ChangeSource, FsWatcher};
 use crate::store::Store;
@@ -913,13 +913,20 @@ async fn dispatch(
                 return Ok(());
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                match joined {
-                    Ok((t, outcome)) => {
-                        inflight.remove(&(t.key.clone(), t.dest.clone()));
-                        record(&inner, &t, outcome)?;
+                // Take every transfer that has finished by now: one commit for all.
+                let mut batch = Vec::new();
+                let mut next = Some(joined);
+                while let Some(joined) = next {
+                    match joined {
+                        Ok((t, outcome)) => {
+                            inflight.remove(&(t.key.clone(), t.dest.clone()));
+                            batch.push((t, outcome));
+                        }
+                        Err(e) => tracing::error!(error = %e, "a transfer task failed"),
                     }
-                    Err(e) => tracing::error!(error = %e, "a transfer task failed"),
+                    next = tasks.try_join_next();
                 }
+                record(&inner, batch)?;
             }
             () = inner.wake.notified() => {}
             _ = effective.changed() => {}
@@ -948,17 +955,7 @@ async fn run_one(
             } else {
                 None
             };
-            match transfer::copy_object(
-                inner.source.inner.as_ref(),
-                &inner.source.describe,
-                dst.inner.as_ref(),
-                &dst.describe,
-                dst.keeps_attributes(),
-                &key,
-                part_size,
-                inner.cfg.verify,
-            )
-            .await
+            match transfer::copy_object(&inner.source, dst, &key, part_size, inner.cfg.verify).await
             {
                 Ok(c) => Outcome::Copied(c),
                 Err(e) => Outcome::Failed(e),
@@ -973,55 +970,74 @@ async fn run_one(
     }
 }
 
-fn record(inner: &Inner, t: &Target, outcome: Outcome) -> anyhow::Result<()> {
+/// Record a batch of finished transfers: one database transaction, then metrics,
+/// logs and events.
+fn record(inner: &Inner, batch: Vec<(Target, Outcome)>) -> anyhow::Result<()> {
     let now = db::now_ms();
     let m = &inner.metrics;
-    match outcome {
-        Outcome::Copied(c) => {
-            if inner
-                .db
-                .complete(t, Some(&c.checksum), c.dest_etag.as_deref(), c.size, now)?
-            {
+    let mut rows: Vec<(Target, Finish)> = Vec::with_capacity(batch.len());
+    for (t, outcome) in batch {
+        let finish = match outcome {
+            Outcome::Abandoned => continue,
+            Outcome::Copied(c) => Finish::Copied {
+                checksum: c.checksum,
+                dest_etag: c.dest_etag,
+                size: c.size,
+            },
+            Outcome::Deleted => Finish::Deleted,
+            Outcome::Failed(TransferError::SourceGone(what)) => {
+                tracing::debug!(key = %t.key, "source gone before copy: {what}");
+                let _ = inner.hints_tx.send(Change::Key(object_key(&t.key)));
+                Finish::Dropped
+            }
+            Outcome::Failed(e) => {
+                m.failures_total.fetch_add(1, Ordering::Relaxed);
+                let attempts = t.attempts + 1;
+                let terminal = e.is_permanent()
+                    || (matches!(e, TransferError::ChecksumMismatch { .. })
+                        && attempts >= inner.cfg.max_attempts);
+                let delay = inner.backoff(t.attempts);
+                let msg = e.to_string();
+                if terminal {
+                    tracing::error!(region = %inner.region, key = %t.key, dest = %t.dest, error = %msg, "object replication FAILED");
+                    inner.emit(
+                        JournalKind::Alert,
+                        format!(
+                            "replication of {} to region {} FAILED: {msg}",
+                            t.key, t.dest
+                        ),
+                    );
+                } else {
+                    tracing::warn!(region = %inner.region, key = %t.key, dest = %t.dest, attempts, retry_in = ?delay, error = %msg, "object replication attempt failed");
+                }
+                Finish::Failed {
+                    error: msg,
+                    terminal,
+                    next_ms: now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                }
+            }
+        };
+        rows.push((t, finish));
+    }
+    let applied = inner
+        .db
+        .finish(&rows, now)
+        .context("recording finished transfers")?;
+    for ((t, f), applied) in rows.iter().zip(applied) {
+        if !applied {
+            continue;
+        }
+        match f {
+            Finish::Copied { size, .. } => {
                 m.replicated_total.fetch_add(1, Ordering::Relaxed);
-                m.bytes_replicated_total
-                    .fetch_add(c.size, Ordering::Relaxed);
+                m.bytes_replicated_total.fetch_add(*size, Ordering::Relaxed);
                 observe_latency(inner, t, now);
             }
-        }
-        Outcome::Deleted => {
-            if inner.db.complete(t, None, None, 0, now)? {
+            Finish::Deleted => {
                 m.deleted_total.fetch_add(1, Ordering::Relaxed);
                 observe_latency(inner, t, now);
             }
-        }
-        Outcome::Abandoned => {}
-        Outcome::Failed(TransferError::SourceGone(what)) => {
-            tracing::debug!(key = %t.key, "source gone before copy: {what}");
-            inner.db.drop_target(t)?;
-            let _ = inner.hints_tx.send(Change::Key(object_key(&t.key)));
-        }
-        Outcome::Failed(e) => {
-            m.failures_total.fetch_add(1, Ordering::Relaxed);
-            let attempts = t.attempts + 1;
-            let terminal = e.is_permanent()
-                || (matches!(e, TransferError::ChecksumMismatch { .. })
-                    && attempts >= inner.cfg.max_attempts);
-            let delay = inner.backoff(t.attempts);
-            let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-            let msg = e.to_string();
-            inner.db.fail(t, &msg, terminal, next, now)?;
-            if terminal {
-                tracing::error!(region = %inner.region, key = %t.key, dest = %t.dest, error = %msg, "object replication FAILED");
-                inner.emit(
-                    JournalKind::Alert,
-                    format!(
-                        "replication of {} to region {} FAILED: {msg}",
-                        t.key, t.dest
-                    ),
-                );
-            } else {
-                tracing::warn!(region = %inner.region, key = %t.key, dest = %t.dest, attempts, retry_in = ?delay, error = %msg, "object replication attempt failed");
-            }
+            Finish::Dropped | Finish::Failed { .. } => {}
         }
     }
     Ok(())

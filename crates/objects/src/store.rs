@@ -19,6 +19,8 @@ pub struct Store {
     pub kind: StoreKind,
     /// local: the directory (watched for changes).
     pub local_root: Option<PathBuf>,
+    /// local: the store itself, so small objects can be read in one blocking call.
+    pub local: Option<Arc<object_store::local::LocalFileSystem>>,
     /// A short description for messages ("local /srv/a", "s3 http://…/bucket").
     pub describe: String,
 }
@@ -53,8 +55,10 @@ impl Store {
                     .with_context(|| format!("opening object directory {}", path.display()))?
                     .with_automatic_cleanup(true);
                 let root = std::fs::canonicalize(&path).unwrap_or(path);
+                let fs = Arc::new(fs);
                 Ok(Store {
-                    inner: Arc::new(fs),
+                    local: Some(fs.clone()),
+                    inner: fs,
                     kind: StoreKind::Local,
                     describe: format!("local {}", root.display()),
                     local_root: Some(root),
@@ -97,6 +101,7 @@ impl Store {
                     inner: Arc::new(s3),
                     kind: StoreKind::S3,
                     local_root: None,
+                    local: None,
                     describe,
                 })
             }
@@ -117,6 +122,7 @@ impl Store {
                     inner: Arc::new(gcs),
                     kind: StoreKind::Gcs,
                     local_root: None,
+                    local: None,
                     describe,
                 })
             }
@@ -151,6 +157,7 @@ impl Store {
                     inner: Arc::new(az),
                     kind: StoreKind::Azure,
                     local_root: None,
+                    local: None,
                     describe,
                 })
             }

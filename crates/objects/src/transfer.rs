@@ -8,14 +8,62 @@
 //! inode-mtime-size, not content, so it proves nothing). Content type and the other
 //! attributes travel when the destination keeps them.
 
+use crate::store::Store;
 use bytes::Bytes;
 use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    Attributes, ObjectStore, ObjectStoreExt as _, PutMultipartOptions, PutOptions, PutPayload,
-    WriteMultipart,
+    Attributes, GetResult, GetResultPayload, ObjectStore, ObjectStoreExt as _, PutMultipartOptions,
+    PutOptions, PutPayload, WriteMultipart,
 };
 use sha2::{Digest as _, Sha256};
+use std::sync::Arc;
+
+/// Bytes read from a local file at a time (object_store's own file stream reads 8 KiB
+/// per blocking task, which costs more in task hops than in I/O).
+const READ_CHUNK: usize = 1 << 20;
+
+/// The content of a GET as a stream of chunks. A local file is read on one blocking
+/// thread in `chunk`-sized pieces with at most two pieces queued (bounded memory).
+fn byte_stream(got: GetResult, chunk: usize) -> BoxStream<'static, object_store::Result<Bytes>> {
+    let range = got.range.clone();
+    match got.payload {
+        GetResultPayload::File(mut file, path) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<object_store::Result<Bytes>>(2);
+            tokio::task::spawn_blocking(move || {
+                use std::io::{Read as _, Seek as _, SeekFrom};
+                let fail = |e: std::io::Error| object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: format!("reading {}: {e}", path.display()).into(),
+                };
+                if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
+                    let _ = tx.blocking_send(Err(fail(e)));
+                    return;
+                }
+                let mut remaining = range.end.saturating_sub(range.start);
+                while remaining > 0 {
+                    let n = usize::try_from(remaining.min(chunk as u64)).unwrap_or(chunk);
+                    let mut buf = vec![0u8; n];
+                    if let Err(e) = file.read_exact(&mut buf) {
+                        let _ = tx.blocking_send(Err(fail(e)));
+                        return;
+                    }
+                    remaining -= n as u64;
+                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return;
+                    }
+                }
+            });
+            futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            })
+            .boxed()
+        }
+        GetResultPayload::Stream(s) => s,
+    }
+}
 
 /// Parts of one multipart upload buffered or in flight at once.
 pub const MAX_PARTS_IN_FLIGHT: usize = 2;
@@ -93,40 +141,54 @@ pub struct Copied {
 }
 
 /// Copy `key` from `src` to `dst`, streaming.
-#[allow(clippy::too_many_arguments)]
 pub async fn copy_object(
-    src: &dyn ObjectStore,
-    src_name: &str,
-    dst: &dyn ObjectStore,
-    dst_name: &str,
-    dst_keeps_attributes: bool,
+    src: &Store,
+    dst: &Store,
     key: &Path,
     part_size: usize,
     verify: bool,
 ) -> Result<Copied, TransferError> {
-    let got = match src.get(key).await {
+    let (src_name, dst_name) = (src.describe.as_str(), dst.describe.as_str());
+    let read_err = |e| TransferError::store(format!("reading {key} from {src_name}"), src_name, e);
+    let write_err = |e| TransferError::store(format!("writing {key} to {dst_name}"), dst_name, e);
+
+    // Local directory to local directory, small object: the whole copy in one
+    // blocking call (thread hand-offs, not I/O, dominate small-object copies).
+    if let (Some(from), Some(to)) = (&src.local, &dst.local)
+        && let Some(copied) =
+            copy_local_small(from.clone(), to.clone(), key, part_size, verify).await?
+    {
+        return Ok(copied);
+    }
+
+    // A small object in a local directory: one blocking read, no stream.
+    if let Some(fs) = &src.local
+        && let Some((data, checksum)) = read_local(fs.clone(), key, Some(part_size)).await?
+    {
+        let size = data.len() as u64;
+        let put = dst
+            .inner
+            .put_opts(key, PutPayload::from_bytes(data), PutOptions::default())
+            .await
+            .map_err(write_err)?;
+        return finish_copy(dst, key, size, checksum, put.e_tag, verify).await;
+    }
+
+    let got = match src.inner.get(key).await {
         Ok(g) => g,
         Err(object_store::Error::NotFound { .. }) => {
             return Err(TransferError::SourceGone(key.to_string()));
         }
-        Err(e) => {
-            return Err(TransferError::store(
-                format!("reading {key} from {src_name}"),
-                src_name,
-                e,
-            ));
-        }
+        Err(e) => return Err(read_err(e)),
     };
     let size = got.meta.size;
-    let attributes = if dst_keeps_attributes {
+    let attributes = if dst.keeps_attributes() {
         got.attributes.clone()
     } else {
         Attributes::new()
     };
-    let mut stream = got.into_stream();
+    let mut stream = byte_stream(got, part_size.min(READ_CHUNK));
     let mut hasher = Sha256::new();
-    let read_err = |e| TransferError::store(format!("reading {key} from {src_name}"), src_name, e);
-    let write_err = |e| TransferError::store(format!("writing {key} to {dst_name}"), dst_name, e);
 
     let put_etag = if usize::try_from(size).is_ok_and(|s| s <= part_size) {
         // One PUT: the chunks are kept as they came (no copy), at most one part.
@@ -141,7 +203,8 @@ pub async fn copy_object(
             attributes,
             ..Default::default()
         };
-        dst.put_opts(key, payload, opts)
+        dst.inner
+            .put_opts(key, payload, opts)
             .await
             .map_err(write_err)?
             .e_tag
@@ -150,7 +213,11 @@ pub async fn copy_object(
             attributes,
             ..Default::default()
         };
-        let upload = dst.put_multipart_opts(key, opts).await.map_err(write_err)?;
+        let upload = dst
+            .inner
+            .put_multipart_opts(key, opts)
+            .await
+            .map_err(write_err)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
         let result: Result<(), TransferError> = async {
             while let Some(chunk) = stream.next().await {
@@ -175,11 +242,36 @@ pub async fn copy_object(
         }
     };
     let checksum = hex::encode(hasher.finalize());
+    finish_copy(dst, key, size, checksum, put_etag, verify).await
+}
 
+/// After the write: read the copy back and compare (when `verify`), and learn the
+/// destination's e_tag for later cheap checks.
+async fn finish_copy(
+    dst: &Store,
+    key: &Path,
+    size: u64,
+    checksum: String,
+    put_etag: Option<String>,
+    verify: bool,
+) -> Result<Copied, TransferError> {
+    let dst_name = dst.describe.as_str();
     if !verify {
         let dest_etag = match put_etag {
             Some(e) => Some(e),
-            None => dst.head(key).await.map_err(write_err)?.e_tag,
+            None => {
+                dst.inner
+                    .head(key)
+                    .await
+                    .map_err(|e| {
+                        TransferError::store(
+                            format!("reading back {key} from {dst_name}"),
+                            dst_name,
+                            e,
+                        )
+                    })?
+                    .e_tag
+            }
         };
         return Ok(Copied {
             size,
@@ -187,7 +279,15 @@ pub async fn copy_object(
             dest_etag,
         });
     }
-    let (found, dest_etag, dest_size) = checksum_of(dst, dst_name, key).await?;
+    let (found, found_etag, dest_size) = match (&dst.local, &put_etag) {
+        // A local copy whose e_tag the write returned: read it in one blocking call.
+        (Some(fs), Some(etag)) => match read_local(fs.clone(), key, None).await {
+            Ok(Some((data, sum))) => (sum, Some(etag.clone()), data.len() as u64),
+            Ok(None) | Err(TransferError::SourceGone(_)) => (String::from("(missing)"), None, 0),
+            Err(e) => return Err(e),
+        },
+        _ => checksum_of(&*dst.inner, dst_name, key).await?,
+    };
     if found != checksum || dest_size != size {
         return Err(TransferError::ChecksumMismatch {
             sent: checksum,
@@ -197,8 +297,175 @@ pub async fn copy_object(
     Ok(Copied {
         size,
         checksum,
-        dest_etag,
+        dest_etag: put_etag.or(found_etag),
     })
+}
+
+/// Read a whole object of a local store in one blocking call, with its SHA-256.
+/// `None` when it is larger than `limit` (the caller streams it instead).
+async fn read_local(
+    fs: Arc<LocalFileSystem>,
+    key: &Path,
+    limit: Option<usize>,
+) -> Result<Option<(Bytes, String)>, TransferError> {
+    let key = key.clone();
+    let name = "LocalFileSystem";
+    let joined = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let path = fs
+            .path_to_filesystem(&key)
+            .map_err(|e| TransferError::store(format!("mapping {key} to a file"), name, e))?;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TransferError::SourceGone(key.to_string()));
+            }
+            Err(e) => return Err(io_error(&key, &path, e)),
+        };
+        let len = file.metadata().map_err(|e| io_error(&key, &path, e))?.len();
+        if limit.is_some_and(|l| len > l as u64) {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut data)
+            .map_err(|e| io_error(&key, &path, e))?;
+        let sum = hex::encode(Sha256::digest(&data));
+        Ok(Some((Bytes::from(data), sum)))
+    })
+    .await;
+    match joined {
+        Ok(r) => r,
+        Err(e) => Err(TransferError::store(
+            "reading a local object",
+            name,
+            object_store::Error::JoinError { source: e },
+        )),
+    }
+}
+
+/// Copy a small object between two local directory stores in one blocking call:
+/// read and hash the source, write a staged file next to the destination
+/// (`name#N`, which listings ignore, as object_store's own uploads do), rename it
+/// into place, and (with `verify`) read it back and compare. `None` when the object
+/// is larger than `limit`.
+async fn copy_local_small(
+    from: Arc<LocalFileSystem>,
+    to: Arc<LocalFileSystem>,
+    key: &Path,
+    limit: usize,
+    verify: bool,
+) -> Result<Option<Copied>, TransferError> {
+    static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let key = key.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let map = |fs: &LocalFileSystem| {
+            fs.path_to_filesystem(&key).map_err(|e| {
+                TransferError::store(format!("mapping {key} to a file"), "LocalFileSystem", e)
+            })
+        };
+        let src_path = map(&from)?;
+        let mut file = match std::fs::File::open(&src_path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TransferError::SourceGone(key.to_string()));
+            }
+            Err(e) => return Err(io_error(&key, &src_path, e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| io_error(&key, &src_path, e))?
+            .len();
+        if len > limit as u64 {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut data)
+            .map_err(|e| io_error(&key, &src_path, e))?;
+        let checksum = hex::encode(Sha256::digest(&data));
+
+        let dst_path = map(&to)?;
+        let write_err = |p: &std::path::Path, e| TransferError::Store {
+            context: format!("writing {key} ({})", p.display()),
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            },
+        };
+        let (staged, mut out) = loop {
+            let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut name = dst_path.file_name().unwrap_or_default().to_os_string();
+            name.push(format!("#{n}"));
+            let staged = dst_path.with_file_name(name);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&staged)
+            {
+                Ok(f) => break (staged, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let parent = dst_path.parent().unwrap_or(std::path::Path::new("/"));
+                    std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
+                }
+                Err(e) => return Err(write_err(&staged, e)),
+            }
+        };
+        let written = out.write_all(&data).and_then(|()| out.flush());
+        drop(out);
+        if let Err(e) = written.and_then(|()| std::fs::rename(&staged, &dst_path)) {
+            let _ = std::fs::remove_file(&staged);
+            return Err(write_err(&dst_path, e));
+        }
+        let meta = std::fs::metadata(&dst_path).map_err(|e| write_err(&dst_path, e))?;
+        if verify {
+            let back = std::fs::read(&dst_path).map_err(|e| write_err(&dst_path, e))?;
+            let found = hex::encode(Sha256::digest(&back));
+            if found != checksum {
+                return Err(TransferError::ChecksumMismatch {
+                    sent: checksum,
+                    found,
+                });
+            }
+        }
+        Ok(Some(Copied {
+            size: len,
+            checksum,
+            dest_etag: Some(local_etag(&meta)),
+        }))
+    })
+    .await;
+    match joined {
+        Ok(r) => r,
+        Err(e) => Err(TransferError::store(
+            "copying a local object",
+            "LocalFileSystem",
+            object_store::Error::JoinError { source: e },
+        )),
+    }
+}
+
+/// The e_tag object_store's LocalFileSystem reports for a file (inode, mtime in
+/// microseconds and size, hex). A test holds it to object_store's own value.
+pub fn local_etag(meta: &std::fs::Metadata) -> String {
+    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.duration_since(std::time::SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or_default()
+        .as_micros();
+    format!("\"{inode:x}-{mtime:x}-{:x}\"", meta.len())
+}
+
+fn io_error(key: &Path, path: &std::path::Path, e: std::io::Error) -> TransferError {
+    TransferError::Store {
+        context: format!("reading {key} ({})", path.display()),
+        source: object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        },
+    }
 }
 
 /// SHA-256 (hex), e_tag and size of an object, read as a stream.
@@ -212,7 +479,7 @@ pub async fn checksum_of(
     let etag = got.meta.e_tag.clone();
     let mut size = 0u64;
     let mut hasher = Sha256::new();
-    let mut stream = got.into_stream();
+    let mut stream = byte_stream(got, READ_CHUNK);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(err)?;
         size += chunk.len() as u64;
@@ -234,5 +501,20 @@ pub async fn delete_object(
             dst_name,
             e,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_etag_matches_object_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("x"), b"hello").expect("write");
+        let fs = LocalFileSystem::new_with_prefix(dir.path()).expect("fs");
+        let meta = fs.head(&Path::from("x")).await.expect("head");
+        let ours = local_etag(&std::fs::metadata(dir.path().join("x")).expect("metadata"));
+        assert_eq!(meta.e_tag.as_deref(), Some(ours.as_str()));
     }
 }

@@ -218,7 +218,12 @@ async fn a_200_mb_object_is_streamed_in_bounded_memory() {
     assert_eq!(meta.len(), 200 * 1024 * 1024);
     let row = a.db().target("big.bin", "b").unwrap().unwrap();
     assert_eq!(row.status, "COMPLETED");
-    let expected = sha256(&std::fs::read(t.a.join("big.bin")).unwrap());
+    let expected = sha256_file(&t.a.join("big.bin"));
+    assert_eq!(
+        sha256_file(&t.b.join("big.bin")),
+        expected,
+        "the copy is byte-identical"
+    );
     assert_eq!(
         row.checksum.as_deref(),
         Some(expected.as_str()),

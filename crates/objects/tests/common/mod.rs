@@ -154,8 +154,10 @@ impl Counting {
             max_buffer: Arc::new(AtomicU64::new(0)),
             writes: Arc::new(AtomicU64::new(0)),
         };
+        // Without `local`, every write goes through the wrapper (no direct file path).
         let wrapped = Store {
             inner: Arc::new(c.clone()),
+            local: None,
             ..store
         };
         (wrapped, c)
@@ -336,4 +338,21 @@ pub fn stores(list: Vec<(&str, Store)>) -> BTreeMap<String, Store> {
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// SHA-256 of a file, read in 1 MiB pieces.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
 }
