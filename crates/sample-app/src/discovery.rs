@@ -10,7 +10,7 @@
 
 use lifeboat_api::types::Discovery;
 use lifeboat_core::Epoch;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ pub const MAX_AGE: Duration = Duration::from_millis(500);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The database engine the endpoint speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     #[serde(alias = "postgresql")]
@@ -39,8 +39,9 @@ impl fmt::Display for Engine {
     }
 }
 
-/// `endpoints.database` of a discovery answer.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `endpoints.database` of a discovery answer (Serialize: what a controller publishes,
+/// `serde_json::to_value(endpoint)` under the key `"database"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DbEndpoint {
     pub engine: Engine,
     pub host: String,
@@ -287,6 +288,22 @@ mod tests {
         let db = d.database.expect("database");
         assert_eq!(db.engine, Engine::Postgres);
         assert_eq!(db.addr(), "127.0.2.1:5432");
+    }
+
+    #[test]
+    fn an_endpoint_round_trips_through_json() {
+        let ep = DbEndpoint {
+            engine: Engine::Mariadb,
+            host: "127.0.2.1".into(),
+            port: 3306,
+            dbname: "app".into(),
+            user: "app".into(),
+        };
+        let v = serde_json::to_value(&ep).expect("serialize");
+        assert_eq!(v["engine"], "mariadb");
+        let body = serde_json::json!({"epoch": 5, "active": "b", "address": null, "endpoints": {"database": v}});
+        let d = parse(body.to_string().as_bytes()).expect("parse");
+        assert_eq!(d.database, Ok(ep));
     }
 
     #[test]
