@@ -491,6 +491,9 @@ async fn run_inner(
             _ = cancel.cancelled() => return Ok(ExitCode::FAILURE),
         }
     }
+    if let Some(my) = cfg.database.as_ref().and_then(|d| d.mysql.as_ref()) {
+        create_app_database(my, l).await?;
+    }
     eprintln!("lifeboat demo: starting the controller and the agents");
     children
         .spawn("controller", &["controller"], "listening api ")
@@ -547,6 +550,39 @@ async fn run_inner(
     )
     .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sample app's database on MariaDB (PostgreSQL's demo uses `postgres`): created on
+/// the primary, it reaches the replica through the binlog like any other change.
+async fn create_app_database(my: &lifeboat_config::mysql::MysqlConfig, l: &Layout) -> Result<()> {
+    let primary = my
+        .regions
+        .get(REGIONS[0].0)
+        .context("no [database.mysql.regions.a]")?;
+    let password = std::fs::read_to_string(l.dir.join("db-password"))?;
+    let out = Command::new("mariadb")
+        .args([
+            "--protocol=TCP",
+            "-h",
+            &primary.host,
+            "-P",
+            &primary.port.to_string(),
+            "-u",
+            &primary.user,
+        ])
+        .args(["-e", "CREATE DATABASE IF NOT EXISTS lifeboat_app"])
+        .env("MYSQL_PWD", password.trim())
+        .output()
+        .await
+        .context("running the mariadb client")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "creating the demo's database on {}:{}: {}",
+        primary.host,
+        primary.port,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }
 
 /// Wait until region a is active and its app answers.
