@@ -308,8 +308,9 @@ async fn pause(cancel: &CancellationToken, d: Duration) -> Result<(), ()> {
     }
 }
 
-/// Steady: the controller is in phase "steady" with an active, healthy region, and every
-/// region's agent has reported recently (a restored region is back).
+/// Steady: the controller is in phase "steady" with an active, healthy region, every
+/// region's agent has reported recently (a restored region is back), and — when the
+/// controller requires it — every standby's data roles are ready to be promoted.
 async fn wait_steady(ctx: &RunCtx<'_>) -> anyhow::Result<ControllerStatus> {
     let deadline = tokio::time::Instant::now() + ctx.dc.steady_timeout;
     let fresh_ms = ctx.cfg.failover.report_ttl.as_millis() as u64;
@@ -326,7 +327,13 @@ async fn wait_steady(ctx: &RunCtx<'_>) -> anyhow::Result<ControllerStatus> {
                     .regions
                     .iter()
                     .all(|r| r.last_report_ms.is_some_and(|ms| ms <= fresh_ms));
-                if s.phase == "steady" && active_ok && all_report {
+                // The controller refuses to promote an unready standby: wait for them.
+                let standbys_ready = !ctx.cfg.failover.require_ready_standby
+                    || s.regions
+                        .iter()
+                        .filter(|r| Some(&r.name) != s.active.as_ref())
+                        .all(|r| r.roles.iter().all(|role| role.ready_to_promote));
+                if s.phase == "steady" && active_ok && all_report && standbys_ready {
                     return Ok(s);
                 }
                 last = format!(
@@ -335,9 +342,24 @@ async fn wait_steady(ctx: &RunCtx<'_>) -> anyhow::Result<ControllerStatus> {
                     s.active.as_ref().map_or("-".into(), |a| a.to_string()),
                     s.regions
                         .iter()
-                        .map(|r| format!("{}={:?}/{:?}", r.name, r.health, r.last_report_ms))
+                        .map(|r| {
+                            let unready: Vec<&str> = r
+                                .roles
+                                .iter()
+                                .filter(|x| !x.ready_to_promote)
+                                .map(|x| x.name.as_str())
+                                .collect();
+                            format!(
+                                "{} health {:?}, last report {}, unready roles {:?}",
+                                r.name,
+                                r.health,
+                                r.last_report_ms
+                                    .map_or("never".into(), |m| format!("{m} ms ago")),
+                                unready
+                            )
+                        })
                         .collect::<Vec<_>>()
-                        .join(" ")
+                        .join("; ")
                 );
             }
             Err(e) => last = e.to_string(),
@@ -512,14 +534,23 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32) -> anyhow::Result<RunRecord> {
         injected.with_context(|| format!("injecting {} into {target}", ctx.scenario))?;
         let deadline = tokio::time::Instant::now() + ctx.dc.recovery_timeout;
         let mut active = Some(target.clone());
+        // When the controller was first seen to name another region: recovery is a write
+        // started after that which succeeded (a write the dying region squeezed in just
+        // after the injection is not a recovery).
+        let mut moved_at_ms: Option<u64> = None;
         loop {
             if let Ok(s) = ctx.controller.status().await {
                 active = s.active;
             }
             let moved = active.as_ref().is_some_and(|a| *a != target);
-            let ok_after = ops.lock().is_ok_and(|v| {
-                v.iter()
-                    .any(|o| o.outcome == Outcome::Ok && o.start_ms >= fault_at_ms)
+            if moved && moved_at_ms.is_none() {
+                moved_at_ms = Some(ctx.clock.now_ms());
+            }
+            let ok_after = moved_at_ms.is_some_and(|m| {
+                ops.lock().is_ok_and(|v| {
+                    v.iter()
+                        .any(|o| o.outcome == Outcome::Ok && o.start_ms >= m)
+                })
             });
             show(&format!(
                 "fault in {target} for {:.1}s · active {}",

@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use lifeboat_api::types::{ControllerStatus, RegionView};
 use lifeboat_config::Config;
-use lifeboat_core::{Epoch, HealthStatus, JournalEntry, JournalKind, RegionId, RoutingTable};
+use lifeboat_core::{
+    Epoch, HealthStatus, JournalEntry, JournalKind, RegionId, RoleHealth, RoleStatus, RoutingTable,
+};
 use lifeboat_drill::{DrillError, DrillOptions, Scenario};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,9 @@ struct Behaviour {
     /// None: synchronous replication. Some(lag): the standby lacks the writes of the
     /// last `lag` before the failure.
     lag: Option<Duration>,
+    /// The standby's database role reports not ready to be promoted (and the drill's
+    /// steady_timeout is 1s instead of 20s).
+    standby_unready: bool,
 }
 
 struct Setup {
@@ -116,12 +121,18 @@ struct AppState {
     region: String,
     world: Arc<Mutex<World>>,
     sync: bool,
+    dir: PathBuf,
 }
 
 async fn post_entry(
     State(s): State<AppState>,
     axum::Json(e): axum::Json<Entry>,
 ) -> (StatusCode, &'static str) {
+    // The fault takes effect the moment its command returns, even before the
+    // supervisor closes the listener.
+    if s.dir.join(format!("down-{}", s.region)).exists() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "down");
+    }
     let mut w = s.world.lock().unwrap();
     if w.active != s.region {
         return (StatusCode::SERVICE_UNAVAILABLE, "standby");
@@ -232,6 +243,7 @@ async fn supervise_region(
 #[derive(Clone)]
 struct CtrlState {
     world: Arc<Mutex<World>>,
+    standby_unready: bool,
 }
 
 async fn status(State(s): State<CtrlState>) -> axum::Json<ControllerStatus> {
@@ -260,7 +272,13 @@ async fn status(State(s): State<CtrlState>) -> axum::Json<ControllerStatus> {
                     agent_epoch: Some(Epoch(w.epoch)),
                     agent_active: w.active == *r,
                     fenced: false,
-                    roles: vec![],
+                    roles: if s.standby_unready && w.active != *r {
+                        let mut role = RoleStatus::new("postgres", RoleHealth::Standby);
+                        role.detail = "lag 900 MB over the limit".into();
+                        vec![role]
+                    } else {
+                        vec![]
+                    },
                 }
             })
             .collect(),
@@ -384,6 +402,7 @@ async fn setup(b: Behaviour, controller_up: bool, ttl: u32) -> Setup {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dns_addr = udp.local_addr().unwrap();
     let d = dir.path().display();
+    let steady = if b.standby_unready { "1s" } else { "20s" };
     let text = format!(
         r#"
 [deployment]
@@ -437,7 +456,7 @@ warmup = "600ms"
 recovery_timeout = "20s"
 cooldown = "300ms"
 request_timeout = "500ms"
-steady_timeout = "20s"
+steady_timeout = "{steady}"
 {extra_drill}
 "#
     );
@@ -468,6 +487,7 @@ steady_timeout = "20s"
         .route("/v1/journal", get(journal_page))
         .with_state(CtrlState {
             world: world.clone(),
+            standby_unready: b.standby_unready,
         });
     if controller_up {
         tokio::spawn(serve(ctrl, ctrl_router, cancel.clone()));
@@ -478,6 +498,7 @@ steady_timeout = "20s"
             region: (*region).to_owned(),
             world: world.clone(),
             sync: b.lag.is_none(),
+            dir: dir.path().to_path_buf(),
         };
         tokio::spawn(supervise_region(
             (*region).to_owned(),
@@ -524,6 +545,7 @@ async fn region_outage_drill_measures_a_clean_failover_and_back() {
         Behaviour {
             react: true,
             lag: None,
+            standby_unready: false,
         },
         true,
         1,
@@ -619,6 +641,7 @@ async fn asynchronous_replication_loss_is_counted_with_its_window() {
         Behaviour {
             react: true,
             lag: Some(lag),
+            standby_unready: false,
         },
         true,
         1,
@@ -638,16 +661,16 @@ async fn asynchronous_replication_loss_is_counted_with_its_window() {
         r.lost_acknowledged_writes > 0,
         "writes acknowledged by a in its last {lag:?} must be missing from b"
     );
-    // The lost writes are the last ones a acknowledged: they end by the fault.
-    let last = r.lost.last_ms.unwrap();
-    assert!(
-        last <= r.fault_at_unix_ms,
-        "{:?} vs fault {}",
-        r.lost,
-        r.fault_at_unix_ms
-    );
+    // The lost writes are the last ones a took before the fault (one in flight at the
+    // injection may be acknowledged just after it), and the window covers them.
+    let (first, last) = (r.lost.first_ms.unwrap(), r.lost.last_ms.unwrap());
     for id in &r.lost.ids {
         let op = r.ops.iter().find(|o| &o.id == id).unwrap();
+        assert!(
+            op.start_ms < r.fault_at_unix_ms,
+            "{op:?} started after the fault"
+        );
+        assert!(first <= op.start_ms && op.end_ms <= last, "{:?}", r.lost);
         assert_eq!(op.region.as_ref().map(|x| x.as_str()), Some("a"));
     }
     assert!(!r.dual_primary, "{:?}", r.dual_primary_evidence);
@@ -659,6 +682,7 @@ async fn unreachable_controller_is_an_error_and_nothing_is_injected() {
         Behaviour {
             react: true,
             lag: None,
+            standby_unready: false,
         },
         false,
         1,
@@ -693,6 +717,7 @@ async fn a_scenario_without_its_commands_names_the_missing_key() {
         Behaviour {
             react: true,
             lag: None,
+            standby_unready: false,
         },
         true,
         1,
@@ -712,12 +737,38 @@ async fn a_scenario_without_its_commands_names_the_missing_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unready_standby_is_not_steady_and_nothing_is_injected() {
+    let s = setup(
+        Behaviour {
+            react: true,
+            lag: None,
+            standby_unready: true,
+        },
+        true,
+        1,
+    )
+    .await;
+    let err = lifeboat_drill::run(
+        &s.cfg,
+        opts(Scenario::RegionOutage, 1, s.dir.path()),
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("the standby is not ready");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("not steady"), "{msg}");
+    assert!(msg.contains("unready roles [\"postgres\"]"), "{msg}");
+    assert!(!s.marker("injected-a").exists(), "the fault command ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_during_a_run_undoes_the_fault() {
     // The controller never fails over: the drill would wait out recovery_timeout.
     let s = setup(
         Behaviour {
             react: false,
             lag: None,
+            standby_unready: false,
         },
         true,
         1,
@@ -784,6 +835,7 @@ async fn the_resolver_keeps_an_answer_for_its_ttl() {
     let quiet = Behaviour {
         react: false,
         lag: None,
+        standby_unready: false,
     };
     // A long TTL: the cached answer outlives the switch.
     let s = setup(quiet, true, 3600).await;
