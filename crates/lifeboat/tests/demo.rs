@@ -1,0 +1,173 @@
+//! The whole system on one machine: `lifeboat demo` (PostgreSQL, synchronous
+//! replication) and a region-outage drill against it, as a newcomer would run them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn config_value(config: &str, key: &str) -> String {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("{key} not in the demo's config"))
+        .trim_matches('"')
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_survives_a_region_outage_drill_without_losing_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut cmd = Command::new(bin());
+    cmd.args(["demo", "--dir"])
+        .arg(&demo_dir)
+        .env("LIFEBOAT_LOG", "info");
+    let demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
+    let config_path = demo.wait_line("  config", Duration::from_secs(120)).await;
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let app_port = config_value(&config, "app_port");
+    let api = config_value(&config, "api_addr");
+    let dns = config_value(&config, "dns_addr");
+
+    // Before: region a serves the app and its page shows the replicated message.
+    let (status, page) = http_get(&format!("http://127.0.1.1:{app_port}/"))
+        .await
+        .expect("app a answers");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("region a") || page.contains("Served by region"),
+        "{page}"
+    );
+    assert!(page.contains("Hello from the lifeboat demo"), "{page}");
+
+    // The drill: black-box, through the demo's DNS, killing region a.
+    let report = dir.path().join("drill.json");
+    let html = dir.path().join("drill.html");
+    let out = Command::new(bin())
+        .args([
+            "drill",
+            "--config",
+            &config_path,
+            "--scenario",
+            "region-outage",
+            "--json",
+        ])
+        .arg(&report)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill failed: {summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["scenario"], "region-outage");
+    let run = &r["runs"][0];
+    let rto = run["rto_ms"].as_f64().expect("rto_ms");
+    assert!(rto > 0.0 && rto < 15_000.0, "RTO {rto} ms: {summary}");
+    assert_eq!(
+        run["lost_acknowledged_writes"], 0,
+        "synchronous replication loses no acknowledged write: {summary}"
+    );
+    assert_eq!(run["dual_primary"], false, "{summary}");
+    assert!(
+        run["steps"].as_array().is_some_and(|s| !s.is_empty()),
+        "{run}"
+    );
+    let html = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("promoted"),
+        "HTML report has its timeline"
+    );
+
+    // After: the app answers from region b, through the address DNS gives out.
+    let (ip, port) = dns.rsplit_once(':').unwrap();
+    let dug = Command::new("dig")
+        .args([
+            &format!("@{ip}"),
+            "-p",
+            port,
+            "app.demo.lifeboat.",
+            "A",
+            "+short",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dug.stdout).trim(), "127.0.2.1");
+    let (status, info) = http_get(&format!("http://127.0.2.1:{app_port}/api/info"))
+        .await
+        .expect("app b answers");
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["region"], "b");
+    assert_eq!(info["active"], "b");
+    let st = lifeboat_api::ApiClient::new(format!("http://{api}"), None, Duration::from_secs(3))
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(st.active.as_ref().map(|r| r.as_str()), Some("b"));
+
+    // Ctrl-C: the demo stops everything it started.
+    demo.signal(nix::sys::signal::Signal::SIGINT);
+    let mut demo = demo;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while demo.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "demo did not stop on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for r in ["a", "b"] {
+        let pidfile = demo_dir.join(format!("pg-{r}")).join("postmaster.pid");
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            let pid: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+            assert!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+                "PostgreSQL of region {r} still runs after the demo stopped"
+            );
+        }
+    }
+    assert!(
+        http_get(&format!("http://127.0.2.1:{app_port}/"))
+            .await
+            .is_none(),
+        "app b still answers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_against_an_unreachable_controller_injects_nothing() {
+    let d = Deployment::new(Options::default());
+    let marker = d.dir.path().join("injected");
+    let mut config = std::fs::read_to_string(&d.config).unwrap();
+    config.push_str(&format!(
+        "[drill]\napp_name = \"app.test.lifeboat.\"\napp_port = {}\ndns_server = \"127.0.0.1:9\"\n\n[drill.regions.a]\noutage_start = \"touch {}\"\noutage_stop = \"true\"\n",
+        d.region("a").app_port,
+        marker.display()
+    ));
+    std::fs::write(&d.config, config).unwrap();
+    // No controller is running.
+    let out = Command::new(bin())
+        .args(["drill", "--config"])
+        .arg(&d.config)
+        .args(["--scenario", "region-outage"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("unreachable") && err.contains("nothing was injected"),
+        "{err}"
+    );
+    assert!(
+        !marker.exists(),
+        "the fault command ran against an unreachable deployment"
+    );
+}
