@@ -71,44 +71,77 @@ impl CmdEnv {
     }
 }
 
+/// Where a command's output goes: anonymous files, not pipes, so that a daemon the
+/// command starts (an `outage_stop` that brings a region back) and that inherits them
+/// does not keep the drill waiting for end-of-file.
+struct Capture {
+    out: std::fs::File,
+    err: std::fs::File,
+}
+
+impl Capture {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            out: tempfile::tempfile()?,
+            err: tempfile::tempfile()?,
+        })
+    }
+
+    fn attach(&self, c: &mut std::process::Command) -> std::io::Result<()> {
+        c.stdin(std::process::Stdio::null())
+            .stdout(self.out.try_clone()?)
+            .stderr(self.err.try_clone()?);
+        Ok(())
+    }
+
+    fn read(f: &mut std::fs::File) -> String {
+        use std::io::{Read, Seek};
+        let mut s = String::new();
+        let _ = f.rewind();
+        let _ = f.read_to_string(&mut s);
+        s
+    }
+
+    fn finish(mut self, cmd: &Cmd, status: std::process::ExitStatus) -> Result<String, String> {
+        if status.success() {
+            Ok(Self::read(&mut self.out))
+        } else {
+            Err(format!(
+                "`{}` failed ({status}): {}",
+                cmd.describe(),
+                Self::read(&mut self.err).trim()
+            ))
+        }
+    }
+}
+
 /// Run a command to completion; an error says what ran and what it printed.
 pub async fn run_cmd(cmd: &Cmd, env: &CmdEnv) -> anyhow::Result<String> {
-    let mut c = tokio::process::Command::from(cmd.std_command());
-    c.envs(env.vars())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(COMMAND_TIMEOUT, c.output())
+    let capture = Capture::new()?;
+    let mut std_cmd = cmd.std_command();
+    std_cmd.envs(env.vars());
+    capture.attach(&mut std_cmd)?;
+    let mut c = tokio::process::Command::from(std_cmd);
+    c.kill_on_drop(true);
+    let mut child = c
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot run `{}`: {e}", cmd.describe()))?;
+    let status = tokio::time::timeout(COMMAND_TIMEOUT, child.wait())
         .await
         .map_err(|_| anyhow::anyhow!("`{}` did not finish in {COMMAND_TIMEOUT:?}", cmd.describe()))?
-        .map_err(|e| anyhow::anyhow!("cannot run `{}`: {e}", cmd.describe()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "`{}` failed ({}): {}",
-            cmd.describe(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .map_err(|e| anyhow::anyhow!("waiting for `{}`: {e}", cmd.describe()))?;
+    capture.finish(cmd, status).map_err(anyhow::Error::msg)
 }
 
 fn run_cmd_blocking(cmd: &Cmd, env: &CmdEnv) -> Result<(), String> {
-    let out = cmd
-        .std_command()
-        .envs(env.vars())
-        .stdin(std::process::Stdio::null())
-        .output()
+    let capture = Capture::new().map_err(|e| e.to_string())?;
+    let mut c = cmd.std_command();
+    c.envs(env.vars());
+    capture.attach(&mut c).map_err(|e| e.to_string())?;
+    let status = c
+        .status()
         .map_err(|e| format!("cannot run `{}`: {e}", cmd.describe()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` failed ({}): {}",
-            cmd.describe(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    capture.finish(cmd, status).map(|_| ())
 }
 
 /// How a scenario hurts one region.
@@ -309,6 +342,47 @@ fn up_links(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env() -> CmdEnv {
+        CmdEnv {
+            region: RegionId::new("a"),
+            scenario: Scenario::RegionOutage,
+            run: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_starts_a_daemon_returns_when_the_shell_does() {
+        // An `outage_stop` that brings a region back leaves processes running that
+        // inherit its output: the drill must not wait for them.
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            run_cmd(
+                &Cmd::Shell(
+                    "sleep 300 & echo \"$! $LIFEBOAT_DRILL_REGION $LIFEBOAT_DRILL_RUN\"".into(),
+                ),
+                &env(),
+            ),
+        )
+        .await
+        .expect("the command returned while its daemon still runs")
+        .expect("command succeeds");
+        let mut words = out.split_whitespace();
+        let pid: i32 = words.next().expect("pid").parse().expect("a pid");
+        assert_eq!(words.collect::<Vec<_>>(), ["a", "3"]);
+        let _ = std::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status();
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_says_what_it_printed() {
+        let e = run_cmd(&Cmd::Shell("echo boom >&2; exit 3".into()), &env())
+            .await
+            .expect_err("exit 3");
+        let e = format!("{e:#}");
+        assert!(e.contains("boom") && e.contains("exit 3"), "{e}");
+    }
 
     #[test]
     fn up_links_skip_loopback_and_down_links() {
