@@ -307,7 +307,37 @@ fn prepare_empty_dir(dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    give_to_postgres(dir)
+    give_to_postgres(dir)?;
+    check_postgres_can_reach(dir)
+}
+
+/// As root, the server runs as `postgres`: every directory above the data directory
+/// must let that user through, or initdb fails with an obscure "permission denied".
+fn check_postgres_can_reach(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !crate::exec::is_root() {
+        return Ok(());
+    }
+    let (uid, gid) = crate::exec::postgres_ids()?;
+    for ancestor in dir.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(ancestor) else {
+            continue;
+        };
+        let mode = meta.mode();
+        let passable = mode & 0o001 != 0
+            || (meta.uid() == uid && mode & 0o100 != 0)
+            || (meta.gid() == gid && mode & 0o010 != 0);
+        if !passable {
+            bail!(
+                "the postgres user cannot enter {} (mode {:o}, owner uid {}), so PostgreSQL cannot use {}: make it traversable (chmod o+x) or put data_dir elsewhere",
+                ancestor.display(),
+                mode & 0o7777,
+                meta.uid(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Bootstrap `region`'s server as the config describes it: the initially active region

@@ -208,7 +208,12 @@ impl PostgresRole {
         None
     }
 
-    async fn standby_readiness(&self, obs: &Observation) -> (Lag, Option<String>) {
+    /// Lag, the reason it may not be promoted (None: ready), and the other region's
+    /// server that is still a primary, if any answers.
+    async fn standby_readiness(
+        &self,
+        obs: &Observation,
+    ) -> (Lag, Option<String>, Option<Instance>) {
         let primary = self.find_primary().await;
         let lag = standby_lag(
             obs,
@@ -221,7 +226,7 @@ impl PostgresRole {
             self.max_lag_bytes,
             self.max_lag.map(|d| d.as_secs_f64()),
         );
-        (lag, reason)
+        (lag, reason, primary.map(|(p, _)| p))
     }
 
     async fn status_inner(&self) -> RoleStatus {
@@ -260,7 +265,7 @@ impl PostgresRole {
         st.health = HealthStatus::Healthy;
         if obs.in_recovery {
             st.role = RoleHealth::Standby;
-            let (lag, reason) = self.standby_readiness(&obs).await;
+            let (lag, reason, _) = self.standby_readiness(&obs).await;
             st.lag_bytes = Some(lag.bytes);
             st.lag_seconds = Some(lag.seconds);
             st.caught_up = lag.caught_up;
@@ -471,7 +476,7 @@ impl PostgresRole {
             .map_err(|e| self.role_error(e.into()))?;
         let obs = observe(&client).await.map_err(|e| self.role_error(e))?;
         if obs.in_recovery {
-            let (lag, reason) = self.standby_readiness(&obs).await;
+            let (lag, reason, live_primary) = self.standby_readiness(&obs).await;
             if let Some(reason) = reason {
                 if !a.forced {
                     return Err(RoleError::NotReady {
@@ -482,6 +487,24 @@ impl PostgresRole {
                 tracing::warn!(
                     region = %self.local.region, epoch = %a.epoch, lag_bytes = lag.bytes,
                     "forced promotion of a standby that is not ready: {reason}"
+                );
+            }
+            // Promoting while the old primary still answers makes two primaries. The
+            // controller fences first; this catches a fence that did not happen.
+            if let Some(p) = live_primary {
+                if !a.forced {
+                    return Err(RoleError::NotReady {
+                        role: self.role_label(),
+                        reason: format!(
+                            "region {}'s PostgreSQL at {} is still a primary accepting connections: fence it first (or force the promotion)",
+                            p.region,
+                            p.addr()
+                        ),
+                    });
+                }
+                tracing::warn!(
+                    region = %self.local.region, epoch = %a.epoch, old_primary = %p.region,
+                    "forced promotion while the old primary still runs: split brain until it is fenced"
                 );
             }
             let done: bool = client

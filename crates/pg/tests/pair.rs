@@ -349,9 +349,15 @@ async fn split_brain_rows_are_counted_reported_and_kept_on_rejoin() {
     .expect("write");
     wait_rows(&pair, "b", "t", 1).await;
     let rb = pair.role("b").expect("role b");
-    rb.activate(&activation(1, "b", false))
+    // a was never fenced: a plain activation refuses, an operator forces it.
+    let err = rb
+        .activate(&activation(1, "b", false))
         .await
-        .expect("promote b");
+        .expect_err("a still runs");
+    assert!(err.to_string().contains("still a primary"), "{err}");
+    rb.activate(&activation(1, "b", true))
+        .await
+        .expect("forced promotion of b");
     // Split brain: both take writes.
     for i in 1..=5 {
         a.execute("INSERT INTO t VALUES ($1, 'a')", &[&i])
@@ -536,6 +542,19 @@ async fn bad_input_gives_clear_errors() {
         err.to_string().contains("is a standby, not a primary"),
         "{err}"
     );
+    // As root: a data directory the postgres user cannot reach is refused with the reason.
+    if lifeboat_pg::exec::is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let closed = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod 700");
+        let mut d = pair.instance("a");
+        d.data_dir = Some(closed.path().join("pg-d"));
+        let err = lifeboat_pg::bootstrap_primary(&pair.bin, &d, &Default::default())
+            .await
+            .expect_err("unreachable data dir");
+        assert!(format!("{err:#}").contains("cannot enter"), "{err:#}");
+    }
     // Bootstrapping over an existing cluster is refused.
     let err = lifeboat_pg::bootstrap_primary(&pair.bin, &pair.instance("a"), &Default::default())
         .await
