@@ -569,11 +569,9 @@ impl Machine {
                 "the agent of {to} is not reporting: it could not take the lease"
             ));
         }
-        if kind == MoveKind::Switchover && self.health.get(&to) == Some(&HealthStatus::Unhealthy) {
-            return Err(format!(
-                "{to} is unhealthy: a planned switchover needs a healthy target"
-            ));
-        }
+        // The target's own checks are not consulted: a pilot-light standby's services
+        // sleep (and fail their checks) until it is promoted. Its agent reporting and
+        // its data roles' readiness (and, for a switchover, catch-up) decide.
         let view = &self.agents[&to];
         if !force && self.params.require_ready_standby && !view.ready {
             out.journal(

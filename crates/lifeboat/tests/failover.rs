@@ -322,3 +322,91 @@ fn validate_names_line_and_key_of_bad_config() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_and_manual_failover_from_the_cli() {
+    let mut d = Deployment::new(Options {
+        failover_extra: "mode = \"manual\"\n".into(),
+        ..Options::default()
+    });
+    d.start_controller().await;
+    d.start_agent("a", None).await;
+    d.start_agent("b", None).await;
+    d.wait_active("a", Duration::from_secs(30)).await;
+    d.wait_all_reporting(Duration::from_secs(10)).await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&d.config)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Planned switchover: a is fenced first, b promoted once caught up; the CLI waits.
+    let (ok, out, err) = cli(&["switchover", "--to", "b"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("b is active at epoch 2"), "{out}");
+    let j = d.journal().await;
+    let kinds: Vec<JournalKind> = j.iter().map(|e| e.kind).collect();
+    let pos = |k| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k:?} missing: {kinds:?}"))
+    };
+    assert!(pos(JournalKind::OperatorRequest) < pos(JournalKind::Fenced));
+    assert!(pos(JournalKind::Fenced) < pos(JournalKind::Promoted));
+    let fenced = j.iter().find(|e| e.kind == JournalKind::Fenced).unwrap();
+    assert!(
+        fenced.detail.contains("agent confirmed"),
+        "a planned switchover does not wait for the lease: {}",
+        fenced.detail
+    );
+    let a = d.agent_client("a");
+    let ast = d
+        .wait_for("a fenced at epoch 2", Duration::from_secs(10), || async {
+            a.agent_status().await.ok().filter(|s| s.epoch == Epoch(2))
+        })
+        .await;
+    assert!(!ast.active);
+
+    // Asking again for the active region is refused clearly, and nothing changes.
+    let (ok, _, err) = cli(&["switchover", "--to", "b"]);
+    assert!(!ok);
+    assert!(err.contains("already the active region"), "{err}");
+    let (ok, _, err) = cli(&["failover", "--to", "nowhere"]);
+    assert!(!ok && err.contains("no such region"), "{err}");
+
+    // Manual mode: a's app dying does not move anything by itself...
+    let b_url = d.app_url("b");
+    d.wait_for("b's app", Duration::from_secs(20), || async {
+        http_get(&b_url).await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    d.wait_active("b", Duration::from_secs(20)).await;
+    d.kill_app("b");
+    d.wait_for("b detected unhealthy", Duration::from_secs(20), || async {
+        d.journal()
+            .await
+            .iter()
+            .any(|e| e.kind == JournalKind::PromotionBlocked && e.detail.contains("manual"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        d.status().await.unwrap().epoch,
+        Epoch(2),
+        "manual mode never fails over by itself"
+    );
+    // ...an operator does.
+    let (ok, out, err) = cli(&["failover", "--to", "a"]);
+    assert!(ok, "{out}{err}");
+    let st = d.wait_active("a", Duration::from_secs(30)).await;
+    assert_eq!(st.epoch, Epoch(3));
+}
