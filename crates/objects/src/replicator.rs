@@ -227,7 +227,9 @@ impl Replicator {
                 last.map_or("?", Mode::as_str)
             );
         }
+        let started = tokio::time::Instant::now();
         inner.reconcile_source(Mode::Active).await?;
+        tracing::info!(region = %inner.region, elapsed = ?started.elapsed(), "backfill: source store listed and recorded");
         let dests: Vec<String> = inner.dests.keys().cloned().collect();
         let rules = inner.rules.clone();
         let n = inner.db.enqueue_backfill(
@@ -235,7 +237,7 @@ impl Replicator {
             &|key| rules.iter().any(|r| key.starts_with(&r.prefix)),
             db::now_ms(),
         )?;
-        tracing::info!(region = %inner.region, enqueued = n, "backfill enqueued");
+        tracing::info!(region = %inner.region, enqueued = n, elapsed = ?started.elapsed(), "backfill enqueued");
         inner.effective.send_replace(Mode::Active);
         inner.db.set_meta("mode", Mode::Active.as_str())?;
         let inner2 = inner.clone();
