@@ -54,22 +54,24 @@ pub struct Rto {
     pub rto_ms: u64,
 }
 
-/// RTO: from the acknowledgement of the last write that completed before the fault to
-/// the acknowledgement of the first write started after it. None when no write started
+/// RTO: from the last acknowledgement of a write started before the fault was in effect
+/// to the acknowledgement of the first write started after it. `fault_ms` is the instant
+/// the injection command returned: a write started while the command still ran may be
+/// acknowledged by the dying region, and is not a recovery. None when no write started
 /// after the fault was acknowledged. With no acknowledged write before the fault, the
 /// fault instant is the start.
-pub fn rto(ops: &[Op], fault_at_ms: u64) -> Option<Rto> {
+pub fn rto(ops: &[Op], fault_ms: u64) -> Option<Rto> {
     let first_ok_after_ms = ops
         .iter()
-        .filter(|o| o.outcome == Outcome::Ok && o.start_ms >= fault_at_ms)
+        .filter(|o| o.outcome == Outcome::Ok && o.start_ms >= fault_ms)
         .map(|o| o.end_ms)
         .min()?;
     let last_ok_before_ms = ops
         .iter()
-        .filter(|o| o.outcome == Outcome::Ok && o.end_ms <= fault_at_ms)
+        .filter(|o| o.outcome == Outcome::Ok && o.start_ms < fault_ms)
         .map(|o| o.end_ms)
         .max()
-        .unwrap_or(fault_at_ms);
+        .unwrap_or(fault_ms);
     Some(Rto {
         last_ok_before_ms,
         first_ok_after_ms,
@@ -317,6 +319,17 @@ mod tests {
         assert_eq!(r.last_ok_before_ms, 960);
         assert_eq!(r.first_ok_after_ms, 2500);
         assert_eq!(r.rto_ms, 1540);
+    }
+
+    #[test]
+    fn a_write_in_flight_at_the_fault_counts_before_it() {
+        // Started before the fault took effect, acknowledged by the dying region after:
+        // it is the last ok before the fault, not the first after.
+        let mut ops = failover_history();
+        ops.push(op(9, 995, 1005, Outcome::Ok, A));
+        let r = rto(&ops, 1000).expect("recovered");
+        assert_eq!(r.last_ok_before_ms, 1005);
+        assert_eq!(r.first_ok_after_ms, 2500);
     }
 
     #[test]

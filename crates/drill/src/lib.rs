@@ -530,6 +530,7 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32) -> anyhow::Result<RunRecord> {
     let fault_at_ms = ctx.clock.now_ms();
     show(&format!("injecting {} into {target}", ctx.scenario));
     let (mut guard, injected) = Injected::inject(&injection, env).await;
+    let fault_effective_ms = ctx.clock.now_ms();
     let waited: anyhow::Result<Waited> = async {
         injected.with_context(|| format!("injecting {} into {target}", ctx.scenario))?;
         let deadline = tokio::time::Instant::now() + ctx.dc.recovery_timeout;
@@ -616,6 +617,7 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32) -> anyhow::Result<RunRecord> {
         target,
         started_ms,
         fault_at_ms,
+        fault_effective_ms,
         restored_at_ms: Some(restored_at_ms),
         recovered,
         new_active,

@@ -20,7 +20,10 @@ pub struct RunRecord {
     pub run_id: String,
     pub target: RegionId,
     pub started_ms: u64,
+    /// When the injection started.
     pub fault_at_ms: u64,
+    /// When the injection command returned: the fault is in effect (RTO counts from here).
+    pub fault_effective_ms: u64,
     pub restored_at_ms: Option<u64>,
     pub recovered: bool,
     /// The active region the controller reported when the run stopped writing.
@@ -55,8 +58,11 @@ pub struct RunReport {
     pub recovered: bool,
     pub started_at_unix_ms: u64,
     pub fault_at_unix_ms: u64,
+    /// When the injection command returned.
+    pub fault_effective_at_unix_ms: u64,
     pub restored_at_unix_ms: Option<u64>,
-    /// Last acknowledged write before the fault -> first acknowledged write after.
+    /// Last acknowledged write started before the fault took effect -> first acknowledged
+    /// write started after.
     pub rto_ms: Option<u64>,
     pub last_ok_before_fault_unix_ms: Option<u64>,
     pub first_ok_after_fault_unix_ms: Option<u64>,
@@ -107,7 +113,7 @@ pub struct DrillReport {
 
 /// Judge one run's history.
 pub fn analyze(r: RunRecord) -> RunReport {
-    let rto = history::rto(&r.ops, r.fault_at_ms);
+    let rto = history::rto(&r.ops, r.fault_effective_ms);
     let lost = history::lost_acknowledged(&r.ops, &r.present);
     let window: Vec<JournalEntry> = r.journal.clone();
     let promotion = history::first_promotion(&window);
@@ -155,6 +161,7 @@ pub fn analyze(r: RunRecord) -> RunReport {
         recovered: r.recovered,
         started_at_unix_ms: r.started_ms,
         fault_at_unix_ms: r.fault_at_ms,
+        fault_effective_at_unix_ms: r.fault_effective_ms,
         restored_at_unix_ms: r.restored_at_ms,
         rto_ms: rto.map(|x| x.rto_ms),
         last_ok_before_fault_unix_ms: rto.map(|x| x.last_ok_before_ms),
@@ -301,6 +308,7 @@ mod tests {
             target: RegionId::new("a"),
             started_ms: 0,
             fault_at_ms: 1000,
+            fault_effective_ms: 1000,
             restored_at_ms: Some(5000),
             recovered: true,
             new_active: Some(RegionId::new("b")),

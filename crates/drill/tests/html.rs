@@ -55,6 +55,7 @@ fn report() -> DrillReport {
         target: RegionId::new("a"),
         started_ms: t0,
         fault_at_ms: t0 + 2000,
+        fault_effective_ms: t0 + 2000,
         restored_at_ms: Some(t0 + 10_500),
         recovered: true,
         new_active: Some(RegionId::new("b")),
