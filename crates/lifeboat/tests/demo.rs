@@ -116,7 +116,7 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     // Ctrl-C: the demo stops everything it started.
     demo.signal(nix::sys::signal::Signal::SIGINT);
     let mut demo = demo;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while demo.child.try_wait().unwrap().is_none() {
         assert!(
             std::time::Instant::now() < deadline,
