@@ -21,6 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio_postgres::Client;
 
 /// Row changes to one table found in the divergent WAL.
@@ -60,6 +61,10 @@ pub struct RejoinReport {
     pub kept_copy: Option<PathBuf>,
     /// The directory holding report.json, report.txt and divergent-wal.txt.
     pub report_dir: PathBuf,
+    /// Rows written by the divergent transactions that were read back out of the kept
+    /// copy into `divergent-rows/<table>.jsonl` (inserted and updated row versions;
+    /// deleted rows are only counted). None when extraction was not possible.
+    pub rows_extracted: Option<u64>,
     /// pg_rewind's own summary.
     pub rewind_output: String,
 }
@@ -164,6 +169,7 @@ pub async fn rejoin(
         tables: BTreeMap::new(),
         kept_copy: None,
         report_dir: report_dir.clone(),
+        rows_extracted: None,
         rewind_output: String::new(),
     };
 
@@ -184,6 +190,24 @@ pub async fn rejoin(
                 report.rows_updated = d.tables.values().map(|t| t.updates).sum();
                 report.rows_deleted = d.tables.values().map(|t| t.deletes).sum();
                 report.tables = d.tables;
+                // Read the divergent rows themselves out of the kept copy.
+                if let Some(copy) = report.kept_copy.clone() {
+                    match extract_rows(
+                        bin,
+                        local,
+                        &copy,
+                        &report_dir,
+                        &report.tables,
+                        &d.committed_xids,
+                    )
+                    .await
+                    {
+                        Ok(n) => report.rows_extracted = Some(n),
+                        Err(e) => tracing::warn!(
+                            "could not extract the divergent rows (counts and the copy are kept): {e:#}"
+                        ),
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(
@@ -265,6 +289,8 @@ async fn fork_point(client: &Client, old_tli: u32, new_tli: u32) -> Result<Optio
 struct Divergence {
     records: u64,
     commits: u64,
+    /// Transaction ids (with subtransactions) committed past the fork point.
+    committed_xids: Vec<u32>,
     aborts: u64,
     tables: BTreeMap<String, RelationChanges>,
 }
@@ -295,6 +321,7 @@ async fn decode_divergence(
     let mut d = Divergence {
         records: 0,
         commits: 0,
+        committed_xids: Vec::new(),
         aborts: 0,
         tables: BTreeMap::new(),
     };
@@ -308,7 +335,24 @@ async fn decode_divergence(
         d.records += 1;
         let desc = line.split("desc: ").nth(1).unwrap_or("");
         match rmgr {
-            "Transaction" if desc.starts_with("COMMIT") => d.commits += 1,
+            "Transaction" if desc.starts_with("COMMIT") => {
+                d.commits += 1;
+                if let Some(xid) = line
+                    .split("tx:")
+                    .nth(1)
+                    .and_then(|t| t.trim_start().split(',').next())
+                    .and_then(|t| t.trim().parse().ok())
+                {
+                    d.committed_xids.push(xid);
+                }
+                if let Some(subs) = desc.split("subxacts:").nth(1) {
+                    let subs = subs.split(';').next().unwrap_or("");
+                    d.committed_xids.extend(
+                        subs.split_whitespace()
+                            .filter_map(|x| x.parse::<u32>().ok()),
+                    );
+                }
+            }
             "Transaction" if desc.starts_with("ABORT") => d.aborts += 1,
             "Heap" | "Heap2" => {
                 let rel = line
@@ -382,6 +426,11 @@ fn write_report(report: &RejoinReport) -> Result<()> {
         report.divergent_commits,
         report.divergent_aborts
     ));
+    if let Some(n) = report.rows_extracted {
+        txt.push_str(&format!(
+            "rows read back from the kept copy into divergent-rows/: {n}\n"
+        ));
+    }
     for (table, c) in &report.tables {
         txt.push_str(&format!(
             "  {table}: {} inserted, {} updated, {} deleted\n",
@@ -398,4 +447,103 @@ fn write_report(report: &RejoinReport) -> Result<()> {
     }
     std::fs::write(report.report_dir.join("report.txt"), txt)?;
     Ok(())
+}
+
+/// Start the kept copy briefly — on its unix socket only, never on the network — and
+/// write every row version the divergent transactions created to
+/// `divergent-rows/<schema.table>.jsonl`. Returns how many rows were written.
+async fn extract_rows(
+    bin: &PgBin,
+    local: &Instance,
+    copy: &Path,
+    report_dir: &Path,
+    tables: &BTreeMap<String, RelationChanges>,
+    xids: &[u32],
+) -> Result<u64> {
+    use crate::exec::sql_ident;
+    let wanted: Vec<&String> = tables
+        .iter()
+        .filter(|(name, c)| name.contains('.') && !name.contains('/') && c.inserts + c.updates > 0)
+        .map(|(name, _)| name)
+        .collect();
+    if wanted.is_empty() || xids.is_empty() {
+        return Ok(0);
+    }
+    // No TCP at all (listen_addresses = ''): the port only names the socket file,
+    // which lives in the copy's own directory.
+    let port = local.port;
+    let socket_dir = server::socket_dir(copy);
+    let opts = format!(
+        "-c listen_addresses='' -c port={port} -c unix_socket_directories='{}' -c archive_mode=off",
+        socket_dir.display()
+    );
+    let log = copy.join("lifeboat-extract.log");
+    bin.run(
+        "pg_ctl",
+        [
+            "start".as_ref(),
+            "-D".as_ref(),
+            copy.as_os_str(),
+            "-l".as_ref(),
+            log.as_os_str(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            "60".as_ref(),
+            "-o".as_ref(),
+            opts.as_ref(),
+        ],
+        &[],
+    )
+    .await
+    .context("start the kept copy on its unix socket")?;
+    let result = async {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host_path(&socket_dir)
+            .port(port)
+            .user(&local.user)
+            .password(local.superuser_password()?)
+            .dbname(&local.dbname)
+            .connect_timeout(Duration::from_secs(10));
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connect to the kept copy")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let list = xids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let dir = report_dir.join("divergent-rows");
+        std::fs::create_dir_all(&dir)?;
+        let mut total = 0u64;
+        for name in wanted {
+            let Some((schema, table)) = name.split_once('.') else {
+                continue;
+            };
+            let sql = format!(
+                "SELECT row_to_json(t)::text FROM {}.{} t WHERE t.xmin::text::bigint IN ({list})",
+                sql_ident(schema),
+                sql_ident(table)
+            );
+            let rows = client
+                .query(&sql, &[])
+                .await
+                .with_context(|| format!("read {name} in the kept copy"))?;
+            let mut out = String::new();
+            for r in &rows {
+                out.push_str(&r.get::<_, String>(0));
+                out.push('\n');
+            }
+            std::fs::write(dir.join(format!("{name}.jsonl")), out)?;
+            total += rows.len() as u64;
+        }
+        Ok::<u64, anyhow::Error>(total)
+    }
+    .await;
+    // Always stop the copy again, whatever happened.
+    let _ = server::stop(bin, copy, "fast").await;
+    result
 }

@@ -394,6 +394,20 @@ async fn split_brain_rows_are_counted_reported_and_kept_on_rejoin() {
     assert!(txt.contains("committed transactions"), "{txt}");
     assert!(txt.contains("public.t: 5 inserted"), "{txt}");
     assert!(report.report_dir.join("report.json").exists());
+    // The lost rows themselves, read back out of the kept copy.
+    assert_eq!(report.rows_extracted, Some(5), "{report:?}");
+    let rows = std::fs::read_to_string(
+        report
+            .report_dir
+            .join("divergent-rows")
+            .join("public.t.jsonl"),
+    )
+    .expect("divergent rows file");
+    assert_eq!(rows.lines().count(), 5, "{rows}");
+    assert!(
+        rows.lines().all(|l| l.contains("\"origin\":\"a\"")),
+        "{rows}"
+    );
 
     // a is now b's standby: it has b's rows, not its own divergent ones.
     wait_rows(&pair, "a", "t", 4).await;
@@ -749,4 +763,9 @@ async fn sync_mode_caveat_a_cancelled_wait_commits_locally_and_rejoin_reports_it
     );
     assert!(report.divergent_commits >= 1, "{report:?}");
     assert!(report.kept_copy.is_some(), "{report:?}");
+    assert_eq!(
+        report.rows_extracted,
+        Some(1),
+        "the unacknowledged-but-committed row is read back: {report:?}"
+    );
 }
