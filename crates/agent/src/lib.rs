@@ -52,6 +52,9 @@ pub struct State {
     pub lease_deadline: Option<Instant>,
     pub controller_reachable: bool,
     pub followed_epoch: Option<Epoch>,
+    /// The last follow failure (journaled once) and the current retry backoff.
+    pub follow_error: Option<String>,
+    pub follow_backoff: Duration,
     pub last_activation_error: Option<String>,
 }
 
@@ -333,7 +336,7 @@ impl Agent {
     }
 
     async fn follow_all(&self, epoch: Epoch, active: RegionId) {
-        let _g = self.role_lock.lock().await;
+        let guard = self.role_lock.lock().await;
         if self.lock().epoch != epoch {
             return;
         }
@@ -343,14 +346,37 @@ impl Agent {
         };
         for role in &self.roles {
             if let Err(e) = role.follow(&target).await {
-                self.journal_step(
-                    JournalKind::Alert,
-                    &format!("{} could not follow {active}: {e}", role.name()),
-                );
+                let msg = format!("{} could not follow {active}: {e}", role.name());
+                // Journal a failure once, not on every retry; retry with backoff.
+                let (repeat, wait) = {
+                    let mut s = self.lock();
+                    let repeat = s.follow_error.as_deref() == Some(msg.as_str());
+                    s.follow_backoff = if repeat {
+                        (s.follow_backoff * 2).min(Duration::from_secs(30))
+                    } else {
+                        Duration::from_secs(1)
+                    };
+                    s.follow_error = Some(msg.clone());
+                    (repeat, s.follow_backoff)
+                };
+                if !repeat {
+                    self.journal_step(
+                        JournalKind::Alert,
+                        &format!("{msg} (retrying with backoff)"),
+                    );
+                }
+                // Never hold the role lock while waiting: a fence must not wait for it.
+                drop(guard);
+                tokio::time::sleep(wait).await;
                 // Try again on a later report.
                 self.lock().followed_epoch = None;
                 return;
             }
+        }
+        {
+            let mut s = self.lock();
+            s.follow_error = None;
+            s.follow_backoff = Duration::ZERO;
         }
         self.journal_step(
             JournalKind::Rejoined,
