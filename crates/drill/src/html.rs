@@ -67,6 +67,13 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
         dp = if s.dual_primary_any { "YES" } else { "never" },
         dpc = if s.dual_primary_any { "bad" } else { "good" },
     );
+    if let Some(e) = &r.error {
+        let _ = writeln!(
+            h,
+            "<p class=\"bad\">The drill stopped early: {}</p>",
+            esc(e)
+        );
+    }
     for run in &r.runs {
         render_run(&mut h, run);
     }

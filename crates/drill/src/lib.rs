@@ -222,25 +222,27 @@ pub async fn run(
         total: opts.runs,
     };
     let mut runs = Vec::new();
-    let mut notes = Vec::new();
+    let mut stopped: Option<String> = None;
     for i in 1..=opts.runs {
         progress.set_message(format!(
             "run {i}/{}: waiting for a steady deployment",
             opts.runs
         ));
-        if let Err(e) = wait_steady(&ctx).await {
-            if runs.is_empty() || e.downcast_ref::<DrillError>().is_some() {
+        let rec = match wait_steady(&ctx).await {
+            Ok(_) => run_once(&ctx, i).await,
+            Err(e) => Err(e),
+        };
+        let rec = match rec {
+            Ok(r) => r,
+            // Cancellation, or nothing measured yet: the caller gets the error.
+            Err(e) if runs.is_empty() || is_cancel(&e) => {
                 progress.finish_and_clear();
                 return Err(e);
             }
-            notes.push(format!("stopped before run {i}: {e:#}"));
-            break;
-        }
-        let rec = match run_once(&ctx, i).await {
-            Ok(r) => r,
+            // A later run's failure keeps what the earlier runs measured.
             Err(e) => {
-                progress.finish_and_clear();
-                return Err(e);
+                stopped = Some(format!("stopped at run {i}: {e:#}"));
+                break;
             }
         };
         let r = report::analyze(rec);
@@ -259,7 +261,7 @@ pub async fn run(
         runs.push(r);
     }
     progress.finish_and_clear();
-    let mut report = DrillReport {
+    let report = DrillReport {
         scenario: opts.scenario,
         deployment: cfg.deployment.name.clone(),
         app_name: dc.app_name.clone(),
@@ -267,12 +269,8 @@ pub async fn run(
         finished_at_unix_ms: clock.now_ms(),
         summary: report::summarize(&runs),
         runs,
+        error: stopped,
     };
-    if let Some(n) = notes.into_iter().next()
-        && let Some(last) = report.runs.last_mut()
-    {
-        last.notes.push(n);
-    }
     if let Some(path) = &opts.json {
         let text = serde_json::to_string_pretty(&report).context("encoding the JSON report")?;
         std::fs::write(path, text)
@@ -283,6 +281,13 @@ pub async fn run(
             .with_context(|| format!("writing the HTML report {}", path.display()))?;
     }
     Ok(report)
+}
+
+fn is_cancel(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<DrillError>(),
+        Some(DrillError::Cancelled { .. })
+    )
 }
 
 struct RunCtx<'a> {
@@ -629,8 +634,9 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32) -> anyhow::Result<RunRecord> {
     })
 }
 
-/// Read every id back from the region the DNS answers — waiting, when the controller
-/// named a new active region, until the (TTL-cached) answer is that region's address.
+/// Read every id back from the region that is active now (the deployment may have
+/// moved again since the recovery), through DNS: waiting until the (TTL-cached) answer
+/// is that region's address.
 async fn read_back(
     ctx: &RunCtx<'_>,
     ops: &[Op],
@@ -639,36 +645,63 @@ async fn read_back(
 ) -> anyhow::Result<HashSet<String>> {
     let ids: Vec<String> = ops.iter().map(|o| o.id.clone()).collect();
     let deadline = tokio::time::Instant::now() + ctx.dc.steady_timeout;
-    let mut last = String::new();
+    let mut read_error = String::new();
+    let mut dns_error = String::new();
+    let mut moved_noted = false;
     loop {
+        let active = match ctx.controller.status().await {
+            Ok(s) => s.active,
+            Err(_) => new_active.cloned(),
+        };
+        if !moved_noted
+            && let (Some(now), Some(then)) = (&active, new_active)
+            && now != then
+        {
+            moved_noted = true;
+            notes.push(format!(
+                "the active region moved again after the recovery: {then} -> {now}; read back from {now}"
+            ));
+        }
         match ctx.app.resolve().await {
             Ok(addr) => {
                 let region = ctx.app.region_of(addr);
-                let wanted = match (new_active, &region) {
+                let wanted = match (&active, &region) {
                     (Some(want), Some(got)) => want == got,
                     _ => true,
                 };
                 if wanted {
                     match ctx.app.read_present(addr, &ids).await {
                         Ok(p) => {
-                            if !last.is_empty() {
-                                notes.push(format!("read-back retried after: {last}"));
+                            if !read_error.is_empty() {
+                                notes.push(format!("read-back retried after: {read_error}"));
                             }
                             return Ok(p);
                         }
-                        Err(e) => last = format!("{e:#}"),
+                        Err(e) => read_error = format!("{e:#}"),
                     }
                 } else {
-                    last = format!(
-                        "DNS still answers {addr} ({}), not the active region",
-                        region.map_or("?".into(), |r| r.to_string())
+                    dns_error = format!(
+                        "DNS answers {addr} ({}) while the controller reports {} active",
+                        region.map_or("?".into(), |r| r.to_string()),
+                        active.as_ref().map_or("-".into(), |a| a.to_string())
                     );
                 }
             }
-            Err(e) => last = format!("{e:#}"),
+            Err(e) => dns_error = format!("{e:#}"),
         }
         if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("reading the entries back failed: {last}");
+            let mut why = Vec::new();
+            if !read_error.is_empty() {
+                why.push(format!("last read error: {read_error}"));
+            }
+            if !dns_error.is_empty() {
+                why.push(format!("last DNS problem: {dns_error}"));
+            }
+            anyhow::bail!(
+                "reading the entries back failed within {:?} ({})",
+                ctx.dc.steady_timeout,
+                why.join("; ")
+            );
         }
         if pause(ctx.cancel, POLL).await.is_err() {
             return Err(DrillError::Cancelled {

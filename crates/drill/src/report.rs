@@ -109,6 +109,9 @@ pub struct DrillReport {
     pub finished_at_unix_ms: u64,
     pub runs: Vec<RunReport>,
     pub summary: Summary,
+    /// Why the drill stopped before all its runs (the runs above are complete).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Judge one run's history.
@@ -259,6 +262,9 @@ pub fn render_summary(r: &DrillReport) -> String {
             let _ = writeln!(s, "  note: {n}");
         }
     }
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "DRILL STOPPED EARLY: {e}");
+    }
     let m = &r.summary;
     let _ = writeln!(
         s,
@@ -377,7 +383,9 @@ mod tests {
             finished_at_unix_ms: 1,
             summary: summarize(std::slice::from_ref(&r)),
             runs: vec![r],
+            error: Some("stopped at run 2: the deployment was not steady".into()),
         });
+        assert!(text.contains("DRILL STOPPED EARLY"), "{text}");
         assert!(text.contains("lost acknowledged 1"), "{text}");
         assert!(text.contains("DUAL PRIMARY"), "{text}");
     }

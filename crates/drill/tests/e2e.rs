@@ -52,6 +52,8 @@ struct Behaviour {
     /// The standby's database role reports not ready to be promoted (and the drill's
     /// steady_timeout is 1s instead of 20s).
     standby_unready: bool,
+    /// steady_timeout is 3s instead of 20s.
+    short_steady: bool,
 }
 
 struct Setup {
@@ -402,7 +404,13 @@ async fn setup(b: Behaviour, controller_up: bool, ttl: u32) -> Setup {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dns_addr = udp.local_addr().unwrap();
     let d = dir.path().display();
-    let steady = if b.standby_unready { "1s" } else { "20s" };
+    let steady = if b.standby_unready {
+        "1s"
+    } else if b.short_steady {
+        "3s"
+    } else {
+        "20s"
+    };
     let text = format!(
         r#"
 [deployment]
@@ -546,6 +554,7 @@ async fn region_outage_drill_measures_a_clean_failover_and_back() {
             react: true,
             lag: None,
             standby_unready: false,
+            short_steady: false,
         },
         true,
         1,
@@ -642,6 +651,7 @@ async fn asynchronous_replication_loss_is_counted_with_its_window() {
             react: true,
             lag: Some(lag),
             standby_unready: false,
+            short_steady: false,
         },
         true,
         1,
@@ -683,6 +693,7 @@ async fn unreachable_controller_is_an_error_and_nothing_is_injected() {
             react: true,
             lag: None,
             standby_unready: false,
+            short_steady: false,
         },
         false,
         1,
@@ -718,6 +729,7 @@ async fn a_scenario_without_its_commands_names_the_missing_key() {
             react: true,
             lag: None,
             standby_unready: false,
+            short_steady: false,
         },
         true,
         1,
@@ -743,6 +755,7 @@ async fn an_unready_standby_is_not_steady_and_nothing_is_injected() {
             react: true,
             lag: None,
             standby_unready: true,
+            short_steady: false,
         },
         true,
         1,
@@ -762,6 +775,60 @@ async fn an_unready_standby_is_not_steady_and_nothing_is_injected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_run_that_cannot_start_keeps_the_earlier_results() {
+    let s = setup(
+        Behaviour {
+            react: true,
+            lag: None,
+            standby_unready: false,
+            short_steady: true,
+        },
+        true,
+        1,
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let cfg = s.cfg.clone();
+    let dir = out.path().to_path_buf();
+    let drill = tokio::spawn(async move {
+        lifeboat_drill::run(
+            &cfg,
+            opts(Scenario::RegionOutage, 3, &dir),
+            CancellationToken::new(),
+        )
+        .await
+    });
+    // Region a comes back from run 1's restore and dies again for good: run 2 never
+    // finds a steady deployment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !s.marker("restored-a").exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run 1 never restored a"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(s.marker("down-a"), "").unwrap();
+    let report = drill.await.unwrap().unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(report.runs.len(), 1);
+    assert!(report.runs[0].recovered);
+    let error = report
+        .error
+        .as_deref()
+        .expect("the reason the drill stopped");
+    assert!(
+        error.contains("run 2") && error.contains("not steady"),
+        "{error}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["runs"].as_array().unwrap().len(), 1);
+    assert!(json["error"].as_str().unwrap().contains("not steady"));
+    assert!(lifeboat_drill::render_summary(&report).contains("DRILL STOPPED EARLY"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_during_a_run_undoes_the_fault() {
     // The controller never fails over: the drill would wait out recovery_timeout.
     let s = setup(
@@ -769,6 +836,7 @@ async fn sigint_during_a_run_undoes_the_fault() {
             react: false,
             lag: None,
             standby_unready: false,
+            short_steady: false,
         },
         true,
         1,
@@ -836,6 +904,7 @@ async fn the_resolver_keeps_an_answer_for_its_ttl() {
         react: false,
         lag: None,
         standby_unready: false,
+        short_steady: false,
     };
     // A long TTL: the cached answer outlives the switch.
     let s = setup(quiet, true, 3600).await;

@@ -80,6 +80,7 @@ fn report() -> DrillReport {
         finished_at_unix_ms: t0 + 11_000,
         summary: summarize(std::slice::from_ref(&run)),
         runs: vec![run],
+        error: None,
     }
 }
 
