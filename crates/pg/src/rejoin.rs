@@ -3,15 +3,25 @@
 //!
 //! Order: the old server is stopped (crash-recovered in single-user mode if it died,
 //! never opened to clients); CHECKPOINT on the new primary so its control file carries
-//! the new timeline; the fork point is read from the new primary's timeline history;
-//! the WAL the old server wrote past it is measured (LSNs, bytes) and decoded with
-//! pg_waldump (transactions committed, rows inserted/updated/deleted per table); if
-//! anything diverged, the whole old data directory is copied aside; a report
-//! (`report.json`, `report.txt`, `divergent-wal.txt`) is written; only then pg_rewind
-//! runs and the server starts as a standby (standby.signal, primary_conninfo, slot).
+//! the new timeline (read from `pg_walfile_name(pg_current_wal_lsn())`); the fork point
+//! is found by comparing the new primary's timeline history with the old server's own
+//! (timeline 1 has no history file); the WAL the old server wrote past it is measured
+//! (LSNs, bytes) and decoded with pg_waldump (transactions committed, rows
+//! inserted/updated/deleted per table); if anything diverged, the whole old data
+//! directory is copied aside; a report (`report.json`, `report.txt`,
+//! `divergent-wal.txt`) is written; then a "rejoin pending" marker
+//! ([`pending_marker`], outside the data directory, which pg_rewind would clean) is
+//! written, pg_rewind runs, the directory is made a standby at once (standby.signal,
+//! primary_conninfo, primary_slot_name), the marker is removed, and only then is the
+//! slot ensured on the new primary.
 //!
 //! Guarantees: nothing is discarded before its copy and report are on disk; if the
-//! divergence cannot be measured, the copy is kept anyway.
+//! divergence cannot be measured, the copy is kept anyway. From the moment pg_rewind
+//! may have touched the data directory it is either a configured standby or carries
+//! the pending marker, which [`crate::role::PostgresRole`] refuses to start: a rewound
+//! (or half-rewound) old primary never comes up as a primary on its old timeline, and
+//! nothing that needs the new primary (the slot) can fail between the rewind and the
+//! standby configuration.
 
 use crate::bootstrap::configure_standby;
 use crate::exec::{PgBin, run_output};
@@ -113,6 +123,29 @@ impl RejoinReport {
     }
 }
 
+/// Points in a rejoin where a test hook ([`RejoinHook`]) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejoinStep {
+    /// The report is written and the pending marker is in place; pg_rewind is next.
+    BeforeRewind,
+    /// pg_rewind has just returned successfully; the standby configuration is not
+    /// written yet and the slot on the new primary not ensured yet.
+    AfterRewind,
+}
+
+/// Called at each [`RejoinStep`] (tests use it to crash the new primary at exactly
+/// that moment).
+pub type RejoinHook = std::sync::Arc<dyn Fn(RejoinStep) + Send + Sync>;
+
+/// The marker a rejoin of `region` writes before pg_rewind and removes once the data
+/// directory is a configured standby. While it exists the data directory may be
+/// half-rewound, or still the old primary's: it must not be started (as a primary).
+/// It lives in the keep directory because pg_rewind removes files the new primary
+/// does not have from the data directory.
+pub fn pending_marker(keep_root: &Path, region: &str) -> PathBuf {
+    keep_root.join(format!("{region}.rejoin-pending"))
+}
+
 /// Rejoin the stopped old server `local` (its data directory) under `primary`.
 /// `primary_client` is a superuser connection to the new primary.
 pub async fn rejoin(
@@ -122,22 +155,17 @@ pub async fn rejoin(
     primary_client: &Client,
     settings: &ServerSettings,
     keep_root: &Path,
+    hook: Option<&RejoinHook>,
 ) -> Result<RejoinReport> {
     let dir = local.data_dir()?.clone();
     server::stop(bin, &dir, "fast").await?;
     server::ensure_clean_shutdown(bin, &dir).await?;
     let old = server::control_data(bin, &dir).await?;
 
-    primary_client
-        .batch_execute("CHECKPOINT")
-        .await
-        .context("CHECKPOINT on the new primary")?;
-    let new_tli: i32 = primary_client
-        .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
-        .await?
-        .get(0);
-    let new_tli = new_tli as u32;
-    let fork = fork_point(primary_client, old.timeline, new_tli).await?;
+    let new_tli = checkpoint_on_new_timeline(primary_client).await?;
+    let old_history = local_history(&dir, old.timeline)?;
+    let new_history = remote_history(primary_client, new_tli).await?;
+    let fork = fork_point(old.timeline, &old_history, new_tli, &new_history)?;
     let old_end = old.checkpoint_lsn;
     let divergent_bytes = fork.map_or(0, |f| old_end.saturating_sub(f));
 
@@ -225,9 +253,27 @@ pub async fn rejoin(
         tracing::warn!("{}", report.summary());
     }
 
-    // The new primary keeps WAL for this standby from now on.
-    ensure_slot(primary_client, &local.slot_name()).await?;
+    // From here on the data directory may be changed by pg_rewind: until it is a
+    // configured standby, the marker says it must not be started.
+    std::fs::create_dir_all(keep_root)
+        .with_context(|| format!("create {}", keep_root.display()))?;
+    let marker = pending_marker(keep_root, local.region.as_str());
+    std::fs::write(
+        &marker,
+        format!(
+            "rejoin of region {} under region {} (timeline {}) started at {at_unix}: {} may be half-rewound.\n\
+             lifeboat will not start it until a rejoin completes.\n",
+            local.region,
+            primary.region,
+            new_tli,
+            dir.display()
+        ),
+    )
+    .with_context(|| format!("write {}", marker.display()))?;
 
+    if let Some(hook) = hook {
+        hook(RejoinStep::BeforeRewind);
+    }
     let password = primary.superuser_password()?;
     let out = bin
         .run(
@@ -242,11 +288,103 @@ pub async fn rejoin(
         )
         .await
         .with_context(|| format!("pg_rewind {} from {}", dir.display(), primary.addr()))?;
+    if let Some(hook) = hook {
+        hook(RejoinStep::AfterRewind);
+    }
+    // A standby before anything else can fail (nothing here needs the new primary).
+    configure_standby(local, primary, &dir, settings)?;
+    std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
     report.rewind_output = out.trim().to_owned();
     write_report(&report)?;
 
-    configure_standby(local, primary, &dir, settings)?;
+    // The new primary keeps WAL for this standby from now on.
+    ensure_slot(primary_client, &local.slot_name()).await?;
     Ok(report)
+}
+
+/// The new primary's current timeline, after a CHECKPOINT that ran on it (pg_rewind
+/// reads the source's timeline from its control file, which a promotion updates only
+/// with its first checkpoint).
+async fn checkpoint_on_new_timeline(client: &Client) -> Result<u32> {
+    let walfile: String = client
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .context("read the new primary's current WAL file")?
+        .get(0);
+    let tli = walfile
+        .get(..8)
+        .and_then(|t| u32::from_str_radix(t, 16).ok())
+        .ok_or_else(|| anyhow!("not a WAL file name: {walfile:?}"))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .context("CHECKPOINT on the new primary")?;
+        let in_control: i32 = client
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .await?
+            .get(0);
+        if in_control as u32 == tli {
+            return Ok(tli);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the new primary writes timeline {tli} but its last checkpoint is still on timeline {in_control}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `(timeline, where it ended)` for every timeline before the current one, from the
+/// text of a `<tli>.history` file.
+fn parse_history(text: &str) -> Result<Vec<(u32, u64)>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut f = line.split_whitespace();
+        let (Some(tli), Some(lsn)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let tli = tli
+            .parse::<u32>()
+            .with_context(|| format!("bad history line {line:?}"))?;
+        out.push((tli, parse_lsn(lsn)?));
+    }
+    Ok(out)
+}
+
+/// The old server's own history (timeline 1 has none).
+fn local_history(dir: &Path, tli: u32) -> Result<Vec<(u32, u64)>> {
+    if tli <= 1 {
+        return Ok(Vec::new());
+    }
+    let path = dir.join(format!("pg_wal/{tli:08X}.history"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read {} (the old server's timeline history)",
+            path.display()
+        )
+    })?;
+    parse_history(&text)
+}
+
+/// The new primary's history (timeline 1 has none).
+async fn remote_history(client: &Client, tli: u32) -> Result<Vec<(u32, u64)>> {
+    if tli <= 1 {
+        return Ok(Vec::new());
+    }
+    let file = format!("pg_wal/{tli:08X}.history");
+    let text: String = client
+        .query_one("SELECT pg_read_file($1)", &[&file])
+        .await
+        .with_context(|| format!("read {file} on the new primary"))?
+        .get(0);
+    parse_history(&text)
 }
 
 /// Create a physical slot that reserves WAL now, unless it exists.
@@ -261,29 +399,44 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<()> {
     Ok(())
 }
 
-/// Where the new primary's history left `old_tli` (None when it never did: same timeline).
-async fn fork_point(client: &Client, old_tli: u32, new_tli: u32) -> Result<Option<u64>> {
+/// Where the old server's history and the new primary's part: the end of the last
+/// timeline both share, on whichever side it ended first. None when both are on the
+/// same timeline with the same history (the old server is at most behind).
+fn fork_point(
+    old_tli: u32,
+    old_history: &[(u32, u64)],
+    new_tli: u32,
+    new_history: &[(u32, u64)],
+) -> Result<Option<u64>> {
     if old_tli == new_tli {
+        if old_history != new_history {
+            bail!(
+                "the old server and the new primary are both on timeline {old_tli} but with different histories ({old_history:?} vs {new_history:?}): two promotions chose the same timeline id; refusing to rewind"
+            );
+        }
         return Ok(None);
     }
-    let file = format!("pg_wal/{new_tli:08X}.history");
-    let text: String = client
-        .query_one("SELECT pg_read_file($1)", &[&file])
-        .await
-        .with_context(|| format!("read {file} on the new primary"))?
-        .get(0);
-    for line in text.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(tli), Some(lsn)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if tli.parse::<u32>().ok() == Some(old_tli) {
-            return Ok(Some(parse_lsn(lsn)?));
-        }
-    }
-    bail!(
-        "the new primary's timeline {new_tli} does not descend from the old server's timeline {old_tli}: the histories are unrelated"
-    )
+    // timeline -> where it ended (None: still current on that side).
+    let ends = |history: &[(u32, u64)], current: u32| -> BTreeMap<u32, Option<u64>> {
+        let mut m: BTreeMap<u32, Option<u64>> =
+            history.iter().map(|(t, l)| (*t, Some(*l))).collect();
+        m.insert(current, None);
+        m
+    };
+    let old = ends(old_history, old_tli);
+    let new = ends(new_history, new_tli);
+    let Some((tli, old_end)) = old.iter().rev().find(|(t, _)| new.contains_key(t)) else {
+        bail!(
+            "the new primary's timeline {new_tli} and the old server's timeline {old_tli} share no history: the clusters are unrelated"
+        );
+    };
+    let new_end = new.get(tli).copied().flatten();
+    Ok(match (old_end, new_end) {
+        (Some(a), Some(b)) => Some((*a).min(b)),
+        (Some(a), None) => Some(*a),
+        (None, Some(b)) => Some(b),
+        (None, None) => None,
+    })
 }
 
 struct Divergence {
@@ -546,4 +699,36 @@ async fn extract_rows(
     // Always stop the copy again, whatever happened.
     let _ = server::stop(bin, copy, "fast").await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_point_handles_timeline_one_and_both_directions() {
+        // Old on 1, new promoted to 2 at 0/3000000.
+        let h2 = vec![(1, 0x300_0000)];
+        assert_eq!(fork_point(1, &[], 2, &h2).expect("fork"), Some(0x300_0000));
+        // Old on 2 (left 1 at 0/3000000), new still on timeline 1: no 00000001.history.
+        assert_eq!(fork_point(2, &h2, 1, &[]).expect("fork"), Some(0x300_0000));
+        // Old on 2, new on 3 (left 2 at 0/5000000).
+        let h3 = vec![(1, 0x300_0000), (2, 0x500_0000)];
+        assert_eq!(fork_point(2, &h2, 3, &h3).expect("fork"), Some(0x500_0000));
+        // Same timeline, same history: nothing diverged.
+        assert_eq!(fork_point(2, &h2, 2, &h2).expect("same"), None);
+        // Same timeline id from two different promotions: refused.
+        let other2 = vec![(1, 0x400_0000)];
+        assert!(fork_point(2, &h2, 2, &other2).is_err());
+        // Siblings: both left 1, at different points.
+        assert_eq!(
+            fork_point(3, &[(1, 0x400_0000)], 2, &h2).expect("siblings"),
+            Some(0x300_0000)
+        );
+        assert_eq!(
+            parse_history("1\t0/3000000\tno recovery target specified\n\n2\t0/5000000\tx\n")
+                .expect("parse"),
+            h3
+        );
+    }
 }

@@ -11,8 +11,12 @@
 //!   adopted one gets a reject-all block at the top of its pg_hba.conf, a reload, and
 //!   every other session terminated. Never `default_transaction_read_only`.
 //! - `activate`: `pg_promote(wait => true)`, refused with [`RoleError::NotReady`] when
-//!   the standby is not ready unless the activation is forced. In `sync` mode a
-//!   promoted primary with no standby runs unprotected (reported) unless `strict`.
+//!   the standby is not ready unless the activation is forced. A data directory whose
+//!   rejoin was interrupted before it became a standby is never started (it would come
+//!   up as a primary on its old timeline, without what the new primary wrote); a
+//!   rewound standby is started as a standby and promoted. In `sync` mode the primary
+//!   names every other region's standby that is streaming; with none it runs
+//!   unprotected (reported) unless `strict`.
 //! - `follow`: rejoin under the active region (see [`crate::rejoin`]); the report of
 //!   what was kept aside is in [`PostgresRole::last_rejoin_report`].
 //!
@@ -23,7 +27,7 @@ use crate::bootstrap::{set_synchronous_standbys, wait_streaming};
 use crate::exec::PgBin;
 use crate::instance::{Instance, PgError};
 use crate::monitor::{Lag, Observation, not_ready_reason, observe, standby_lag};
-use crate::rejoin::{RejoinReport, ensure_slot, rejoin};
+use crate::rejoin::{RejoinHook, RejoinReport, ensure_slot, pending_marker, rejoin};
 use crate::server::{self, ServerSettings};
 use anyhow::{Context, anyhow};
 use lifeboat_config::database::ReplicationMode;
@@ -61,6 +65,7 @@ pub struct PostgresRole {
     seen_epoch: Mutex<Epoch>,
     hba_fence: Mutex<Option<HbaFence>>,
     last_rejoin: Mutex<Option<RejoinReport>>,
+    rejoin_hook: Option<RejoinHook>,
     /// Fence, activate and follow never interleave.
     op: tokio::sync::Mutex<()>,
 }
@@ -118,6 +123,7 @@ impl PostgresRole {
             seen_epoch: Mutex::new(Epoch::ZERO),
             hba_fence: Mutex::new(None),
             last_rejoin: Mutex::new(None),
+            rejoin_hook: None,
             op: tokio::sync::Mutex::new(()),
         })
     }
@@ -130,6 +136,26 @@ impl PostgresRole {
     /// Where applications reach this region's server (for DNS `db` and discovery).
     pub fn endpoint(&self) -> (String, u16) {
         (self.local.host.clone(), self.local.port)
+    }
+
+    /// A hook run at fixed points of every rejoin (tests: crash the new primary
+    /// between pg_rewind and the slot).
+    pub fn set_rejoin_hook(&mut self, hook: RejoinHook) {
+        self.rejoin_hook = Some(hook);
+    }
+
+    /// Where rejoins keep what they set aside (and their pending markers).
+    fn keep_root(&self) -> Option<PathBuf> {
+        self.keep_dir.clone().or_else(|| {
+            self.managed_dir()
+                .map(|d| PathBuf::from(format!("{}.lifeboat-kept", d.display())))
+        })
+    }
+
+    /// The marker of an interrupted rejoin, when one exists.
+    fn interrupted_rejoin(&self) -> Option<PathBuf> {
+        let marker = pending_marker(&self.keep_root()?, self.local.region.as_str());
+        marker.exists().then_some(marker)
     }
 
     /// What the last rejoin kept aside and found.
@@ -431,11 +457,25 @@ impl PostgresRole {
         Ok(())
     }
 
-    /// Undo an hba fence (adopted servers) or restart a fenced managed server.
-    async fn unfence(&self) -> anyhow::Result<()> {
+    /// Undo an hba fence (adopted servers) or restart a fenced managed server. A data
+    /// directory whose rejoin stopped before it became a standby is refused: starting
+    /// it would bring the old primary back on its old timeline (without what the new
+    /// primary wrote), or start a half-rewound directory.
+    async fn unfence_inner(&self) -> anyhow::Result<()> {
         if let Some(dir) = self.managed_dir() {
             let bin = self.bin.as_ref().context("no server binaries")?;
             if !server::is_running(bin, dir).await? {
+                if let Some(marker) = self.interrupted_rejoin() {
+                    if !dir.join("standby.signal").exists() {
+                        return Err(anyhow!(InterruptedRejoin {
+                            marker,
+                            dir: dir.to_path_buf(),
+                        }));
+                    }
+                    // Rewound and configured as a standby before the rejoin stopped:
+                    // it starts as a standby, which is safe.
+                    let _ = std::fs::remove_file(&marker);
+                }
                 server::start(bin, dir).await?;
             }
             let _ = std::fs::remove_file(dir.join(FENCE_MARKER));
@@ -468,7 +508,15 @@ impl PostgresRole {
     }
 
     async fn activate_inner(&self, a: &Activation) -> Result<(), RoleError> {
-        self.unfence().await.map_err(|e| self.role_error(e))?;
+        if let Err(e) = self.unfence_inner().await {
+            if let Some(r) = e.downcast_ref::<InterruptedRejoin>() {
+                return Err(RoleError::NotReady {
+                    role: self.role_label(),
+                    reason: r.to_string(),
+                });
+            }
+            return Err(self.role_error(e));
+        }
         let client = self
             .local
             .connect()
@@ -517,14 +565,20 @@ impl PostgresRole {
             }
             tracing::info!(region = %self.local.region, epoch = %a.epoch, "promoted PostgreSQL");
         }
-        // Sync mode: no standby is left to confirm commits until one rejoins. Either run
+        // Sync mode: every other region's standby that streams from us confirms
+        // commits. With none connected (after a failover, until one rejoins) either run
         // unprotected (reported in status) or, when strict, keep writes waiting.
         if self.mode == ReplicationMode::Sync {
-            let apps: Vec<String> = if self.strict {
-                self.others.iter().map(Instance::application_name).collect()
-            } else {
-                Vec::new()
-            };
+            let candidates: Vec<String> =
+                self.others.iter().map(Instance::application_name).collect();
+            let apps = self
+                .sync_names(&client, &candidates)
+                .await
+                .map_err(|e| self.role_error(e))?;
+            if apps.is_empty() {
+                tracing::warn!(region = %self.local.region, epoch = %a.epoch,
+                    "synchronous mode but no standby is streaming: running unprotected until one (re)joins");
+            }
             set_synchronous_standbys(&client, &apps)
                 .await
                 .map_err(|e| self.role_error(e))?;
@@ -577,6 +631,9 @@ impl PostgresRole {
                 && conninfo.contains(&target)
                 && conninfo.contains(&primary.host)
             {
+                // The primary may have been activated before this standby connected:
+                // make sure it waits for us in sync mode.
+                self.name_on_primary(&pclient, &primary).await?;
                 return Ok(());
             }
         }
@@ -587,8 +644,7 @@ impl PostgresRole {
             .clone();
         let bin = self.bin()?.clone();
         let keep_root = self
-            .keep_dir
-            .clone()
+            .keep_root()
             .unwrap_or_else(|| PathBuf::from(format!("{}.lifeboat-kept", dir.display())));
         let report = rejoin(
             &bin,
@@ -597,6 +653,7 @@ impl PostgresRole {
             &pclient,
             &self.settings,
             &keep_root,
+            self.rejoin_hook.as_ref(),
         )
         .await
         .map_err(|e| self.role_error(e))?;
@@ -612,13 +669,69 @@ impl PostgresRole {
         )
         .await
         .map_err(|e| self.role_error(e))?;
-        if self.mode == ReplicationMode::Sync {
-            set_synchronous_standbys(&pclient, &[self.local.application_name()])
-                .await
-                .map_err(|e| self.role_error(e))?;
-        }
+        self.name_on_primary(&pclient, &primary).await?;
         Ok(())
     }
+
+    /// The standbys a primary should name in `synchronous_standby_names`: strict,
+    /// every candidate; otherwise those among them streaming from it right now.
+    async fn sync_names(
+        &self,
+        client: &tokio_postgres::Client,
+        candidates: &[String],
+    ) -> anyhow::Result<Vec<String>> {
+        if self.strict {
+            return Ok(candidates.to_vec());
+        }
+        let streaming: Vec<String> = client
+            .query(
+                "SELECT DISTINCT application_name FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await
+            .context("read pg_stat_replication")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(candidates
+            .iter()
+            .filter(|c| streaming.contains(c))
+            .cloned()
+            .collect())
+    }
+
+    /// Sync mode: (re-)enable synchronous replication on the primary now that this
+    /// standby streams from it (with any other region's standby that streams too).
+    async fn name_on_primary(
+        &self,
+        pclient: &tokio_postgres::Client,
+        primary: &Instance,
+    ) -> Result<(), RoleError> {
+        if self.mode != ReplicationMode::Sync {
+            return Ok(());
+        }
+        let candidates: Vec<String> = std::iter::once(&self.local)
+            .chain(self.others.iter().filter(|o| o.region != primary.region))
+            .map(Instance::application_name)
+            .collect();
+        let apps = self
+            .sync_names(pclient, &candidates)
+            .await
+            .map_err(|e| self.role_error(e))?;
+        set_synchronous_standbys(pclient, &apps)
+            .await
+            .map_err(|e| self.role_error(e))
+    }
+}
+
+/// A rejoin stopped before the data directory became a standby.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a rejoin of this region was interrupted before {dir} became a standby (marker {marker}): it may be half-rewound or still the old primary's, and starting it would bring back the old timeline without what the new primary wrote. Bring the new primary back and let this region follow it; only if its writes are to be given up, remove the marker and start the server by hand"
+)]
+pub struct InterruptedRejoin {
+    pub marker: PathBuf,
+    pub dir: PathBuf,
 }
 
 #[async_trait::async_trait]

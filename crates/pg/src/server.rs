@@ -331,6 +331,13 @@ pub async fn ensure_clean_shutdown(bin: &PgBin, dir: &Path) -> Result<()> {
     if cd.state.starts_with("shut down") {
         return Ok(());
     }
+    // A standby (e.g. a rewound one that never finished starting) cannot recover in
+    // single-user mode ("standby mode is not supported by single-user servers"); it
+    // recovers as a standby, which never accepts writes, and is stopped again.
+    if dir.join("standby.signal").exists() {
+        start(bin, dir).await?;
+        return stop(bin, dir, "fast").await;
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut cmd = bin.command("postgres");

@@ -768,3 +768,279 @@ async fn sync_mode_caveat_a_cancelled_wait_commits_locally_and_rejoin_reports_it
         "the unacknowledged-but-committed row is read back: {report:?}"
     );
 }
+
+/// A hook that SIGKILLs `dir`'s postmaster when the rejoin reaches `at`, and returns
+/// once its port no longer answers.
+fn crash_at(
+    at: lifeboat_pg::rejoin::RejoinStep,
+    dir: std::path::PathBuf,
+    inst: Instance,
+) -> lifeboat_pg::rejoin::RejoinHook {
+    std::sync::Arc::new(move |step| {
+        if step != at {
+            return;
+        }
+        let pid = lifeboat_pg::server::postmaster_pid(&dir).expect("new primary's postmaster.pid");
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -KILL {pid}");
+        let deadline = std::time::SystemTime::now() + Duration::from_secs(30);
+        while lifeboat_pg::server::process_alive(pid)
+            || std::net::TcpStream::connect((inst.host.as_str(), inst.port)).is_ok()
+        {
+            assert!(
+                std::time::SystemTime::now() < deadline,
+                "the new primary survived kill -9"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+async fn timeline_of(c: &Client) -> u32 {
+    let walfile: String = c
+        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
+        .await
+        .expect("current WAL file")
+        .get(0);
+    u32::from_str_radix(&walfile[..8], 16).expect("timeline in a WAL file name")
+}
+
+/// The old primary's rejoin, the new primary killed -9 right after pg_rewind (before
+/// the slot step), then the controller activates the old primary: it must come up by
+/// promotion on a NEW timeline with every row the new primary acknowledged — never on
+/// its old timeline 1 — and the new primary must later rejoin it.
+#[tokio::test]
+async fn failover_during_a_rejoin_promotes_the_rewound_server_on_a_new_timeline() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .expect("write on a");
+    wait_rows(&pair, "b", "t", 10).await;
+    drop(a);
+    pair.kill9("a").await.expect("kill -9 a");
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    let b = pair.client("b").await.expect("connect b");
+    assert_eq!(timeline_of(&b).await, 2);
+    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
+        .await
+        .expect("b acknowledges 10 more rows");
+    drop(b);
+
+    // a comes back and follows b; b dies right after pg_rewind.
+    let mut ra = pair.role("a").expect("role a");
+    ra.set_rejoin_hook(crash_at(
+        lifeboat_pg::rejoin::RejoinStep::AfterRewind,
+        pair.data_dir("b"),
+        pair.instance("b"),
+    ));
+    let err = ra
+        .follow(&FollowTarget {
+            epoch: Epoch(2),
+            active: RegionId::new("b"),
+        })
+        .await
+        .expect_err("the rejoin cannot finish without b");
+    eprintln!("rejoin failed as expected: {err}");
+    assert!(
+        pair.data_dir("a").join("standby.signal").exists(),
+        "after pg_rewind the directory is a standby whatever failed next"
+    );
+    assert!(
+        !lifeboat_pg::rejoin::pending_marker(&pair.keep_dir(), "a").exists(),
+        "the rewind completed, so no interrupted-rejoin marker is left"
+    );
+
+    // The controller now activates a.
+    ra.activate(&activation(3, "a", false))
+        .await
+        .expect("a is promoted from its rewound standby");
+    let a = pair.client("a").await.expect("connect a");
+    let in_recovery: bool = a
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("recovery state")
+        .get(0);
+    assert!(!in_recovery);
+    assert_eq!(
+        timeline_of(&a).await,
+        3,
+        "promoted past b's timeline 2, not back on timeline 1"
+    );
+    assert_eq!(
+        count(&a, "t").await,
+        20,
+        "every row b acknowledged is there"
+    );
+    a.batch_execute("INSERT INTO t VALUES (21)")
+        .await
+        .expect("a takes writes");
+
+    // b comes back and rejoins a: the fork is read from a's timeline-3 history.
+    let rb = pair.role("b").expect("role b again");
+    rb.follow(&FollowTarget {
+        epoch: Epoch(3),
+        active: RegionId::new("a"),
+    })
+    .await
+    .expect("b rejoins a");
+    let report = rb.last_rejoin_report().expect("b's report");
+    assert_eq!(
+        (report.old_timeline, report.new_timeline),
+        (2, 3),
+        "{report:?}"
+    );
+    assert_eq!(report.divergent_commits, 0, "{report:?}");
+    wait_rows(&pair, "b", "t", 21).await;
+}
+
+/// The new primary dies after the rejoin marked the old primary's directory but before
+/// pg_rewind: that directory is still the old primary's (timeline 1, without b's rows).
+/// Activating it is refused — also when forced — instead of starting it as a primary;
+/// once b is back, the rejoin completes with nothing lost.
+#[tokio::test]
+async fn an_old_primary_whose_rejoin_stopped_before_the_rewind_is_never_started() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .expect("write on a");
+    wait_rows(&pair, "b", "t", 10).await;
+    drop(a);
+    pair.kill9("a").await.expect("kill -9 a");
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
+        .await
+        .expect("b acknowledges 10 more rows");
+    drop(b);
+
+    let mut ra = pair.role("a").expect("role a");
+    ra.set_rejoin_hook(crash_at(
+        lifeboat_pg::rejoin::RejoinStep::BeforeRewind,
+        pair.data_dir("b"),
+        pair.instance("b"),
+    ));
+    ra.follow(&FollowTarget {
+        epoch: Epoch(2),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect_err("pg_rewind cannot run without b");
+    for forced in [false, true] {
+        let err = ra
+            .activate(&activation(3, "a", forced))
+            .await
+            .expect_err("an old primary that never rewound must not start");
+        assert!(
+            matches!(&err, RoleError::NotReady { reason, .. } if reason.contains("interrupted")),
+            "forced={forced}: {err}"
+        );
+    }
+    assert!(
+        pair.instance("a").connect().await.is_err(),
+        "a's server was not started"
+    );
+
+    // b comes back; a's rejoin (without the crash) completes and a streams from b.
+    let bin = pair.bin.clone();
+    lifeboat_pg::server::start(&bin, &pair.data_dir("b"))
+        .await
+        .expect("restart b");
+    let ra = pair.role("a").expect("role a again");
+    ra.follow(&FollowTarget {
+        epoch: Epoch(3),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("a rejoins b");
+    assert!(!lifeboat_pg::rejoin::pending_marker(&pair.keep_dir(), "a").exists());
+    wait_rows(&pair, "a", "t", 20).await;
+    assert_eq!(ra.status().await.role, RoleHealth::Standby);
+}
+
+/// Sync mode: activating the primary while its replica already streams keeps the
+/// replica synchronous (it used to clear synchronous_standby_names at start-up).
+#[tokio::test]
+async fn sync_mode_activate_keeps_naming_a_streaming_standby() {
+    let pair = pair(PairOptions {
+        mode: ReplicationMode::Sync,
+        ..PairOptions::default()
+    })
+    .await;
+    let rb = pair.role("b").expect("role b");
+    rb.follow(&FollowTarget {
+        epoch: Epoch(1),
+        active: RegionId::new("a"),
+    })
+    .await
+    .expect("b already streams from a");
+    let ra = pair.role("a").expect("role a");
+    ra.activate(&activation(1, "a", false))
+        .await
+        .expect("activate the primary");
+    let a = pair.client("a").await.expect("connect a");
+    let names: String = a
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await
+        .expect("show")
+        .get(0);
+    assert!(names.contains("lifeboat_b"), "{names:?}");
+    let a2 = &a;
+    let state = eventually("b to be a synchronous standby", || async move {
+        let s: Option<String> = a2
+            .query_opt(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'lifeboat_b'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0));
+        s.filter(|s| s == "sync" || s == "quorum")
+    })
+    .await;
+    assert!(state == "sync" || state == "quorum", "{state}");
+    let st = ra.status().await;
+    assert_eq!(st.metrics.get("pg_sync_unprotected"), Some(&0.0), "{st:?}");
+    // A commit now waits for b: with b stopped it is seen waiting for SyncRep.
+    rb.fence(Epoch(2)).await.expect("stop b");
+    let pid: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    let pending = tokio::spawn(async move { a.batch_execute("CREATE TABLE waits_for_b ()").await });
+    let other = pair.client("a").await.expect("second session");
+    let other = &other;
+    eventually("the commit to wait for the synchronous standby", || async move {
+        let waiting: bool = other
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep')",
+                &[&pid],
+            )
+            .await
+            .ok()?
+            .get(0);
+        waiting.then_some(())
+    })
+    .await;
+    assert!(
+        !pending.is_finished(),
+        "the commit returned without the standby"
+    );
+    pending.abort();
+}
