@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| {
@@ -122,7 +124,8 @@ async fn latency(
         let key = format!("lat/{:03}/obj-{i:06}", i % 50);
         let path = src.join(&key);
         std::fs::create_dir_all(path.parent().unwrap())?;
-        let tmp = src.join(format!(".tmp-{i}"));
+        // Outside the store: a temporary file inside it would be replicated too.
+        let tmp = src.parent().unwrap().join(format!(".tmp-{i}"));
         std::fs::write(&tmp, &payload)?;
         std::fs::rename(&tmp, &path)?;
         written.insert(key, db::now_ms());

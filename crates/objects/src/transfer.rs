@@ -12,6 +12,7 @@ use crate::store::Store;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
+use md5::Digest as _;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -166,12 +167,16 @@ pub async fn copy_object(
         && let Some((data, checksum)) = read_local(fs.clone(), key, Some(part_size)).await?
     {
         let size = data.len() as u64;
+        let md5 = dst
+            .local
+            .is_none()
+            .then(|| hex::encode(md5::Md5::digest(&data)));
         let put = dst
             .inner
             .put_opts(key, PutPayload::from_bytes(data), PutOptions::default())
             .await
             .map_err(write_err)?;
-        return finish_copy(dst, key, size, checksum, put.e_tag, verify).await;
+        return finish_copy(dst, key, size, checksum, md5, put.e_tag, verify).await;
     }
 
     let got = match src.inner.get(key).await {
@@ -189,15 +194,21 @@ pub async fn copy_object(
     };
     let mut stream = byte_stream(got, part_size.min(READ_CHUNK));
     let mut hasher = Sha256::new();
+    let md5;
 
     let put_etag = if usize::try_from(size).is_ok_and(|s| s <= part_size) {
         // One PUT: the chunks are kept as they came (no copy), at most one part.
         let mut chunks: Vec<Bytes> = Vec::new();
+        let mut md5_hasher = dst.local.is_none().then(md5::Md5::new);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(read_err)?;
             hasher.update(&chunk);
+            if let Some(m) = &mut md5_hasher {
+                md5::Digest::update(m, &chunk);
+            }
             chunks.push(chunk);
         }
+        md5 = md5_hasher.map(|m| hex::encode(md5::Digest::finalize(m)));
         let payload: PutPayload = chunks.into_iter().collect();
         let opts = PutOptions {
             attributes,
@@ -219,10 +230,14 @@ pub async fn copy_object(
             .await
             .map_err(write_err)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
+        let mut parts = dst.local.is_none().then(|| MultipartMd5::new(part_size));
         let result: Result<(), TransferError> = async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(read_err)?;
                 hasher.update(&chunk);
+                if let Some(p) = &mut parts {
+                    p.update(&chunk);
+                }
                 writer
                     .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
                     .await
@@ -232,6 +247,7 @@ pub async fn copy_object(
             Ok(())
         }
         .await;
+        md5 = parts.map(MultipartMd5::finish);
         match result {
             Ok(()) => writer.finish().await.map_err(write_err)?.e_tag,
             Err(e) => {
@@ -242,7 +258,60 @@ pub async fn copy_object(
         }
     };
     let checksum = hex::encode(hasher.finalize());
-    finish_copy(dst, key, size, checksum, put_etag, verify).await
+    finish_copy(dst, key, size, checksum, md5, put_etag, verify).await
+}
+
+/// S3's ETag of a multipart upload: the MD5 of the parts' MD5s, then `-` and the
+/// number of parts. `WriteMultipart` cuts parts at exact multiples of the part size,
+/// so the same cuts are made here.
+struct MultipartMd5 {
+    part_size: usize,
+    in_part: usize,
+    current: md5::Md5,
+    digests: Vec<u8>,
+    parts: usize,
+}
+
+impl MultipartMd5 {
+    fn new(part_size: usize) -> Self {
+        Self {
+            part_size,
+            in_part: 0,
+            current: md5::Md5::new(),
+            digests: Vec::new(),
+            parts: 0,
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = (self.part_size - self.in_part).min(data.len());
+            md5::Digest::update(&mut self.current, &data[..take]);
+            self.in_part += take;
+            data = &data[take..];
+            if self.in_part == self.part_size {
+                self.close_part();
+            }
+        }
+    }
+
+    fn close_part(&mut self) {
+        let done = std::mem::replace(&mut self.current, md5::Md5::new());
+        self.digests.extend_from_slice(&md5::Digest::finalize(done));
+        self.parts += 1;
+        self.in_part = 0;
+    }
+
+    fn finish(mut self) -> String {
+        if self.in_part > 0 {
+            self.close_part();
+        }
+        format!(
+            "{}-{}",
+            hex::encode(md5::Md5::digest(&self.digests)),
+            self.parts
+        )
+    }
 }
 
 /// After the write: read the copy back and compare (when `verify`), and learn the
@@ -252,10 +321,25 @@ async fn finish_copy(
     key: &Path,
     size: u64,
     checksum: String,
+    md5: Option<String>,
     put_etag: Option<String>,
     verify: bool,
 ) -> Result<Copied, TransferError> {
     let dst_name = dst.describe.as_str();
+    // A single-part PUT to S3 answers with the MD5 of the bytes the server stored
+    // as its ETag: equal to the MD5 of what was read from the source, the copy is
+    // verified without reading it back. (Servers whose ETag is not the MD5 — SSE-KMS,
+    // some gateways — fall through to the read-back below.)
+    if verify
+        && let (Some(md5), Some(etag)) = (&md5, &put_etag)
+        && etag.trim_matches('"').eq_ignore_ascii_case(md5)
+    {
+        return Ok(Copied {
+            size,
+            checksum,
+            dest_etag: put_etag,
+        });
+    }
     if !verify {
         let dest_etag = match put_etag {
             Some(e) => Some(e),

@@ -155,6 +155,12 @@ async fn slow_replication_raises_a_latency_alert() {
     })
     .await
     .unwrap();
+    // Objects found by the first scan are backfill and raise no latency alert: write
+    // only once the region is active.
+    wait_until(20, "a active", || {
+        futures::executor::block_on(role.status()).role == lifeboat_core::RoleHealth::Primary
+    })
+    .await;
     // Large enough that copying and verifying it takes milliseconds.
     write(&a, "slow.bin", &vec![1u8; 4 << 20]);
     let ev = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())

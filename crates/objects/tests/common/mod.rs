@@ -51,7 +51,12 @@ pub fn write(dir: &Path, key: &str, data: &[u8]) {
     let p = dir.join(key);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     // Write then rename, as applications that want atomic files do.
-    let tmp = dir.join(format!(".tmp-{}", key.replace('/', "_")));
+    // The temporary file lives outside the store: inside, it would be an object too.
+    let tmp = dir.parent().unwrap().join(format!(
+        ".tmp-{}-{}",
+        dir.file_name().unwrap().to_string_lossy(),
+        key.replace('/', "_")
+    ));
     std::fs::write(&tmp, data).unwrap();
     std::fs::rename(&tmp, &p).unwrap();
 }
@@ -145,6 +150,8 @@ pub struct Counting {
     pub max_buffer: Arc<AtomicU64>,
     /// Objects written (PUTs and completed multipart uploads).
     pub writes: Arc<AtomicU64>,
+    /// GET requests (reads, including read-back verification).
+    pub reads: Arc<AtomicU64>,
 }
 
 impl Counting {
@@ -153,6 +160,7 @@ impl Counting {
             inner: store.inner.clone(),
             max_buffer: Arc::new(AtomicU64::new(0)),
             writes: Arc::new(AtomicU64::new(0)),
+            reads: Arc::new(AtomicU64::new(0)),
         };
         // Without `local`, every write goes through the wrapper (no direct file path).
         let wrapped = Store {
@@ -222,6 +230,7 @@ impl ObjectStore for Counting {
         location: &ObjectPath,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         self.inner.get_opts(location, options).await
     }
     fn delete_stream(
