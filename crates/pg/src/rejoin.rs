@@ -9,16 +9,16 @@
 //! (LSNs, bytes) and decoded with pg_waldump (transactions committed, rows
 //! inserted/updated/deleted per table); if anything diverged, the whole old data
 //! directory is copied aside; a report (`report.json`, `report.txt`,
-//! `divergent-wal.txt`) is written; then a "rejoin pending" marker
-//! ([`pending_marker`], outside the data directory, which pg_rewind would clean) is
-//! written, pg_rewind runs, the directory is made a standby at once (standby.signal,
-//! primary_conninfo, primary_slot_name), the marker is removed, and only then is the
-//! slot ensured on the new primary.
+//! `divergent-wal.txt`) is written; pg_rewind runs, the directory is made a standby at
+//! once (standby.signal, primary_conninfo, primary_slot_name), and only then is the slot
+//! ensured on the new primary. A "rejoin pending" marker ([`pending_marker`], outside
+//! the data directory, which pg_rewind would clean) is written before the server is
+//! stopped and removed once the directory is a configured standby.
 //!
 //! Guarantees: nothing is discarded before its copy and report are on disk; if the
-//! divergence cannot be measured, the copy is kept anyway. From the moment pg_rewind
-//! may have touched the data directory it is either a configured standby or carries
-//! the pending marker, which [`crate::role::PostgresRole`] refuses to start: a rewound
+//! divergence cannot be measured, the copy is kept anyway. From the moment a rejoin
+//! starts, the data directory is either a configured standby or has the pending
+//! marker, which [`crate::role::PostgresRole`] refuses to start: a rewound
 //! (or half-rewound) old primary never comes up as a primary on its old timeline, and
 //! nothing that needs the new primary (the slot) can fail between the rewind and the
 //! standby configuration.
@@ -126,7 +126,8 @@ impl RejoinReport {
 /// Points in a rejoin where a test hook ([`RejoinHook`]) runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejoinStep {
-    /// The report is written and the pending marker is in place; pg_rewind is next.
+    /// The report is written (the pending marker has been since the start); pg_rewind
+    /// is next.
     BeforeRewind,
     /// pg_rewind has just returned successfully; the standby configuration is not
     /// written yet and the slot on the new primary not ensured yet.
@@ -158,6 +159,23 @@ pub async fn rejoin(
     hook: Option<&RejoinHook>,
 ) -> Result<RejoinReport> {
     let dir = local.data_dir()?.clone();
+    // From here on this directory is being demoted: until it is a configured standby
+    // the marker says it must not be started (it lacks what the new primary wrote, and
+    // pg_rewind may leave it half-done).
+    std::fs::create_dir_all(keep_root)
+        .with_context(|| format!("create {}", keep_root.display()))?;
+    let marker = pending_marker(keep_root, local.region.as_str());
+    std::fs::write(
+        &marker,
+        format!(
+            "rejoin of region {} under region {} started; until it completes {} is the old primary's or half-rewound.\n\
+             lifeboat will not start it until a rejoin completes.\n",
+            local.region,
+            primary.region,
+            dir.display()
+        ),
+    )
+    .with_context(|| format!("write {}", marker.display()))?;
     server::stop(bin, &dir, "fast").await?;
     server::ensure_clean_shutdown(bin, &dir).await?;
     let old = server::control_data(bin, &dir).await?;
@@ -252,24 +270,6 @@ pub async fn rejoin(
     if report.diverged() {
         tracing::warn!("{}", report.summary());
     }
-
-    // From here on the data directory may be changed by pg_rewind: until it is a
-    // configured standby, the marker says it must not be started.
-    std::fs::create_dir_all(keep_root)
-        .with_context(|| format!("create {}", keep_root.display()))?;
-    let marker = pending_marker(keep_root, local.region.as_str());
-    std::fs::write(
-        &marker,
-        format!(
-            "rejoin of region {} under region {} (timeline {}) started at {at_unix}: {} may be half-rewound.\n\
-             lifeboat will not start it until a rejoin completes.\n",
-            local.region,
-            primary.region,
-            new_tli,
-            dir.display()
-        ),
-    )
-    .with_context(|| format!("write {}", marker.display()))?;
 
     if let Some(hook) = hook {
         hook(RejoinStep::BeforeRewind);

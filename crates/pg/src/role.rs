@@ -277,6 +277,17 @@ impl PostgresRole {
                 {
                     st.role = RoleHealth::Stopped;
                 }
+                if let Some(marker) = self.interrupted_rejoin()
+                    && self
+                        .managed_dir()
+                        .is_some_and(|d| !d.join("standby.signal").exists())
+                {
+                    st.detail = format!(
+                        "rejoin interrupted before the data directory became a standby ({}): lifeboat will not start it until a rejoin completes; {}",
+                        marker.display(),
+                        st.detail
+                    );
+                }
                 return st;
             }
         };

@@ -954,6 +954,8 @@ async fn an_old_primary_whose_rejoin_stopped_before_the_rewind_is_never_started(
         pair.instance("a").connect().await.is_err(),
         "a's server was not started"
     );
+    let st = ra.status().await;
+    assert!(st.detail.contains("rejoin interrupted"), "{st:?}");
 
     // b comes back; a's rejoin (without the crash) completes and a streams from b.
     let bin = pair.bin.clone();
@@ -1043,4 +1045,58 @@ async fn sync_mode_activate_keeps_naming_a_streaming_standby() {
         "the commit returned without the standby"
     );
     pending.abort();
+}
+
+/// The new primary dies right after pg_rewind and comes back: the retried rejoin of the
+/// rewound (never started) old primary completes and it streams with every row.
+#[tokio::test]
+async fn a_rejoin_cut_short_after_the_rewind_completes_when_retried() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .expect("write on a");
+    wait_rows(&pair, "b", "t", 10).await;
+    drop(a);
+    pair.kill9("a").await.expect("kill -9 a");
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
+        .await
+        .expect("b acknowledges 10 more rows");
+    drop(b);
+    let mut ra = pair.role("a").expect("role a");
+    ra.set_rejoin_hook(crash_at(
+        lifeboat_pg::rejoin::RejoinStep::AfterRewind,
+        pair.data_dir("b"),
+        pair.instance("b"),
+    ));
+    ra.follow(&FollowTarget {
+        epoch: Epoch(2),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect_err("the rejoin cannot finish without b");
+    lifeboat_pg::server::start(&pair.bin, &pair.data_dir("b"))
+        .await
+        .expect("restart b");
+    let ra = pair.role("a").expect("role a again");
+    ra.follow(&FollowTarget {
+        epoch: Epoch(2),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect("the retried rejoin completes");
+    wait_rows(&pair, "a", "t", 20).await;
+    assert_eq!(ra.status().await.role, RoleHealth::Standby);
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t VALUES (21)")
+        .await
+        .expect("b writes");
+    wait_rows(&pair, "a", "t", 21).await;
 }
