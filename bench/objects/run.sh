@@ -93,7 +93,7 @@ run_pair() { # $1 = dataset, $2 = local|s3, $3 = repetitions (the best of each t
 }
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at start" | tee -a "$W/summary"
-echo "== backfill (concurrency $CONC; lifeboat verifies every copy by reading it back) =="
+echo "== backfill (concurrency $CONC; lifeboat verifies every copy: S3 MD5 ETag, else read-back SHA-256) =="
 run_pair small local 3
 run_pair small s3 2
 run_pair large local 2
