@@ -21,6 +21,7 @@ use crate::source::{Change, ChangeSource, FsWatcher};
 use crate::store::Store;
 use crate::transfer::{self, TransferError};
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use futures::StreamExt as _;
 use lifeboat_config::objects::{ObjectsConfig, RuleConfig};
 use lifeboat_core::{
@@ -874,7 +875,18 @@ async fn dispatch(
         let mut due_now = 0;
         if active && inflight.len() < inner.cfg.concurrency {
             let room = inner.cfg.concurrency - inflight.len();
-            let due = inner.db.due(db::now_ms(), room + inflight.len())?;
+            // A database error must not end replication: log it and try again soon
+            // (nothing is lost: the rows stay PENDING).
+            let due = match inner.db.due(db::now_ms(), room + inflight.len()) {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %e, region = %inner.region, "reading due transfers failed; retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
             due_now = due.len();
             let fence = inner
                 .fence_token
@@ -894,7 +906,16 @@ async fn dispatch(
                 tasks.spawn(async move {
                     let outcome = tokio::select! {
                         () = fence.cancelled() => Outcome::Abandoned,
-                        o = run_one(&inner, &t, part_size, &large) => o,
+                        // A panic in one transfer must not leave its key marked in flight.
+                        o = std::panic::AssertUnwindSafe(run_one(&inner, &t, part_size, &large)).catch_unwind() => {
+                            o.unwrap_or_else(|_| Outcome::Failed(TransferError::Store {
+                                context: format!("copying {}", t.key),
+                                source: object_store::Error::Generic {
+                                    store: "lifeboat",
+                                    source: "the transfer task panicked".into(),
+                                },
+                            }))
+                        }
                     };
                     (t, outcome)
                 });
@@ -928,7 +949,10 @@ async fn dispatch(
                     }
                     next = tasks.try_join_next();
                 }
-                record(&inner, batch)?;
+                if let Err(e) = record(&inner, batch) {
+                    // The rows stay PENDING and are copied again: logged, not fatal.
+                    tracing::error!(error = %format!("{e:#}"), region = %inner.region, "recording finished transfers failed");
+                }
             }
             () = inner.wake.notified() => {}
             _ = effective.changed() => {}
