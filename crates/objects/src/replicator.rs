@@ -708,11 +708,22 @@ async fn observe(
         },
         None => None,
     };
-    // Changes made while lifeboat was not running happened under the last mode.
+    // Changes made while lifeboat was not running happened under the last mode. With
+    // no last mode (a new state database), what the store holds predates lifeboat: it
+    // is this region's own data, never a replica — even though the agent's first word
+    // is a fence (no lease yet at start-up). It is pushed once the region is active.
+    // (`fence` records its mode before the observer first runs, so "never observed"
+    // is what marks a new state database, not a missing mode.)
     let last = inner.db.get_meta("mode")?.map(|m| Mode::parse(&m));
+    let never_observed = inner.db.get_meta("observed")?.is_none();
     let target = *desired.borrow();
-    let offline_mode = last.unwrap_or(target);
+    let offline_mode = if never_observed {
+        Mode::Active
+    } else {
+        last.unwrap_or(target)
+    };
     transition(&inner, offline_mode, target).await?;
+    inner.db.set_meta("observed", "1")?;
 
     let mut tick = tokio::time::interval(inner.cfg.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -467,3 +467,32 @@ async fn keys_with_spaces_unicode_and_percent_round_trip() {
     }
     a.stop().await;
 }
+
+/// The agent fences its region at start-up (it holds no lease yet): objects that were
+/// in the store before lifeboat ever ran are still the region's own, and are pushed
+/// once it becomes active — not recorded as replicas and forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_present_before_the_first_start_replicate_after_a_fence_at_start_up() {
+    let t = two();
+    let cfg = config(vec![]);
+    write(&t.a, "msgdrdct.txt", b"written before lifeboat started");
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    let b = Running::start(&cfg, "b", &t.state_b, t.stores());
+    a.fence(1).await;
+    b.fence(1).await;
+    a.activate(1).await;
+    b.follow(1, "a").await;
+    wait_until(20, "the pre-existing object reached b", || {
+        read(&t.b, "msgdrdct.txt").as_deref() == Some(&b"written before lifeboat started"[..])
+    })
+    .await;
+    let db_a = a.db();
+    let st = db_a
+        .seen_object("msgdrdct.txt")
+        .unwrap()
+        .expect("a knows its object");
+    assert_ne!(
+        st.status, "REPLICA",
+        "a's own object must not be taken for a replica"
+    );
+}
