@@ -107,6 +107,14 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["region"], "b");
     assert_eq!(info["active"], "b");
+    // The message object was replicated: b's page shows it from b's own store.
+    let (_, page_b) = http_get(&format!("http://127.0.2.1:{app_port}/"))
+        .await
+        .expect("page b");
+    assert!(
+        page_b.contains("Hello from the lifeboat demo"),
+        "region b's store lacks the message: {page_b}"
+    );
     let st = lifeboat_api::ApiClient::new(format!("http://{api}"), None, Duration::from_secs(3))
         .status()
         .await
