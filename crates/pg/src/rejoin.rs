@@ -129,8 +129,9 @@ pub enum RejoinStep {
     /// The report is written (the pending marker has been since the start); pg_rewind
     /// is next.
     BeforeRewind,
-    /// pg_rewind has just returned successfully; the standby configuration is not
-    /// written yet and the slot on the new primary not ensured yet.
+    /// pg_rewind has returned successfully and the directory is a configured standby
+    /// holding the new primary's WAL up to its minimum recovery point; the slot on the
+    /// new primary is not ensured yet (nor the server started).
     AfterRewind,
 }
 
@@ -274,6 +275,8 @@ pub async fn rejoin(
     if let Some(hook) = hook {
         hook(RejoinStep::BeforeRewind);
     }
+    // Everything the new primary had flushed before pg_rewind starts is in what it copies.
+    let flushed_before = flush_lsn(primary_client).await?;
     let password = primary.superuser_password()?;
     let out = bin
         .run(
@@ -288,18 +291,96 @@ pub async fn rejoin(
         )
         .await
         .with_context(|| format!("pg_rewind {} from {}", dir.display(), primary.addr()))?;
-    if let Some(hook) = hook {
-        hook(RejoinStep::AfterRewind);
-    }
     // A standby before anything else can fail (nothing here needs the new primary).
     configure_standby(local, primary, &dir, settings)?;
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;
+    match top_up_wal(bin, primary_client, &dir, flushed_before).await {
+        Ok(n) => tracing::debug!("copied the last {n} WAL segment(s) again after pg_rewind"),
+        Err(e) => tracing::warn!(
+            "could not copy the WAL written during pg_rewind (streaming will fetch it; without the new primary this standby may not become consistent): {e:#}"
+        ),
+    }
+    if let Some(hook) = hook {
+        hook(RejoinStep::AfterRewind);
+    }
     report.rewind_output = out.trim().to_owned();
     write_report(&report)?;
 
     // The new primary keeps WAL for this standby from now on.
     ensure_slot(primary_client, &local.slot_name()).await?;
     Ok(report)
+}
+
+/// The new primary's WAL flush position.
+async fn flush_lsn(client: &Client) -> Result<u64> {
+    let lsn: i64 = client
+        .query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint",
+            &[],
+        )
+        .await
+        .context("read the new primary's WAL flush position")?
+        .get(0);
+    Ok(lsn.max(0) as u64)
+}
+
+/// pg_rewind from a live server sets the minimum recovery point to the source's insert
+/// position read *after* copying, so WAL inserted (or not yet flushed) while it copied
+/// can be missing here; should the new primary die before this standby streams, it could
+/// never become consistent. Copy the segments from `from` (flushed before pg_rewind) to
+/// the minimum recovery point again once the source has flushed that far. Returns how
+/// many segments were copied.
+async fn top_up_wal(bin: &PgBin, client: &Client, dir: &Path, from: u64) -> Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let target = server::control_data(bin, dir).await?.min_recovery_lsn;
+    if target <= from {
+        return Ok(0);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while flush_lsn(client).await? < target {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the new primary has not flushed {} after 10 s",
+                format_lsn(target)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seg: i64 = client
+        .query_one(
+            "SELECT pg_size_bytes(current_setting('wal_segment_size'))",
+            &[],
+        )
+        .await?
+        .get(0);
+    let seg = u64::try_from(seg)
+        .ok()
+        .filter(|s| *s > 0)
+        .context("wal_segment_size")?;
+    let mut copied = 0;
+    for segno in from / seg..=(target - 1) / seg {
+        // pg_walfile_name names the segment holding the byte *before* the LSN: ask for
+        // the segment's second byte.
+        let name: String = client
+            .query_one(
+                "SELECT pg_walfile_name($1::text::pg_lsn)",
+                &[&format_lsn(segno * seg + 1)],
+            )
+            .await?
+            .get(0);
+        let bytes: Vec<u8> = client
+            .query_one("SELECT pg_read_binary_file('pg_wal/' || $1)", &[&name])
+            .await
+            .with_context(|| format!("read pg_wal/{name} on the new primary"))?
+            .get(0);
+        let path = dir.join("pg_wal").join(&name);
+        std::fs::write(&path, &bytes).with_context(|| format!("write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        crate::exec::give_to_postgres(&path)?;
+        copied += 1;
+    }
+    Ok(copied)
 }
 
 /// The new primary's current timeline, after a CHECKPOINT that ran on it (pg_rewind

@@ -296,6 +296,8 @@ pub struct ControlData {
     pub checkpoint_lsn: u64,
     pub redo_lsn: u64,
     pub timeline: u32,
+    /// How far recovery must replay before the cluster is consistent (0/0: no limit).
+    pub min_recovery_lsn: u64,
 }
 
 pub async fn control_data(bin: &PgBin, dir: &Path) -> Result<ControlData> {
@@ -321,6 +323,7 @@ pub async fn control_data(bin: &PgBin, dir: &Path) -> Result<ControlData> {
         timeline: field("Latest checkpoint's TimeLineID")?
             .parse()
             .context("timeline")?,
+        min_recovery_lsn: parse_lsn(&field("Minimum recovery ending location")?)?,
     })
 }
 

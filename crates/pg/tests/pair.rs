@@ -1100,3 +1100,70 @@ async fn a_rejoin_cut_short_after_the_rewind_completes_when_retried() {
         .expect("b writes");
     wait_rows(&pair, "a", "t", 21).await;
 }
+
+/// The new primary keeps taking writes while pg_rewind copies it and is killed right
+/// after: the WAL it wrote during the copy (which pg_rewind's minimum recovery point
+/// covers) is copied again by the rejoin, so the rewound server still becomes
+/// consistent and is promoted onto a new timeline with every row acknowledged before
+/// the rejoin began.
+#[tokio::test]
+async fn writes_during_the_rewind_do_not_leave_the_rewound_server_inconsistent() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .expect("write on a");
+    wait_rows(&pair, "b", "t", 10).await;
+    drop(a);
+    pair.kill9("a").await.expect("kill -9 a");
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let writer = {
+        let acked = acked.clone();
+        let b = pair.client("b").await.expect("connect b");
+        tokio::spawn(async move {
+            for i in 11.. {
+                if b.execute("INSERT INTO t VALUES ($1)", &[&i]).await.is_err() {
+                    return;
+                }
+                acked.store(i64::from(i), std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    eventually("b to acknowledge writes", || {
+        let acked = acked.clone();
+        async move { (acked.load(std::sync::atomic::Ordering::SeqCst) >= 100).then_some(()) }
+    })
+    .await;
+    let before_rejoin = acked.load(std::sync::atomic::Ordering::SeqCst);
+
+    let mut ra = pair.role("a").expect("role a");
+    ra.set_rejoin_hook(crash_at(
+        lifeboat_pg::rejoin::RejoinStep::AfterRewind,
+        pair.data_dir("b"),
+        pair.instance("b"),
+    ));
+    ra.follow(&FollowTarget {
+        epoch: Epoch(2),
+        active: RegionId::new("b"),
+    })
+    .await
+    .expect_err("the rejoin cannot finish without b");
+    writer.await.expect("writer task");
+
+    ra.activate(&activation(3, "a", false))
+        .await
+        .expect("the rewound standby becomes consistent and is promoted");
+    let a = pair.client("a").await.expect("connect a");
+    assert_eq!(timeline_of(&a).await, 3);
+    let n = count(&a, "t").await;
+    assert!(
+        n >= before_rejoin,
+        "a has {n} rows, b had acknowledged {before_rejoin} before the rejoin"
+    );
+}
