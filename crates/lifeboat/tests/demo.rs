@@ -179,3 +179,83 @@ async fn drill_against_an_unreachable_controller_injects_nothing() {
         "the fault command ran against an unreachable deployment"
     );
 }
+
+/// Only the primary's postmaster is killed (kill -9): the app's health check fails,
+/// lifeboat promotes the replica, the epoch goes up and writes succeed on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_postmaster_promotes_the_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo_dir = dir.path().join("demo");
+    let mut cmd = Command::new(bin());
+    cmd.args(["demo", "--dir"])
+        .arg(&demo_dir)
+        .env("LIFEBOAT_LOG", "info");
+    let demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
+    let config_path = demo.wait_line("  config", Duration::from_secs(120)).await;
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    let api = config_value(&config, "api_addr");
+    let client =
+        lifeboat_api::ApiClient::new(format!("http://{api}"), None, Duration::from_secs(3));
+    let before = client.status().await.unwrap();
+    assert_eq!(before.active.as_ref().map(|r| r.as_str()), Some("a"));
+
+    let report = dir.path().join("drill.json");
+    let out = Command::new(bin())
+        .args([
+            "drill",
+            "--config",
+            &config_path,
+            "--scenario",
+            "db-crash",
+            "--json",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill failed: {summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let run = &r["runs"][0];
+    assert_eq!(run["new_active"], "b", "{summary}");
+    assert_eq!(run["lost_acknowledged_writes"], 0, "{summary}");
+    assert_eq!(run["dual_primary"], false, "{summary}");
+    let after = client.status().await.unwrap();
+    assert!(
+        after.epoch > before.epoch,
+        "epoch {} -> {}",
+        before.epoch,
+        after.epoch
+    );
+    assert_eq!(after.active.as_ref().map(|r| r.as_str()), Some("b"));
+    // Writes succeed on the promoted replica.
+    let app_port = config_value(&config, "app_port");
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("http://127.0.2.1:{app_port}/api/entries"))
+        .json(
+            &serde_json::json!({"id": "after-db-crash", "body": "written on the promoted replica"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        201,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    demo.signal(nix::sys::signal::Signal::SIGINT);
+    let mut demo = demo;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while demo.child.try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo did not stop on Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

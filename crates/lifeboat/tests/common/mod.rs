@@ -103,7 +103,9 @@ impl Drop for Proc {
         }
         self.signal(nix::sys::signal::Signal::SIGCONT);
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..100 {
+        // Up to 30 s: a demo stops its agents and database servers before exiting, and
+        // a SIGKILL would leave those behind.
+        for _ in 0..600 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
