@@ -105,7 +105,11 @@ pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) ->
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", lifeboat_drill::render_summary(&report));
     let _ = out.flush();
-    let bad = report.runs.iter().any(|r| r.dual_primary);
+    // A drill is a test: two primaries, a run that did not recover or a drill that
+    // stopped early fail it (lost writes are a figure, expected with async replication).
+    let bad = report.summary.dual_primary_any
+        || report.summary.recovered < report.summary.runs
+        || report.error.is_some();
     Ok(if bad {
         ExitCode::FAILURE
     } else {
