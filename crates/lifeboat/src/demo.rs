@@ -53,38 +53,57 @@ struct Ports {
     db: BTreeMap<&'static str, u16>,
 }
 
+/// A port free on every one of `ips` (UDP too when asked), chosen below Linux's
+/// ephemeral range (32768+): outgoing connections never take it between this check and
+/// the bind of the process that will own it.
 fn free_on_all(ips: &[&str], udp_too: bool) -> Result<u16> {
-    for _ in 0..200 {
-        let first = TcpListener::bind((ips[0].parse::<IpAddr>()?, 0))?;
-        let port = first.local_addr()?.port();
-        let ok = ips.iter().all(|ip| {
-            let Ok(ip) = ip.parse::<IpAddr>() else {
-                return false;
-            };
-            let tcp = ip == ips[0].parse().unwrap_or(ip) || TcpListener::bind((ip, port)).is_ok();
-            let udp = !udp_too || UdpSocket::bind((ip, port)).is_ok();
-            tcp && udp
+    let addrs: Vec<IpAddr> = ips.iter().map(|ip| ip.parse()).collect::<Result<_, _>>()?;
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ (u64::from(std::process::id()) << 20)
+        | 1;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        let ok = addrs.iter().all(|ip| {
+            TcpListener::bind((*ip, port)).is_ok()
+                && (!udp_too || UdpSocket::bind((*ip, port)).is_ok())
         });
         if ok {
             return Ok(port);
         }
     }
-    bail!("no port is free on {}", ips.join(", "))
+    bail!("no port in 20000..32000 is free on {}", ips.join(", "))
 }
 
 fn choose_ports() -> Result<Ports> {
     let region_ips: Vec<&str> = REGIONS.iter().map(|(_, ip)| *ip).collect();
-    let mut db = BTreeMap::new();
-    for (r, ip) in REGIONS {
-        db.insert(r, free_on_all(&[ip], false)?);
+    // The ports are not held between checks, so make sure no two came out equal.
+    for _ in 0..20 {
+        let mut db = BTreeMap::new();
+        for (r, ip) in REGIONS {
+            db.insert(r, free_on_all(&[ip], false)?);
+        }
+        let p = Ports {
+            api: free_on_all(&["127.0.0.1"], false)?,
+            dns: free_on_all(&["127.0.0.1"], true)?,
+            app: free_on_all(&region_ips, false)?,
+            agent: free_on_all(&region_ips, false)?,
+            db,
+        };
+        let mut all = vec![p.api, p.dns, p.app, p.agent];
+        all.extend(p.db.values());
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        if all.len() == n {
+            return Ok(p);
+        }
     }
-    Ok(Ports {
-        api: free_on_all(&["127.0.0.1"], false)?,
-        dns: free_on_all(&["127.0.0.1"], true)?,
-        app: free_on_all(&region_ips, false)?,
-        agent: free_on_all(&region_ips, false)?,
-        db,
-    })
+    bail!("could not choose distinct free ports")
 }
 
 struct Layout {

@@ -21,13 +21,30 @@ pub fn bin() -> &'static str {
 }
 
 /// A port free on `ip` right now (the config must name ports before the processes
-/// start; DESIGN.md allows "a port found free").
+/// start; DESIGN.md allows "a port found free"). Chosen below Linux's ephemeral range
+/// (32768+), so the many outgoing connections of tests running in parallel cannot take
+/// it between this check and the process's bind.
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0))
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let ip: IpAddr = ip.parse().unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .subsec_nanos() as u64
+        ^ (u64::from(std::process::id()) << 20)
+        ^ SEQ.fetch_add(0x9e37_79b9, Ordering::Relaxed);
+    let mut x = seed | 1;
+    for _ in 0..1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if TcpListener::bind((ip, port)).is_ok() && std::net::UdpSocket::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in 20000..32000")
 }
 
 /// A child process killed on Drop: SIGTERM first (so an agent stops its services),
