@@ -46,6 +46,24 @@ pub(crate) fn cancel_on_signal(cancel: CancellationToken) {
     });
 }
 
+/// Bind an API port, retrying for a few seconds while it is still in use (a process
+/// restarted right after a crash can find its port briefly held).
+async fn bind_api(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!("{addr} is in use; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn announce(what: &str, addr: impl std::fmt::Display) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -107,14 +125,12 @@ pub async fn controller(path: &Path) -> Result<ExitCode> {
         }));
         tasks.spawn(dns.run(udp, tcp, probe_cancel.clone()));
     }
-    let listener = tokio::net::TcpListener::bind(cfg.controller.api_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the controller API on {} (controller.api_addr)",
-                cfg.controller.api_addr
-            )
-        })?;
+    let listener = bind_api(cfg.controller.api_addr).await.with_context(|| {
+        format!(
+            "binding the controller API on {} (controller.api_addr)",
+            cfg.controller.api_addr
+        )
+    })?;
     announce("api", format!("http://{}", listener.local_addr()?));
     let app = ctrl.router();
     let http_cancel = cancel.clone();
@@ -138,15 +154,25 @@ pub(crate) async fn bind_dns(
     addr: std::net::SocketAddr,
     key: &str,
 ) -> Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
-    let udp = tokio::net::UdpSocket::bind(addr)
-        .await
-        .with_context(|| format!("binding DNS (UDP) on {addr} ({key})"))?;
-    let bound = udp.local_addr()?;
-    let tcp = tokio::net::TcpListener::bind(bound)
-        .await
-        .with_context(|| format!("binding DNS (TCP) on {bound} ({key})"))?;
-    announce("dns", bound);
-    Ok((udp, tcp))
+    // With port 0 the kernel picks a free UDP port whose TCP twin may be taken:
+    // try again with another one. A configured port is bound as it is.
+    let attempts = if addr.port() == 0 { 50 } else { 1 };
+    let mut last_err = None;
+    for _ in 0..attempts {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding DNS (UDP) on {addr} ({key})"))?;
+        let bound = udp.local_addr()?;
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => {
+                announce("dns", bound);
+                return Ok((udp, tcp));
+            }
+            Err(e) => last_err = Some((bound, e)),
+        }
+    }
+    let (bound, e) = last_err.context("no DNS bind attempt was made")?;
+    Err(anyhow::Error::new(e).context(format!("binding DNS (TCP) on {bound} ({key})")))
 }
 
 /// An agent's secondary nameserver: the zone as the controller last decided it,
@@ -258,14 +284,12 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     for m in extra_metrics {
         agent.add_metrics(m);
     }
-    let listener = tokio::net::TcpListener::bind(rc.agent_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the agent API on {} (regions.{region}.agent_addr)",
-                rc.agent_addr
-            )
-        })?;
+    let listener = bind_api(rc.agent_addr).await.with_context(|| {
+        format!(
+            "binding the agent API on {} (regions.{region}.agent_addr)",
+            rc.agent_addr
+        )
+    })?;
     announce("agent", format!("http://{}", listener.local_addr()?));
     let app = lifeboat_agent::routes::router(agent.clone());
     let http_cancel = cancel.clone();

@@ -30,7 +30,7 @@ async fn start_demo() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, S
     cmd.args(["demo", "--dir"])
         .arg(&demo_dir)
         .env("LIFEBOAT_LOG", "info");
-    let demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
+    let mut demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
     let config_path = demo.wait_line("  config", Duration::from_secs(120)).await;
     let config = std::fs::read_to_string(&config_path).unwrap();
     (dir, demo_dir, demo, config_path, config)

@@ -53,6 +53,7 @@ pub struct Proc {
     pub name: String,
     pub child: Child,
     pub lines: std::sync::Arc<Mutex<Vec<String>>>,
+    log: PathBuf,
 }
 
 impl Proc {
@@ -74,6 +75,7 @@ impl Proc {
             name: name.to_owned(),
             child,
             lines,
+            log: log.to_path_buf(),
         }
     }
 
@@ -85,8 +87,9 @@ impl Proc {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
     }
 
-    /// Wait for a stdout line starting with `prefix` and return the rest.
-    pub async fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+    /// Wait for a stdout line starting with `prefix` and return the rest. Fails at once,
+    /// with the end of the process's log, if the process exits first.
+    pub async fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(l) = self
@@ -98,13 +101,27 @@ impl Proc {
             {
                 return l[prefix.len()..].trim().to_owned();
             }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before printing {prefix:?}; its log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} never printed {prefix:?}",
-                self.name
+                "{} never printed {prefix:?}; its log:\n{}",
+                self.name,
+                self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     pub fn kill9(&mut self) {
@@ -258,7 +275,7 @@ impl Deployment {
         cmd.args(["controller", "--config"])
             .arg(&self.config)
             .env("LIFEBOAT_LOG", "info");
-        let p = Proc::spawn("controller", cmd, &self.log("controller"));
+        let mut p = Proc::spawn("controller", cmd, &self.log("controller"));
         p.wait_line("listening api ", Duration::from_secs(30)).await;
         self.dns_addr = Some(p.wait_line("listening dns ", Duration::from_secs(5)).await);
         self.procs.insert("controller".into(), p);
@@ -294,7 +311,7 @@ impl Deployment {
             .args(["--region", region])
             .env("LIFEBOAT_LOG", "info");
         let name = format!("agent-{region}");
-        let p = Proc::spawn(&name, cmd, &self.log(&name));
+        let mut p = Proc::spawn(&name, cmd, &self.log(&name));
         p.wait_line("listening agent ", Duration::from_secs(30))
             .await;
         self.procs.insert(name, p);
