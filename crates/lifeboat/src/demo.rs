@@ -267,8 +267,41 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
             )),
             toml_str(&format!("rm -f {}/poison-app-{r}", l.control.display())),
         ));
+        if let Some(table) = partition_table(r) {
+            // A real cut on loopback: drop every packet to or from the region's address.
+            c.push_str(&format!(
+                "partition_start = {}\npartition_stop = {}\n\n",
+                toml_str(&format!(
+                    "nft add table inet {table} && nft add chain inet {table} out '{{ type filter hook output priority 0; }}' && nft add rule inet {table} out ip saddr {ip} drop && nft add rule inet {table} out ip daddr {ip} drop"
+                )),
+                toml_str(&format!("nft delete table inet {table} 2>/dev/null; true")),
+            ));
+        }
     }
     std::fs::write(&l.config, c).with_context(|| format!("writing {}", l.config.display()))
+}
+
+/// The nftables table a partition of `region` uses, when this demo can cut a region
+/// off (root, and `nft` installed); None otherwise (the drill then says the
+/// partition scenario is not configured).
+fn partition_table(region: &str) -> Option<String> {
+    let root = nix::unistd::Uid::effective().is_root();
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| Path::new(p).exists());
+    (root && nft).then(|| format!("lifeboat_demo_{}_{region}", std::process::id()))
+}
+
+/// Remove any partition a drill left behind (it undoes its own; this is the backstop).
+fn remove_partitions() {
+    for (r, _) in REGIONS {
+        if let Some(table) = partition_table(r) {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", &table])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 fn db_kill_command(args: &DemoArgs, l: &Layout, r: &str) -> String {
@@ -430,6 +463,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let result = run_inner(&args, &cfg, &layout, &ports, &mut children).await;
 
     eprintln!("lifeboat demo: stopping");
+    remove_partitions();
     for (r, _) in REGIONS {
         children.stop(&format!("agent-{r}")).await;
     }
