@@ -36,6 +36,38 @@ async fn start_demo() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, S
     (dir, demo_dir, demo, config_path, config)
 }
 
+/// `lifeboat drill --scenario S` against the demo, writing drill.json and drill.html
+/// into `dir`; asserts it succeeded and returns its terminal summary and JSON report.
+fn run_drill(
+    dir: &std::path::Path,
+    config_path: &str,
+    scenario: &str,
+) -> (String, serde_json::Value) {
+    let report = dir.join("drill.json");
+    let out = Command::new(bin())
+        .args([
+            "drill",
+            "--config",
+            config_path,
+            "--scenario",
+            scenario,
+            "--json",
+        ])
+        .arg(&report)
+        .arg("--html")
+        .arg(dir.join("drill.html"))
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "drill failed: {summary}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (summary, r)
+}
+
 /// Ctrl-C the demo and wait (bounded) until it has stopped everything and exited.
 async fn stop_demo(mut demo: Proc) {
     demo.signal(nix::sys::signal::Signal::SIGINT);
@@ -68,29 +100,8 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     assert!(page.contains("Hello from the lifeboat demo"), "{page}");
 
     // The drill: black-box, through the demo's DNS, killing region a.
-    let report = dir.path().join("drill.json");
+    let (summary, r) = run_drill(dir.path(), &config_path, "region-outage");
     let html = dir.path().join("drill.html");
-    let out = Command::new(bin())
-        .args([
-            "drill",
-            "--config",
-            &config_path,
-            "--scenario",
-            "region-outage",
-            "--json",
-        ])
-        .arg(&report)
-        .arg("--html")
-        .arg(&html)
-        .output()
-        .unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill failed: {summary}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(r["scenario"], "region-outage");
     let run = &r["runs"][0];
     let rto = run["rto_ms"].as_f64().expect("rto_ms");
@@ -209,26 +220,7 @@ async fn killed_postmaster_promotes_the_replica() {
     let before = client.status().await.unwrap();
     assert_eq!(before.active.as_ref().map(|r| r.as_str()), Some("a"));
 
-    let report = dir.path().join("drill.json");
-    let out = Command::new(bin())
-        .args([
-            "drill",
-            "--config",
-            &config_path,
-            "--scenario",
-            "db-crash",
-            "--json",
-        ])
-        .arg(&report)
-        .output()
-        .unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill failed: {summary}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (summary, r) = run_drill(dir.path(), &config_path, "db-crash");
     let run = &r["runs"][0];
     assert_eq!(run["new_active"], "b", "{summary}");
     assert_eq!(run["lost_acknowledged_writes"], 0, "{summary}");
@@ -276,26 +268,7 @@ async fn partition_drill_recovers_and_the_cut_off_region_stands_down() {
         config.contains("partition_start"),
         "the demo configures the partition scenario only with nft installed (scripts/test installs nftables)"
     );
-    let report = dir.path().join("drill.json");
-    let out = Command::new(bin())
-        .args([
-            "drill",
-            "--config",
-            &config_path,
-            "--scenario",
-            "partition",
-            "--json",
-        ])
-        .arg(&report)
-        .output()
-        .unwrap();
-    let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "drill failed: {summary}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (summary, r) = run_drill(dir.path(), &config_path, "partition");
     let run = &r["runs"][0];
     assert_eq!(run["new_active"], "b", "{summary}");
     assert_eq!(run["lost_acknowledged_writes"], 0, "{summary}");
