@@ -433,15 +433,24 @@ async fn sync_mode_keeps_every_acknowledged_write_across_a_kill9() {
     })
     .await;
     let a = pair.client("a").await.expect("connect a");
-    let sync: String = a
-        .query_one(
-            "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'lifeboat_b'",
-            &[],
-        )
-        .await
-        .expect("sync state")
-        .get(0);
-    assert!(sync == "sync" || sync == "quorum", "{sync}");
+    // The walsender reports "async" until it has caught up and taken its place in
+    // synchronous_standby_names; the standby must become the synchronous one.
+    eventually("b to become a's synchronous standby", || {
+        let a = &a;
+        async move {
+            let sync: String = a
+                .query_one(
+                    "SELECT sync_state FROM pg_stat_replication \
+                     WHERE application_name = 'lifeboat_b'",
+                    &[],
+                )
+                .await
+                .ok()?
+                .get(0);
+            (sync == "sync" || sync == "quorum").then_some(())
+        }
+    })
+    .await;
     a.batch_execute("CREATE TABLE t (id int primary key)")
         .await
         .expect("create");
