@@ -6,6 +6,10 @@
 //!   and is dropped as soon as discovery shows another epoch or endpoint (checked by
 //!   [`Database::run`] every [`MAX_AGE`](crate::discovery::MAX_AGE) and before every
 //!   operation), so no connection to an old primary is held after a failover;
+//! - connecting runs in a task of its own that every request waits on, so a request whose
+//!   client gave up does not abandon the connection half made: a slow first connection
+//!   (a server just promoted, busy with its checkpoint) is made once and then used,
+//!   instead of being restarted by every request in turn and never finishing;
 //! - an operation that fails because the connection broke, timed out or found the server
 //!   read-only is retried once after a fresh discovery; that is safe because every
 //!   write is idempotent by its client-chosen id;
@@ -120,18 +124,117 @@ enum Conn {
     My(mysql_async::Pool),
 }
 
-/// The connection of the current (epoch, endpoint).
-struct Current {
-    epoch: Epoch,
-    endpoint: DbEndpoint,
-    conn: Conn,
-    /// Aborted on drop: closes the PostgreSQL sockets even while a query holds a clone.
-    _pg_tasks: Vec<AbortOnDrop>,
+/// A connection being made, or made, shared by every request that needs it.
+type Connecting =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<Conn, DbError>>>;
+
+/// How long connecting (all connections and the table set-up) may take in all.
+pub const CONNECTING_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Tasks to abort when the connection is dropped: the connecting task and, once
+/// connected, the PostgreSQL connection tasks.
+#[derive(Default)]
+struct Aborts {
+    /// Set when the slot is dropped: tasks registered later are aborted at once.
+    closed: bool,
+    handles: Vec<tokio::task::AbortHandle>,
 }
 
-impl Drop for Current {
+impl Aborts {
+    fn register(
+        this: &std::sync::Mutex<Aborts>,
+        handles: impl IntoIterator<Item = tokio::task::AbortHandle>,
+    ) {
+        let mut a = lock(this);
+        for h in handles {
+            if a.closed {
+                h.abort();
+            } else {
+                a.handles.push(h);
+            }
+        }
+    }
+}
+
+/// The connection of the current (epoch, endpoint): made, or being made.
+struct Slot {
+    epoch: Epoch,
+    endpoint: DbEndpoint,
+    conn: Connecting,
+    /// Aborted on drop: stops a connection still being made, and closes the PostgreSQL
+    /// sockets even while a query holds a clone of the client.
+    aborts: Arc<std::sync::Mutex<Aborts>>,
+}
+
+impl Slot {
+    /// Start connecting to `endpoint` in a task of its own.
+    fn connect(epoch: Epoch, endpoint: DbEndpoint, password: Option<String>) -> Self {
+        let aborts = Arc::new(std::sync::Mutex::new(Aborts::default()));
+        let register = aborts.clone();
+        let ep = endpoint.clone();
+        let task = tokio::spawn(async move {
+            let made = tokio::time::timeout(CONNECTING_TIMEOUT, async {
+                match ep.engine {
+                    Engine::Postgres => pg::connect(&ep, password).await,
+                    Engine::Mariadb => Ok((my::connect(&ep, password).await?, Vec::new())),
+                }
+            })
+            .await;
+            match made {
+                Ok(Ok((conn, tasks))) => {
+                    Aborts::register(&register, tasks.iter().map(|t| t.abort_handle()));
+                    tracing::info!(epoch = epoch.0, db = %ep.addr(), engine = %ep.engine, "connected to the database");
+                    Ok(conn)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(DbError::Unreachable {
+                    engine: ep.engine,
+                    addr: ep.addr(),
+                    reason: format!(
+                        "connecting and setting up did not finish within {} s",
+                        CONNECTING_TIMEOUT.as_secs()
+                    ),
+                }),
+            }
+        });
+        Aborts::register(&aborts, [task.abort_handle()]);
+        let ep = endpoint.clone();
+        let conn = futures::FutureExt::shared(futures::FutureExt::boxed(async move {
+            match task.await {
+                Ok(r) => r,
+                Err(e) => Err(DbError::Unreachable {
+                    engine: ep.engine,
+                    addr: ep.addr(),
+                    reason: if e.is_cancelled() {
+                        "connecting was abandoned (the database changed)".into()
+                    } else {
+                        format!("connecting failed: {e}")
+                    },
+                }),
+            }
+        }));
+        Self {
+            epoch,
+            endpoint,
+            conn,
+            aborts,
+        }
+    }
+
+    /// Connecting ended in an error: the next request starts afresh.
+    fn failed(&self) -> bool {
+        matches!(self.conn.peek(), Some(Err(_)))
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        if let Conn::My(pool) = &self.conn {
+        {
+            let mut a = lock(&self.aborts);
+            a.closed = true;
+            a.handles.drain(..).for_each(|h| h.abort());
+        }
+        if let Some(Ok(Conn::My(pool))) = self.conn.peek() {
             let pool = pool.clone();
             // Closing takes a round trip; nobody needs to wait for it.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -141,6 +244,11 @@ impl Drop for Current {
             }
         }
     }
+}
+
+/// A std Mutex is fine: never held across an `.await`.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Several PostgreSQL connections used in turn: one backend commits one transaction at a
@@ -160,20 +268,14 @@ impl PgClients {
 /// PostgreSQL connections per (epoch, endpoint).
 pub const PG_CONNECTIONS: usize = 4;
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The database as the application sees it.
 pub struct Database {
     discovery: Arc<Discoverer>,
     password: PasswordSource,
     region: String,
-    /// Held while connecting or swapping, never while a query runs.
-    current: tokio::sync::Mutex<Option<Current>>,
+    /// The current connection; held only to look at or swap it, never while
+    /// connecting or while a query runs.
+    current: std::sync::Mutex<Option<Slot>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -191,7 +293,7 @@ impl Database {
             discovery,
             password,
             region,
-            current: tokio::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
         }
     }
 
@@ -207,15 +309,16 @@ impl Database {
                 _ = tick.tick() => {}
             }
             if let Ok(d) = self.discovery.get().await {
-                self.forget_unless(&d).await;
+                self.forget_unless(&d);
             }
         }
-        *self.current.lock().await = None;
+        let old = lock(&self.current).take();
+        drop(old);
     }
 
     /// Drop the connection unless it belongs to `d`'s epoch and endpoint.
-    async fn forget_unless(&self, d: &Discovered) {
-        let mut cur = self.current.lock().await;
+    fn forget_unless(&self, d: &Discovered) {
+        let mut cur = lock(&self.current);
         if let Some(c) = cur.as_ref()
             && (c.epoch != d.epoch || d.database.as_ref().ok() != Some(&c.endpoint))
         {
@@ -230,8 +333,8 @@ impl Database {
     }
 
     /// Drop the connection if it is still the one to `endpoint` in `epoch`.
-    async fn forget(&self, epoch: Epoch, endpoint: &DbEndpoint) {
-        let mut cur = self.current.lock().await;
+    fn forget(&self, epoch: Epoch, endpoint: &DbEndpoint) {
+        let mut cur = lock(&self.current);
         if cur
             .as_ref()
             .is_some_and(|c| c.epoch == epoch && &c.endpoint == endpoint)
@@ -307,7 +410,7 @@ impl Database {
                     // A read-only server keeps its connection: it may be promoted in
                     // place, and reconnecting to it for every request helps nobody.
                     if matches!(e, DbError::Unreachable { .. }) {
-                        self.forget(d.epoch, &endpoint).await;
+                        self.forget(d.epoch, &endpoint);
                     }
                     let e = match &d.stale_because {
                         Some(why) => DbError::Discovery(format!(
@@ -325,42 +428,45 @@ impl Database {
         Err(last.unwrap_or_else(|| DbError::Discovery("no attempt made".into())))
     }
 
-    /// The connection for `d`, made (and `entries` created) if needed.
+    /// The connection for `d`, made (and `entries` created) if needed. Connecting runs
+    /// in its own task, shared by every caller, so a caller that gives up (its client
+    /// went away) does not abandon it.
     async fn connection(&self, d: &Discovered, endpoint: &DbEndpoint) -> Result<Conn, DbError> {
-        let mut cur = self.current.lock().await;
-        if let Some(c) = cur.as_ref() {
-            if c.epoch == d.epoch && &c.endpoint == endpoint {
-                return Ok(c.conn.clone());
+        let connecting = {
+            let mut cur = lock(&self.current);
+            match cur.as_ref() {
+                Some(c) if c.epoch == d.epoch && &c.endpoint == endpoint && !c.failed() => {
+                    c.conn.clone()
+                }
+                other => {
+                    if let Some(c) = other
+                        && (c.epoch != d.epoch || &c.endpoint != endpoint)
+                    {
+                        tracing::info!(
+                            old_epoch = c.epoch.0,
+                            new_epoch = d.epoch.0,
+                            old = %c.endpoint.addr(),
+                            new = %endpoint.addr(),
+                            "discovery changed: closing the old connection"
+                        );
+                    }
+                    let password = self
+                        .password
+                        .read()
+                        .map_err(|reason| DbError::Unreachable {
+                            engine: endpoint.engine,
+                            addr: endpoint.addr(),
+                            reason,
+                        })?;
+                    let slot = Slot::connect(d.epoch, endpoint.clone(), password);
+                    let conn = slot.conn.clone();
+                    // The old slot (if any) is dropped here: its sockets close.
+                    *cur = Some(slot);
+                    conn
+                }
             }
-            tracing::info!(
-                old_epoch = c.epoch.0,
-                new_epoch = d.epoch.0,
-                old = %c.endpoint.addr(),
-                new = %endpoint.addr(),
-                "discovery changed: closing the old connection"
-            );
-        }
-        *cur = None;
-        let password = self
-            .password
-            .read()
-            .map_err(|reason| DbError::Unreachable {
-                engine: endpoint.engine,
-                addr: endpoint.addr(),
-                reason,
-            })?;
-        let (conn, tasks) = match endpoint.engine {
-            Engine::Postgres => pg::connect(endpoint, password).await?,
-            Engine::Mariadb => (my::connect(endpoint, password).await?, Vec::new()),
         };
-        tracing::info!(epoch = d.epoch.0, db = %endpoint.addr(), engine = %endpoint.engine, "connected to the database");
-        *cur = Some(Current {
-            epoch: d.epoch,
-            endpoint: endpoint.clone(),
-            conn: conn.clone(),
-            _pg_tasks: tasks.into_iter().map(AbortOnDrop).collect(),
-        });
-        Ok(conn)
+        connecting.await
     }
 
     /// Insert a row with a client-chosen id; the same id again returns the stored row.

@@ -303,3 +303,96 @@ async fn serves_follows_a_failover_and_reports_an_outage() {
     let status = app.terminate().await;
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
 }
+
+/// A newly promoted server can be slow to take its first connections (it is busy with
+/// its end-of-recovery checkpoint). Clients that give up meanwhile (the drill's 1 s
+/// timeout) must not abandon the connection half made: when each request connected on
+/// its own and the next one started over, the app never finished connecting and every
+/// write timed out for as long as the load lasted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_give_up_do_not_stop_a_slow_first_connection() {
+    let pair = TestPair::start(PairOptions::default())
+        .await
+        .expect("PostgreSQL primary and replica");
+    let password_file = pair.dir().join("secrets").join("su");
+    let su = pair.client("a").await.expect("superuser connection");
+    su.batch_execute(
+        "CREATE TABLE entries (id VARCHAR(200) PRIMARY KEY, body TEXT NOT NULL, \
+         region TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .expect("create entries");
+    // Hold the table: the app's set-up (CREATE INDEX IF NOT EXISTS) waits for the lock,
+    // so connecting takes as long as this transaction stays open.
+    su.batch_execute("BEGIN; LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock entries");
+
+    let disco = FakeDiscovery::start(answer(
+        1,
+        "a",
+        "postgres",
+        pair.instance("a").port,
+        "postgres",
+        "postgres",
+    ))
+    .await;
+    let app = App::start(
+        &[
+            "--region",
+            "a",
+            "--discovery",
+            &disco.url(),
+            "--db-password-file",
+            &password_file.display().to_string(),
+        ],
+        &[],
+    )
+    .await;
+    let entries = format!("{}/api/entries", app.url);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("http client");
+    let mut gave_up = 0;
+    for i in 0..10 {
+        let r = impatient
+            .post(&entries)
+            .header("content-type", "application/json")
+            .body(json!({"id": format!("slow-{i}"), "body": "x"}).to_string())
+            .send()
+            .await;
+        if r.is_err_and(|e| e.is_timeout()) {
+            gave_up += 1;
+        }
+    }
+    assert_eq!(
+        gave_up, 10,
+        "every impatient write gave up while the table was held"
+    );
+    // The set-up really waits on the lock (else this test proves nothing)…
+    let waiting: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'lifeboat-sample-app' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_eq!(waiting, 1, "one connection's set-up waits for the table");
+    // …and the requests that gave up did not each open connections of their own.
+    let backends = app_backends(&pair, "a").await;
+    assert!(
+        backends.len() <= lifeboat_sample_app::db::PG_CONNECTIONS,
+        "{} connections after 10 abandoned requests: {backends:?}",
+        backends.len()
+    );
+
+    su.batch_execute("COMMIT").await.expect("release entries");
+    let ok = post(&entries, r#"{"id": "after", "body": "x"}"#).await;
+    assert_eq!(ok.status, 201, "{ok:?}");
+    assert!(has_row(&pair, "a", "after").await);
+    // The connection made while the clients gave up is the one in use.
+    assert_eq!(app_backends(&pair, "a").await, backends);
+}
