@@ -112,16 +112,19 @@ pub fn present_with_outcome(ops: &[Op], outcome: Outcome, present: &HashSet<Stri
 /// Evidence, from the client's side, that two regions accepted writes at once.
 ///
 /// `new_addr` is the address of the region that took over and `promoted_ms` the
-/// journal's promotion instant, if any. Two things are impossible under a correct
-/// failover: a write acknowledged by another address that *started* after the new
-/// region certainly took writes (after the promotion instant, or after the new region's
-/// first acknowledgement, whichever is earlier); and a write acknowledged by the new
+/// journal's promotion instant, if any; `later` are the promotions the journal shows
+/// after that one (instant, the promoted region's address if known), e.g. a move back.
+/// Two things are impossible under a correct failover: a write acknowledged by an
+/// address other than the holder's that *started* after the holder certainly took writes
+/// (the first holder from the promotion instant or its first acknowledgement, whichever
+/// is earlier; each later holder from its promotion); and a write acknowledged by the new
 /// region that *ended* before it was promoted while another address also acknowledged
 /// writes (it took writes while the old primary still did).
 pub fn dual_primary_from_ops(
     ops: &[Op],
     new_addr: Option<IpAddr>,
     promoted_ms: Option<u64>,
+    later: &[(u64, Option<IpAddr>)],
 ) -> Vec<String> {
     let Some(new_addr) = new_addr else {
         return vec![];
@@ -138,23 +141,36 @@ pub fn dual_primary_from_ops(
     };
     let mut evidence = Vec::new();
     if let Some(cutoff) = cutoff {
-        // Per other address, the first write it took after the cutoff.
-        let mut late: BTreeMap<IpAddr, (&Op, usize)> = BTreeMap::new();
+        // Who certainly held the writes at an instant after the cutoff, and since when
+        // (None: a region whose address is not known; nothing is judged then).
+        let holder_at = |t: u64| -> (Option<IpAddr>, u64) {
+            later
+                .iter()
+                .filter(|(at, _)| *at > cutoff && *at <= t)
+                .max_by_key(|(at, _)| *at)
+                .map_or((Some(new_addr), cutoff), |(at, a)| (*a, *at))
+        };
+        // Per (address, holder, since): the first write it took and how many.
+        let mut late: BTreeMap<(IpAddr, IpAddr, u64), (&Op, usize)> = BTreeMap::new();
         for o in &ok {
-            if let Some(a) = o.addr
-                && a != new_addr
-                && o.start_ms > cutoff
-            {
-                let e = late.entry(a).or_insert((o, 0));
+            let Some(a) = o.addr else { continue };
+            if o.start_ms <= cutoff {
+                continue;
+            }
+            let (Some(holder), since) = holder_at(o.start_ms) else {
+                continue;
+            };
+            if a != holder {
+                let e = late.entry((a, holder, since)).or_insert((o, 0));
                 e.1 += 1;
                 if o.start_ms < e.0.start_ms {
                     e.0 = o;
                 }
             }
         }
-        for (addr, (o, n)) in late {
+        for ((addr, holder, since), (o, n)) in late {
             evidence.push(format!(
-                "{addr} acknowledged {n} write(s) started after {new_addr} took writes at {cutoff} (first: {} started {})",
+                "{addr} acknowledged {n} write(s) started after {holder} took writes at {since} (first: {} started {})",
                 o.id, o.start_ms
             ));
         }
@@ -356,7 +372,7 @@ mod tests {
     #[test]
     fn a_clean_failover_is_not_a_dual_primary() {
         let ops = failover_history();
-        assert!(dual_primary_from_ops(&ops, Some(B), Some(2300)).is_empty());
+        assert!(dual_primary_from_ops(&ops, Some(B), Some(2300), &[]).is_empty());
         let j = vec![
             entry(10, 1200, JournalKind::Detected, "a"),
             entry(11, 1300, JournalKind::Confirmed, "a"),
@@ -371,22 +387,45 @@ mod tests {
     fn the_old_region_acknowledging_after_the_promotion_is_a_dual_primary() {
         let mut ops = failover_history();
         ops.push(op(7, 2550, 2560, Outcome::Ok, A));
-        let ev = dual_primary_from_ops(&ops, Some(B), Some(2300));
+        let ev = dual_primary_from_ops(&ops, Some(B), Some(2300), &[]);
         assert_eq!(ev.len(), 1, "{ev:?}");
         assert!(ev[0].contains("r-7"), "{ev:?}");
         // Even without a journal, b's first acknowledgement (2500) is the cutoff.
-        assert_eq!(dual_primary_from_ops(&ops, Some(B), None).len(), 1);
+        assert_eq!(dual_primary_from_ops(&ops, Some(B), None, &[]).len(), 1);
         // A write to a that was merely unknown proves nothing.
         let mut ops = failover_history();
         ops.push(op(7, 2550, 3550, Outcome::Unknown, A));
-        assert!(dual_primary_from_ops(&ops, Some(B), Some(2300)).is_empty());
+        assert!(dual_primary_from_ops(&ops, Some(B), Some(2300), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_move_back_makes_the_old_region_the_holder_again() {
+        // b promoted at 2300, then (b unhealthy) a promoted again at 5000.
+        let mut ops = failover_history();
+        ops.push(op(7, 5100, 5110, Outcome::Ok, A));
+        let later = [(5000, Some(A))];
+        assert!(
+            dual_primary_from_ops(&ops, Some(B), Some(2300), &later).is_empty(),
+            "a's writes after its own promotion are not a dual primary"
+        );
+        // a acknowledging between b's promotion and its own return still is…
+        ops.push(op(8, 3000, 3010, Outcome::Ok, A));
+        let ev = dual_primary_from_ops(&ops, Some(B), Some(2300), &later);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(ev[0].contains("r-8"), "{ev:?}");
+        // …and so is b acknowledging after it was replaced.
+        let mut ops = failover_history();
+        ops.push(op(9, 5200, 5210, Outcome::Ok, B));
+        let ev = dual_primary_from_ops(&ops, Some(B), Some(2300), &later);
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert!(ev[0].contains("r-9") && ev[0].contains("at 5000"), "{ev:?}");
     }
 
     #[test]
     fn the_new_region_acknowledging_before_its_promotion_is_a_dual_primary() {
         let mut ops = failover_history();
         ops.push(op(8, 940, 945, Outcome::Ok, B));
-        let ev = dual_primary_from_ops(&ops, Some(B), Some(2300));
+        let ev = dual_primary_from_ops(&ops, Some(B), Some(2300), &[]);
         assert!(
             ev.iter().any(|e| e.contains("before its promotion")),
             "{ev:?}"

@@ -7,7 +7,7 @@
 
 use crate::Scenario;
 use crate::history::{self, Lost, Op, Outcome, Step};
-use lifeboat_core::{JournalEntry, RegionId};
+use lifeboat_core::{JournalEntry, JournalKind, RegionId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write;
@@ -137,7 +137,21 @@ pub fn analyze(r: RunRecord) -> RunReport {
                     .and_then(|o| o.addr)
             })
         });
-    let mut evidence = history::dual_primary_from_ops(&r.ops, new_addr, promotion.map(|p| p.0));
+    // Promotions after the first (a move back, say): each makes its region the holder.
+    let later: Vec<(u64, Option<IpAddr>)> = window
+        .iter()
+        .filter(|e| e.kind == JournalKind::Promoted)
+        .skip(1)
+        .map(|e| {
+            let addr = e
+                .region
+                .as_ref()
+                .and_then(|reg| r.region_addrs.get(reg).copied());
+            (e.at_unix_ms, addr)
+        })
+        .collect();
+    let mut evidence =
+        history::dual_primary_from_ops(&r.ops, new_addr, promotion.map(|p| p.0), &later);
     evidence.extend(history::dual_primary_from_journal(&window, Some(&r.target)));
     let mut writes = Counts::default();
     let mut acknowledged_by: BTreeMap<String, usize> = BTreeMap::new();
