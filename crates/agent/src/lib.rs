@@ -10,7 +10,9 @@
 //! epoch it never activates under that epoch again.
 //!
 //! The region's data layers are [`DataRole`]s: the agent activates them in order
-//! (databases first, services last) and fences them in reverse order.
+//! (databases first, services last) and fences them all at once: a fence is the moment
+//! writes must stop, so the database's fence never waits for a service's graceful stop
+//! (the controller promotes another region only lease_margin after the lease lapsed).
 
 mod persist;
 pub mod routes;
@@ -259,7 +261,7 @@ impl Agent {
         }
     }
 
-    /// Fence every role (services first), now. Idempotent.
+    /// Fence every role, all at once, now. Idempotent.
     pub async fn fence_all(&self, reason: &str) {
         let epoch = {
             let mut s = self.lock();
@@ -269,12 +271,16 @@ impl Agent {
         };
         self.deadline_tx.send_replace(None);
         let _g = self.role_lock.lock().await;
-        let mut errors = Vec::new();
-        for role in self.roles.iter().rev() {
-            if let Err(e) = role.fence(epoch).await {
-                errors.push(format!("{}: {e}", role.name()));
-            }
-        }
+        // Concurrently: one slow role (a service's graceful stop, a database waiting on
+        // an unreachable standby) must not keep another one writable.
+        let results =
+            futures::future::join_all(self.roles.iter().map(|role| role.fence(epoch))).await;
+        let errors: Vec<String> = self
+            .roles
+            .iter()
+            .zip(results)
+            .filter_map(|(role, r)| r.err().map(|e| format!("{}: {e}", role.name())))
+            .collect();
         let first = {
             let mut s = self.lock();
             let first = !s.fenced;
@@ -630,4 +636,96 @@ pub fn load_token(cfg: &Config) -> Result<Token> {
 /// Convenience for callers that keep roles as concrete types.
 pub fn share<R: DataRole + 'static>(role: R) -> SharedRole {
     Arc::new(role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_core::{Activation, RoleError, RoleHealth};
+
+    /// A role whose fence takes `takes` and records when it began.
+    struct SlowFence {
+        name: &'static str,
+        takes: Duration,
+        began: Mutex<Option<Instant>>,
+    }
+
+    #[async_trait::async_trait]
+    impl DataRole for SlowFence {
+        fn name(&self) -> &str {
+            self.name
+        }
+        async fn status(&self) -> RoleStatus {
+            RoleStatus::new(self.name, RoleHealth::Fenced)
+        }
+        async fn fence(&self, _epoch: Epoch) -> Result<(), RoleError> {
+            *self.began.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            tokio::time::sleep(self.takes).await;
+            Ok(())
+        }
+        async fn activate(&self, _a: &Activation) -> Result<(), RoleError> {
+            Ok(())
+        }
+        async fn follow(&self, _t: &FollowTarget) -> Result<(), RoleError> {
+            Ok(())
+        }
+    }
+
+    fn config(dir: &std::path::Path) -> Arc<Config> {
+        let text = format!(
+            "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"127.0.0.1:9\"\n\
+             dns_addr = \"127.0.0.1:9\"\nstate_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
+             [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
+             [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
+            dir.display().to_string()
+        );
+        let cfg = Config::parse(&dir.join("t.toml"), &text)
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        Arc::new(cfg)
+    }
+
+    /// The database's fence starts when the lease lapses, not after the services'
+    /// graceful stop: with the lease margin at 500 ms, a database fenced 3 s late would
+    /// still take writes after the other region's promotion.
+    #[tokio::test(start_paused = true)]
+    async fn every_role_is_fenced_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Arc::new(SlowFence {
+            name: "postgres",
+            takes: Duration::from_millis(100),
+            began: Mutex::new(None),
+        });
+        let services = Arc::new(SlowFence {
+            name: "services",
+            takes: Duration::from_secs(3),
+            began: Mutex::new(None),
+        });
+        let (_tx, checks) = watch::channel(BTreeMap::new());
+        let agent = Agent::new(
+            config(dir.path()),
+            RegionId::new("a"),
+            Token::new("t"),
+            vec![db.clone(), services.clone()],
+            checks,
+        )
+        .expect("agent");
+        let start = Instant::now();
+        agent.fence_all("test").await;
+        let began = |r: &SlowFence| {
+            r.began
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("fenced")
+                .duration_since(start)
+        };
+        assert_eq!(began(&db), Duration::ZERO, "the database is fenced at once");
+        assert_eq!(began(&services), Duration::ZERO);
+        assert!(agent.state().fenced);
+        let j = agent.journal(0).expect("journal");
+        assert!(
+            j.iter()
+                .any(|e| e.kind == JournalKind::Fenced && e.detail.contains("test")),
+            "{j:?}"
+        );
+    }
 }

@@ -43,6 +43,8 @@ const NAME: &str = "postgres";
 /// A marker in a managed data directory: lifeboat stopped this server as a fence;
 /// nothing but an activation or a rejoin may start it again.
 pub const FENCE_MARKER: &str = "lifeboat.fenced";
+/// How long a fence lets a fast stop take before it stops the server immediately.
+pub const FENCE_FAST_STOP_SECS: u32 = 2;
 
 /// An adopted server fenced through its pg_hba.conf.
 #[derive(Debug, Clone)]
@@ -393,8 +395,13 @@ impl PostgresRole {
                     &format!("fenced at epoch {epoch}\n"),
                 )?;
             }
-            if let Err(e) = server::stop(bin, dir, "fast").await {
-                tracing::warn!("fast stop failed, stopping immediately: {e:#}");
+            // A fast stop ends client sessions at once but then waits for every
+            // walsender to have its WAL confirmed: with a standby cut off, that is up to
+            // wal_sender_timeout. Writes have stopped by then; the fence need not wait.
+            if let Err(e) = server::stop_within(bin, dir, "fast", FENCE_FAST_STOP_SECS).await {
+                tracing::warn!(
+                    "a fast stop did not finish within {FENCE_FAST_STOP_SECS} s (a standby may be unreachable), stopping immediately: {e:#}"
+                );
                 if let Err(e) = server::stop(bin, dir, "immediate").await {
                     tracing::warn!("immediate stop failed, killing the postmaster: {e:#}");
                     if let Some(pid) = server::postmaster_pid(dir) {

@@ -248,9 +248,16 @@ pub fn tail_of(path: &Path, n: usize) -> String {
 /// Stop the server with `mode` ("fast" or "immediate") and wait until it is down.
 /// Stopping a stopped server is fine.
 pub async fn stop(bin: &PgBin, dir: &Path, mode: &str) -> Result<()> {
+    stop_within(bin, dir, mode, 60).await
+}
+
+/// `pg_ctl stop -m mode`, waiting at most `wait_secs` seconds for the server to be down
+/// (an error if it is not).
+pub async fn stop_within(bin: &PgBin, dir: &Path, mode: &str, wait_secs: u32) -> Result<()> {
     if !is_running(bin, dir).await? {
         return Ok(());
     }
+    let wait = wait_secs.to_string();
     bin.run(
         "pg_ctl",
         [
@@ -261,7 +268,7 @@ pub async fn stop(bin: &PgBin, dir: &Path, mode: &str) -> Result<()> {
             mode.as_ref(),
             "-w".as_ref(),
             "-t".as_ref(),
-            "60".as_ref(),
+            wait.as_ref(),
         ],
         &[],
     )

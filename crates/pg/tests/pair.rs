@@ -296,6 +296,83 @@ async fn fence_stops_writes_even_from_a_session_that_turned_read_only_off() {
     );
 }
 
+/// Sends SIGSTOP to a server's processes; SIGCONT on drop, also when the test fails.
+struct Frozen(Vec<String>);
+
+impl Frozen {
+    fn server(pair: &TestPair, region: &str) -> Self {
+        let pm = lifeboat_pg::server::postmaster_pid(&pair.data_dir(region))
+            .expect("postmaster.pid")
+            .to_string();
+        let out = std::process::Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &pm])
+            .output()
+            .expect("ps");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        pids.push(pm);
+        let frozen = Frozen(pids);
+        frozen.signal("-STOP");
+        frozen
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(sig)
+            .args(&self.0)
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig} {:?}", self.0);
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .args(&self.0)
+            .status();
+    }
+}
+
+/// A standby that stops answering (cut off, frozen) makes a fast shutdown wait for its
+/// walsender up to wal_sender_timeout; the fence must not wait that long to be done.
+#[tokio::test]
+async fn the_fence_completes_while_the_standby_does_not_answer() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int)")
+        .await
+        .expect("create");
+    wait_rows(&pair, "b", "t", 0).await;
+    let frozen = Frozen::server(&pair, "b");
+    a.batch_execute("INSERT INTO t SELECT generate_series(1, 1000)")
+        .await
+        .expect("write while the standby is frozen (asynchronous)");
+    let ra = pair.role("a").expect("role a");
+    // wal_sender_timeout is 10 s: a fence that waited for the walsender takes that long.
+    tokio::time::timeout(Duration::from_secs(8), ra.fence(Epoch(2)))
+        .await
+        .expect("the fence does not wait for the frozen standby")
+        .expect("fence");
+    assert!(a.batch_execute("INSERT INTO t VALUES (0)").await.is_err());
+    assert!(pair.client("a").await.is_err(), "a takes no connection");
+    assert!(
+        lifeboat_pg::server::postmaster_pid(&pair.data_dir("a"))
+            .is_none_or(|pid| !lifeboat_pg::server::process_alive(pid)),
+        "a's postmaster is gone"
+    );
+    drop(frozen);
+    // Nothing is lost by the immediate stop: a restarts with every committed row.
+    ra.activate(&activation(3, "a", false))
+        .await
+        .expect("a back as primary");
+    let a = pair.client("a").await.expect("connect a again");
+    assert_eq!(count(&a, "t").await, 1000);
+}
+
 #[tokio::test]
 async fn hba_fence_of_an_adopted_server_closes_it_and_activation_reopens_it() {
     let pair = pair(PairOptions::default()).await;
