@@ -273,14 +273,20 @@ impl Agent {
         let _g = self.role_lock.lock().await;
         // Concurrently: one slow role (a service's graceful stop, a database waiting on
         // an unreachable standby) must not keep another one writable.
-        let results =
-            futures::future::join_all(self.roles.iter().map(|role| role.fence(epoch))).await;
-        let errors: Vec<String> = self
-            .roles
-            .iter()
-            .zip(results)
-            .filter_map(|(role, r)| r.err().map(|e| format!("{}: {e}", role.name())))
-            .collect();
+        let results = futures::future::join_all(self.roles.iter().map(|role| async move {
+            let began = Instant::now();
+            let r = role.fence(epoch).await;
+            (r, began.elapsed())
+        }))
+        .await;
+        let mut errors = Vec::new();
+        let mut took = Vec::new();
+        for (role, (r, elapsed)) in self.roles.iter().zip(results) {
+            match r {
+                Ok(()) => took.push(format!("{} {} ms", role.name(), elapsed.as_millis())),
+                Err(e) => errors.push(format!("{}: {e}", role.name())),
+            }
+        }
         let first = {
             let mut s = self.lock();
             let first = !s.fenced;
@@ -297,7 +303,12 @@ impl Agent {
                 &format!("fence incomplete ({reason}): {}", errors.join("; ")),
             );
         } else if first {
-            self.journal_step(JournalKind::Fenced, &format!("region fenced: {reason}"));
+            let detail = if took.is_empty() {
+                format!("region fenced: {reason}")
+            } else {
+                format!("region fenced: {reason} ({})", took.join(", "))
+            };
+            self.journal_step(JournalKind::Fenced, &detail);
         }
     }
 
@@ -546,6 +557,12 @@ impl Agent {
                         _ = tokio::time::sleep_until(d) => {
                             let lapsed = self.lock().lease_deadline.is_some_and(|cur| cur <= Instant::now());
                             if lapsed {
+                                // Journaled first: the instant the region stops writing, which
+                                // the controller's promotion must follow (DESIGN.md rule 2).
+                                self.journal_step(
+                                    JournalKind::LeaseExpired,
+                                    "lease lapsed: fencing every role now",
+                                );
                                 self.fence_all("lease lapsed: no successful renewal before the deadline").await;
                             }
                         }

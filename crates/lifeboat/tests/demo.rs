@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use lifeboat_core::JournalKind;
 use std::process::Command;
 use std::time::Duration;
 
@@ -209,9 +210,6 @@ async fn drill_against_an_unreachable_controller_injects_nothing() {
 /// Only the primary's postmaster is killed (kill -9): the app's health check fails,
 /// lifeboat promotes the replica, the epoch goes up and writes succeed on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known defect: in about 1 run in 4 under load, the promoted region's sample app \
-            times out every write for ~30 s, b is judged unhealthy and the controller moves \
-            back to a; run with --run-ignored while investigating"]
 async fn killed_postmaster_promotes_the_replica() {
     let (dir, _demo_dir, demo, config_path, config) = start_demo().await;
     let api = config_value(&config, "api_addr");
@@ -275,9 +273,6 @@ async fn partition_drill_recovers_and_the_cut_off_region_stands_down() {
     assert_eq!(run["dual_primary"], false, "{summary}");
 
     // Once the cut is healed, a knows it lost: it reports the new epoch, fenced.
-    // (Its fence completes late under a partition: PostgreSQL's fast shutdown refuses
-    // new work at once but waits for its walsender to reach the unreachable standby;
-    // see the closing note. Writes stop at the start of that shutdown.)
     let agent_a = lifeboat_api::ApiClient::new(
         format!(
             "http://127.0.1.1:{}",
@@ -318,6 +313,37 @@ async fn partition_drill_recovers_and_the_cut_off_region_stands_down() {
             .count()
             >= 2,
         "{a_journal}"
+    );
+    // Cut off, a stopped writing on its own when its lease lapsed, before the
+    // controller promoted b (DESIGN.md rule 2), and its fence completed (every role,
+    // PostgreSQL included, whose fast stop waits for the unreachable standby).
+    let entries: Vec<lifeboat_core::JournalEntry> = a_journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let fault_at = run["fault_at_unix_ms"].as_u64().unwrap();
+    let promoted_at = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "promoted")
+        .and_then(|s| s["at_unix_ms"].as_u64())
+        .unwrap_or_else(|| panic!("no promotion step: {summary}"));
+    let lapsed = entries
+        .iter()
+        .find(|e| e.kind == JournalKind::LeaseExpired && e.at_unix_ms >= fault_at)
+        .unwrap_or_else(|| panic!("a never journaled its lease lapsing: {a_journal}"));
+    assert!(
+        lapsed.at_unix_ms < promoted_at,
+        "a's lease lapsed at {} but b was promoted at {promoted_at}",
+        lapsed.at_unix_ms
+    );
+    assert!(
+        entries.iter().any(|e| e.kind == JournalKind::Fenced
+            && e.seq > lapsed.seq
+            && e.detail.contains("lease lapsed")
+            && e.detail.contains("postgres")),
+        "a's fence after the lapse did not complete: {a_journal}"
     );
     stop_demo(demo).await;
 }
