@@ -275,6 +275,19 @@ pub async fn rejoin(
     if let Some(hook) = hook {
         hook(RejoinStep::BeforeRewind);
     }
+    // pg_rewind copies the new primary's files, its server log among them: keep this
+    // server's own log aside and put it back afterwards, so its history stays here.
+    let own_log = server::log_file(&dir);
+    let log_aside = keep_root.join(format!("server-log-{}.during-rewind", local.region));
+    let log_moved = own_log.exists()
+        && std::fs::rename(&own_log, &log_aside)
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot move {} aside during pg_rewind (it will hold the new primary's log): {e}",
+                    own_log.display()
+                );
+            })
+            .is_ok();
     // Everything the new primary had flushed before pg_rewind starts is in what it copies.
     let flushed_before = flush_lsn(primary_client).await?;
     let password = primary.superuser_password()?;
@@ -290,7 +303,14 @@ pub async fn rejoin(
             &[("PGPASSWORD", &password)],
         )
         .await
-        .with_context(|| format!("pg_rewind {} from {}", dir.display(), primary.addr()))?;
+        .with_context(|| format!("pg_rewind {} from {}", dir.display(), primary.addr()));
+    if log_moved && let Err(e) = std::fs::rename(&log_aside, &own_log) {
+        tracing::warn!(
+            "cannot put this server's log back from {}: {e}",
+            log_aside.display()
+        );
+    }
+    let out = out?;
     // A standby before anything else can fail (nothing here needs the new primary).
     configure_standby(local, primary, &dir, settings)?;
     std::fs::remove_file(&marker).with_context(|| format!("remove {}", marker.display()))?;

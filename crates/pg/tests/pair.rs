@@ -458,6 +458,14 @@ async fn split_brain_rows_are_counted_reported_and_kept_on_rejoin() {
     let report = ra.last_rejoin_report().expect("a rejoin report");
     assert!(report.divergent_bytes > 0, "{report:?}");
     assert!(report.divergent_commits >= 5, "{report:?}");
+    // a's server log is still a's own history (pg_rewind copies b's files, b's log too).
+    let a_log = std::fs::read_to_string(lifeboat_pg::server::log_file(&pair.data_dir("a")))
+        .expect("a's server log");
+    assert!(
+        !a_log.contains("received promote request"),
+        "a's log was replaced by b's: {a_log}"
+    );
+    assert!(a_log.contains("shutdown"), "{a_log}");
     assert_eq!(
         report.tables.get("public.t").map(|c| c.inserts),
         Some(5),
