@@ -477,6 +477,15 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             &format!("sample-app --bind 127.0.[12].1:{}", ports.app),
         ])
         .status();
+    // The backstop: a server an agent was starting as it was stopped (a rejoin right
+    // after a drill) has no pid file yet. Anything still running from the demo's
+    // directory is ended before the directory goes.
+    let left = kill_leftovers(&layout.dir).await;
+    if left > 0 {
+        eprintln!(
+            "lifeboat demo: ended {left} leftover process(es) running from the demo directory"
+        );
+    }
     match tempdir {
         Some(t) => {
             let path = t.path().display().to_string();
@@ -489,6 +498,58 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         None => eprintln!("lifeboat demo: kept {}", layout.dir.display()),
     }
     result
+}
+
+/// The demo's servers and lifeboat's own processes (`/proc/PID/comm`, at most 15
+/// bytes), never anything else: an operator's `tail -f` of a demo log is left alone.
+const DEMO_PROGRAMS: [&str; 4] = ["mariadbd", "postgres", "lifeboat", "lifeboat-sample"];
+
+/// Processes (other than this one) of [`DEMO_PROGRAMS`] whose command line names `dir`.
+fn processes_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| DEMO_PROGRAMS.contains(&c.trim_end()))
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c: Vec<u8> = c
+                    .into_iter()
+                    .map(|b| if b == 0 { b' ' } else { b })
+                    .collect();
+                String::from_utf8_lossy(&c).contains(&needle)
+            })
+        })
+        .filter_map(|pid| i32::try_from(pid).ok())
+        .collect()
+}
+
+/// SIGKILL every process running from `dir` until none is left (at most 5 s); how many.
+async fn kill_leftovers(dir: &Path) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut killed = std::collections::BTreeSet::new();
+    loop {
+        let pids = processes_under(dir);
+        if pids.is_empty() || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed.insert(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    killed.len()
 }
 
 async fn stop_databases(cfg: &Config) {

@@ -69,8 +69,9 @@ fn run_drill(
     (summary, r)
 }
 
-/// Ctrl-C the demo and wait (bounded) until it has stopped everything and exited.
-async fn stop_demo(mut demo: Proc) {
+/// Ctrl-C the demo and wait (bounded) until it has exited; nothing it started (servers
+/// restarted by agents during a drill included) may be left running.
+async fn stop_demo(mut demo: Proc, demo_dir: &std::path::Path) {
     demo.signal(nix::sys::signal::Signal::SIGINT);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while demo.child.try_wait().unwrap().is_none() {
@@ -80,6 +81,20 @@ async fn stop_demo(mut demo: Proc) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let needle = demo_dir.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(&needle).then(|| format!("{pid}: {c}"))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "still running after the demo stopped: {left:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +173,7 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     assert_eq!(st.active.as_ref().map(|r| r.as_str()), Some("b"));
 
     // Ctrl-C: the demo stops everything it started.
-    stop_demo(demo).await;
+    stop_demo(demo, &demo_dir).await;
     for r in ["a", "b"] {
         let pidfile = demo_dir.join(format!("pg-{r}")).join("postmaster.pid");
         if let Ok(text) = std::fs::read_to_string(&pidfile) {
@@ -211,7 +226,7 @@ async fn drill_against_an_unreachable_controller_injects_nothing() {
 /// lifeboat promotes the replica, the epoch goes up and writes succeed on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_postmaster_promotes_the_replica() {
-    let (dir, _demo_dir, demo, config_path, config) = start_demo().await;
+    let (dir, demo_dir, demo, config_path, config) = start_demo().await;
     let api = config_value(&config, "api_addr");
     let client =
         lifeboat_api::ApiClient::new(format!("http://{api}"), None, Duration::from_secs(3));
@@ -248,7 +263,7 @@ async fn killed_postmaster_promotes_the_replica() {
         "{}",
         resp.text().await.unwrap_or_default()
     );
-    stop_demo(demo).await;
+    stop_demo(demo, &demo_dir).await;
 }
 
 /// `--scenario partition` on the demo: region a is cut off by nftables (every packet
@@ -345,5 +360,5 @@ async fn partition_drill_recovers_and_the_cut_off_region_stands_down() {
             && e.detail.contains("postgres")),
         "a's fence after the lapse did not complete: {a_journal}"
     );
-    stop_demo(demo).await;
+    stop_demo(demo, &demo_dir).await;
 }
