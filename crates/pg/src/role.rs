@@ -43,6 +43,8 @@ const NAME: &str = "postgres";
 /// A marker in a managed data directory: lifeboat stopped this server as a fence;
 /// nothing but an activation or a rejoin may start it again.
 pub const FENCE_MARKER: &str = "lifeboat.fenced";
+/// How long a fence waits to learn whether the server is a standby before stopping it.
+const STANDBY_CHECK_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long a fence lets a fast stop take before it stops the server immediately.
 pub const FENCE_FAST_STOP_SECS: u32 = 2;
 
@@ -385,7 +387,28 @@ impl PostgresRole {
         st
     }
 
+    /// The local server answers, quickly, that it is a standby (in recovery).
+    async fn is_running_standby(&self) -> bool {
+        let check = async {
+            let c = self.local.connect().await.ok()?;
+            let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.ok()?;
+            Some(row.get::<_, bool>(0))
+        };
+        matches!(
+            tokio::time::timeout(STANDBY_CHECK_TIMEOUT, check).await,
+            Ok(Some(true))
+        )
+    }
+
     async fn fence_inner(&self, epoch: Epoch) -> anyhow::Result<()> {
+        // A standby takes no writes, and only lifeboat's activate (serialised with this
+        // fence) promotes it: stopping it would only cost its catch-up, and leave the
+        // region unpromotable if its primary died meanwhile (a fence at agent start-up).
+        // Anything else — a primary, no answer in time — is stopped.
+        if self.managed_dir().is_some() && self.is_running_standby().await {
+            tracing::info!(region = %self.local.region, %epoch, "fence: PostgreSQL is a standby (takes no writes): left replaying");
+            return Ok(());
+        }
         if let Some(dir) = self.managed_dir() {
             let bin = self.bin.as_ref().context("no server binaries")?;
             // The marker first: if we die half-way, nothing restarts the server by itself.

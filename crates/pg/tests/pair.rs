@@ -296,6 +296,39 @@ async fn fence_stops_writes_even_from_a_session_that_turned_read_only_off() {
     );
 }
 
+/// An agent fences every role when it starts (it holds no lease yet). A standby takes no
+/// writes: it keeps replaying (stopping it would leave the region unpromotable if its
+/// primary died before it could rejoin), and it can still be promoted.
+#[tokio::test]
+async fn fencing_a_standby_leaves_it_replaying() {
+    let pair = pair(PairOptions::default()).await;
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+    wait_rows(&pair, "b", "t", 1).await;
+    let rb = pair.role("b").expect("role b");
+    rb.fence(Epoch(1)).await.expect("fence the standby");
+    assert_eq!(rb.status().await.role, RoleHealth::Standby);
+    a.batch_execute("INSERT INTO t VALUES (2)")
+        .await
+        .expect("write after b's fence");
+    wait_rows(&pair, "b", "t", 2).await;
+    // Its primary dies: the standby that was fenced is still promotable.
+    pair.kill9("a").await.expect("kill -9 a");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t VALUES (3)")
+        .await
+        .expect("b takes writes");
+    // A primary is still stopped by its fence.
+    rb.fence(Epoch(3)).await.expect("fence b, now a primary");
+    assert!(pair.client("b").await.is_err(), "b takes no connection");
+    assert_eq!(rb.status().await.role, RoleHealth::Fenced);
+}
+
 /// Sends SIGSTOP to a server's processes; SIGCONT on drop, also when the test fails.
 struct Frozen(Vec<String>);
 
@@ -795,7 +828,8 @@ async fn sync_mode_caveat_a_cancelled_wait_commits_locally_and_rejoin_reports_it
         .await
         .expect("create");
     let rb = pair.role("b").expect("role b");
-    rb.fence(Epoch(1)).await.expect("stop the standby");
+    // A fence leaves a standby running: stop it the hard way.
+    pair.kill9("b").await.expect("stop the standby");
     // The commit waits for the standby; cancel the wait from another session
     // (statement_timeout does not apply to the commit wait).
     let pid: i32 = a
@@ -1113,7 +1147,7 @@ async fn sync_mode_activate_keeps_naming_a_streaming_standby() {
     let st = ra.status().await;
     assert_eq!(st.metrics.get("pg_sync_unprotected"), Some(&0.0), "{st:?}");
     // A commit now waits for b: with b stopped it is seen waiting for SyncRep.
-    rb.fence(Epoch(2)).await.expect("stop b");
+    pair.kill9("b").await.expect("stop b");
     let pid: i32 = a
         .query_one("SELECT pg_backend_pid()", &[])
         .await
