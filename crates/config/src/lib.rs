@@ -280,7 +280,31 @@ pub enum CheckKind {
     Http,
     Https,
     Tcp,
+    /// Log in to a PostgreSQL server and run a query.
+    #[serde(alias = "postgresql")]
+    Postgres,
+    /// Log in to a MariaDB / MySQL server and run a query.
+    #[serde(alias = "mariadb")]
+    Mysql,
     Calculated,
+}
+
+impl CheckKind {
+    /// A database probe (`postgres` or `mysql`).
+    pub fn is_database(self) -> bool {
+        matches!(self, CheckKind::Postgres | CheckKind::Mysql)
+    }
+}
+
+/// What a database probe requires of the server.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DbExpect {
+    /// It logs the probe in and answers a query.
+    #[default]
+    Any,
+    /// It also takes writes (PostgreSQL: not in recovery; MySQL: read_only off).
+    Primary,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -306,9 +330,24 @@ pub struct CheckConfig {
     /// http / https: the URL to GET. 2xx and 3xx are healthy.
     #[serde(default)]
     pub url: Option<String>,
-    /// tcp: host:port to connect to.
+    /// tcp / postgres / mysql: host:port to connect to.
     #[serde(default)]
     pub addr: Option<String>,
+    /// postgres / mysql: the user the probe logs in as.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// postgres: the database to connect to (default "postgres").
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// postgres / mysql: a file holding the password (read at every probe).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// postgres / mysql: an environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// postgres / mysql: `any` (answers a query) or `primary` (also takes writes).
+    #[serde(default)]
+    pub expect: DbExpect,
     /// http / https: healthy only if this string is in the first 5,120 bytes of the body.
     #[serde(default)]
     pub search: Option<String>,
@@ -495,6 +534,16 @@ impl Config {
                 v.error(&at, format!("a {:?} check needs `{field}`", c.kind));
             }
         };
+        let host_port = |v: &mut Validator<'_>| {
+            if let Some(addr) = &c.addr
+                && addr
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+            {
+                v.error(&format!("{at}.addr"), format!("{addr:?} is not host:port"));
+            }
+        };
         match c.kind {
             CheckKind::Http | CheckKind::Https => {
                 needs("url", c.url.is_some(), v);
@@ -512,16 +561,26 @@ impl Config {
                     }
                 }
             }
+            CheckKind::Postgres | CheckKind::Mysql => {
+                needs("addr", c.addr.is_some(), v);
+                needs("user", c.user.is_some(), v);
+                host_port(v);
+                if c.password_file.is_some() && c.password_env.is_some() {
+                    v.error(
+                        &format!("{at}.password_env"),
+                        "`password_file` and `password_env` exclude each other",
+                    );
+                }
+                if c.kind == CheckKind::Mysql && c.dbname.is_some() {
+                    v.error(
+                        &format!("{at}.dbname"),
+                        "a mysql check logs in without a database: remove `dbname`",
+                    );
+                }
+            }
             CheckKind::Tcp => {
                 needs("addr", c.addr.is_some(), v);
-                if let Some(addr) = &c.addr
-                    && addr
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| p.parse::<u16>().ok())
-                        .is_none()
-                {
-                    v.error(&format!("{at}.addr"), format!("{addr:?} is not host:port"));
-                }
+                host_port(v);
             }
             CheckKind::Calculated => {
                 if c.children.is_empty() {
@@ -544,6 +603,22 @@ impl Config {
                             "min_healthy {n} is more than the {} children",
                             c.children.len()
                         ),
+                    );
+                }
+            }
+        }
+        if !c.kind.is_database() {
+            for (field, set) in [
+                ("user", c.user.is_some()),
+                ("dbname", c.dbname.is_some()),
+                ("password_file", c.password_file.is_some()),
+                ("password_env", c.password_env.is_some()),
+                ("expect", c.expect != DbExpect::Any),
+            ] {
+                if set {
+                    v.error(
+                        &format!("{at}.{field}"),
+                        format!("`{field}` is for postgres and mysql checks only"),
                     );
                 }
             }

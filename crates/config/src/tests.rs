@@ -132,6 +132,50 @@ fn calculated_checks_need_defined_children_and_no_cycles() {
 }
 
 #[test]
+fn database_checks_are_checked_where_they_are_written() {
+    let good = format!(
+        "{EXAMPLE}\n[checks.db-x]\ntype = \"postgres\"\naddr = \"127.0.1.1:5432\"\nuser = \"lifeboat\"\npassword_file = \"/etc/lifeboat/pg\"\nexpect = \"primary\"\n"
+    );
+    let cfg = parse(&good).expect("a postgres check parses");
+    assert_eq!(cfg.checks["db-x"].kind, CheckKind::Postgres);
+    assert_eq!(cfg.checks["db-x"].expect, DbExpect::Primary);
+
+    // No user, two password sources, a database name on a mysql check.
+    let text = format!(
+        "{EXAMPLE}\n[checks.db-b]\ntype = \"mysql\"\naddr = \"127.0.2.1:3306\"\ndbname = \"app\"\npassword_file = \"/x\"\npassword_env = \"X\"\n"
+    );
+    let errs = parse(&text).expect_err("rejected").0;
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "checks.db-b" && e.message.contains("`user`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.key == "checks.db-b.password_env"),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.key == "checks.db-b.dbname"),
+        "{errs:?}"
+    );
+
+    // Database fields on an HTTP check are a mistake, named at their line.
+    let text = EXAMPLE.replace(
+        "url = \"http://127.0.1.1:8080/\"",
+        "url = \"http://127.0.1.1:8080/\"\nuser = \"app\"",
+    );
+    let e = only_error(&text);
+    assert_eq!(e.key, "checks.web-a.user", "{e}");
+    assert!(e.message.contains("postgres and mysql checks only"), "{e}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("user = \"app\""))
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, line, "{e}");
+}
+
+#[test]
 fn secrets_load_from_file_and_report_missing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("token");

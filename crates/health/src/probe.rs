@@ -1,10 +1,12 @@
-//! One probe of one target: an HTTP(S) GET or a TCP connect, bounded by a timeout.
+//! One probe of one target: an HTTP(S) GET, a TCP connect, or a database login and
+//! query, bounded by a timeout.
 //!
-//! Guarantees: the whole probe (resolve, connect, TLS, headers, body) finishes within
-//! the timeout; redirects are not followed; certificates are not validated; a `search`
-//! reads at most [`SEARCH_LIMIT`] bytes of the body; connections are not reused, so each
-//! probe really connects (a pooled connection must not hide a server that stopped
-//! accepting).
+//! Guarantees: the whole probe (resolve, connect, TLS, headers, body, login, query)
+//! finishes within the timeout; redirects are not followed; certificates are not
+//! validated; a `search` reads at most [`SEARCH_LIMIT`] bytes of the body; connections
+//! are not reused, so each probe really connects (a pooled connection must not hide a
+//! server that stopped accepting); a database password is read at every probe (a
+//! rotated file is picked up) and never appears in a result.
 
 use crate::SEARCH_LIMIT;
 use anyhow::Context;
@@ -22,6 +24,21 @@ pub(crate) enum Target {
     },
     Tcp {
         addr: String,
+    },
+    /// Log in to PostgreSQL and ask `pg_is_in_recovery()`.
+    Postgres {
+        /// Everything but the password (boxed: it is large).
+        config: Box<tokio_postgres::Config>,
+        password: lifeboat_config::SecretRef,
+        primary: bool,
+    },
+    /// Log in to MariaDB / MySQL and ask `@@global.read_only`.
+    Mysql {
+        host: String,
+        port: u16,
+        user: String,
+        password: lifeboat_config::SecretRef,
+        primary: bool,
     },
     /// Test only: results from a script, so timing can be tested with paused time
     /// (real sockets and paused time do not mix). The last step repeats forever.
@@ -112,6 +129,18 @@ impl Target {
                 url,
                 search,
             } => http_probe(client, url, search.as_deref()).await,
+            Target::Postgres {
+                config,
+                password,
+                primary,
+            } => pg_probe(config, password, *primary).await,
+            Target::Mysql {
+                host,
+                port,
+                user,
+                password,
+                primary,
+            } => mysql_probe(host, *port, user, password, *primary).await,
             #[cfg(test)]
             Target::Script(steps) => {
                 let step = {
@@ -168,6 +197,94 @@ async fn http_probe(
         Err(format!(
             "substring {needle:?} not in first {SEARCH_LIMIT} bytes"
         ))
+    }
+}
+
+/// Split `host:port` (IPv6 in brackets).
+pub(crate) fn host_port(addr: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .with_context(|| format!("{addr:?} is not host:port"))?;
+    let port = port
+        .parse::<u16>()
+        .with_context(|| format!("{addr:?} is not host:port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_owned(), port))
+}
+
+/// The password, if the check names a source.
+fn password(p: &lifeboat_config::SecretRef) -> Result<Option<String>, String> {
+    if p.file.is_none() && p.env.is_none() {
+        return Ok(None);
+    }
+    p.load()
+        .map(Some)
+        .map_err(|e| format!("cannot read the password: {e}"))
+}
+
+/// Aborts the connection task when the probe ends (also when its timeout drops it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn pg_probe(
+    base: &tokio_postgres::Config,
+    secret: &lifeboat_config::SecretRef,
+    primary: bool,
+) -> Result<String, String> {
+    let mut config = base.clone();
+    if let Some(p) = password(secret)? {
+        config.password(p);
+    }
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| describe_error(&e))?;
+    let _task = AbortOnDrop(tokio::spawn(async move {
+        let _ = connection.await;
+    }));
+    let standby: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(|e| describe_error(&e))?
+        .get(0);
+    match (standby, primary) {
+        (true, true) => Err("in recovery: a standby, not a primary".to_owned()),
+        (true, false) => Ok("answers (standby)".to_owned()),
+        (false, _) => Ok("answers (primary)".to_owned()),
+    }
+}
+
+async fn mysql_probe(
+    host: &str,
+    port: u16,
+    user: &str,
+    secret: &lifeboat_config::SecretRef,
+    primary: bool,
+) -> Result<String, String> {
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host.to_owned())
+        .tcp_port(port)
+        .user(Some(user.to_owned()))
+        .pass(password(secret)?)
+        // Stay on TCP to the address given (no switch to a local socket).
+        .prefer_socket(false);
+    use mysql_async::prelude::Queryable as _;
+    let mut conn = mysql_async::Conn::new(opts)
+        .await
+        .map_err(|e| describe_error(&e))?;
+    let read_only: Option<i64> = conn
+        .query_first("SELECT @@global.read_only")
+        .await
+        .map_err(|e| describe_error(&e))?;
+    let _ = conn.disconnect().await;
+    match (read_only.unwrap_or(1) != 0, primary) {
+        (true, true) => Err("read_only is on: a replica, not a primary".to_owned()),
+        (true, false) => Ok("answers (read-only)".to_owned()),
+        (false, _) => Ok("answers (writable)".to_owned()),
     }
 }
 

@@ -17,7 +17,7 @@ use crate::calc::{CalcRule, evaluate_calculated};
 use crate::probe::{Outcome, Target};
 use crate::state::{CheckState, CheckStates};
 use anyhow::{Context, bail};
-use lifeboat_config::{CheckKind, Config};
+use lifeboat_config::{CheckKind, Config, DbExpect};
 use lifeboat_core::VantageId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -112,6 +112,46 @@ impl Prober {
                         .clone()
                         .with_context(|| format!("check {name:?} has no addr"))?,
                 },
+                CheckKind::Postgres | CheckKind::Mysql => {
+                    let addr = c
+                        .addr
+                        .as_deref()
+                        .with_context(|| format!("check {name:?} has no addr"))?;
+                    let (host, port) = crate::probe::host_port(addr)
+                        .with_context(|| format!("preparing check {name:?}"))?;
+                    let user = c
+                        .user
+                        .clone()
+                        .with_context(|| format!("check {name:?} has no user"))?;
+                    let password = lifeboat_config::SecretRef {
+                        file: c.password_file.clone(),
+                        env: c.password_env.clone(),
+                    };
+                    let primary = c.expect == DbExpect::Primary;
+                    if c.kind == CheckKind::Postgres {
+                        let mut config = tokio_postgres::Config::new();
+                        config
+                            .host(&host)
+                            .port(port)
+                            .user(&user)
+                            .dbname(c.dbname.as_deref().unwrap_or("postgres"))
+                            .application_name("lifeboat-health")
+                            .connect_timeout(c.timeout);
+                        Target::Postgres {
+                            config: Box::new(config),
+                            password,
+                            primary,
+                        }
+                    } else {
+                        Target::Mysql {
+                            host,
+                            port,
+                            user,
+                            password,
+                            primary,
+                        }
+                    }
+                }
                 CheckKind::Calculated => {
                     calculated_names.push(name.clone());
                     continue;
