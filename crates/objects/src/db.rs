@@ -505,6 +505,26 @@ impl Db {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// Local writes not yet copied to every destination (a PUT not COMPLETED), one row
+    /// per key, oldest first: (key, generation, size). What a fence keeps aside: the next active
+    /// region's copies may overwrite them in this region's store.
+    pub fn unsent_local_writes(&self) -> DbResult<Vec<(String, i64, u64)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT t.key, MAX(t.gen), MAX(t.size) FROM targets t JOIN objects o ON o.key = t.key
+             WHERE t.status != 'COMPLETED' AND t.op = 'PUT' AND o.status = 'LOCAL'
+             GROUP BY t.key ORDER BY MIN(t.detected_ms), t.key",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            ))
+        })?;
+        rows.collect()
+    }
+
     pub fn counts(&self) -> DbResult<Counts> {
         let conn = self.lock();
         let (pending_ops, pending_bytes, oldest): (i64, i64, Option<i64>) = conn.query_row(

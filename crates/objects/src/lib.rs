@@ -23,6 +23,6 @@ pub mod store;
 pub mod transfer;
 
 pub use metrics::ObjectMetrics;
-pub use replicator::{Mode, ObjectEvent, RegionRole, Replicator, db_path};
+pub use replicator::{Mode, ObjectEvent, RegionRole, Replicator, db_path, keep_dir};
 pub use source::{Change, ChangeSource};
 pub use store::Store;

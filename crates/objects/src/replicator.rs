@@ -84,6 +84,17 @@ pub fn db_path(state_dir: &Path) -> std::path::PathBuf {
     state_dir.join("objects.sqlite")
 }
 
+/// How many bytes of unsent writes a fence keeps aside at most (oldest first).
+const KEEP_ASIDE_MAX_BYTES: u64 = 1 << 30;
+/// How long a fence spends keeping unsent writes aside.
+const KEEP_ASIDE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a fence keeps the local writes it found unsent:
+/// `kept/gen<generation>/<key>`, listed in `kept/index.jsonl`.
+pub fn keep_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("kept")
+}
+
 pub(crate) struct Inner {
     pub(crate) region: RegionId,
     pub(crate) cfg: ObjectsConfig,
@@ -100,6 +111,8 @@ pub(crate) struct Inner {
     fence_token: Mutex<CancellationToken>,
     hints_tx: mpsc::UnboundedSender<Change>,
     highest_epoch: Mutex<Epoch>,
+    /// `state_dir/kept`: local writes a fence found unsent, copied out of the store.
+    keep_dir: std::path::PathBuf,
 }
 
 /// The replicator of one region. See the module documentation.
@@ -166,6 +179,7 @@ impl Replicator {
             fence_token: Mutex::new(CancellationToken::new()),
             hints_tx,
             highest_epoch: Mutex::new(Epoch::ZERO),
+            keep_dir: keep_dir(state_dir),
         });
         inner.refresh_gauges();
         Ok(Self { inner, hints_rx })
@@ -359,6 +373,30 @@ impl DataRole for RegionRole {
                 message: format!("recording the fenced mode: {e}"),
             })?;
         inner.wake.notify_waiters();
+        // Writes this region took that no other region has yet: once another region is
+        // active its copies may overwrite them here, so they are kept aside now
+        // (DESIGN.md rule 4); a commanded failover waits for this fence before promoting.
+        // Replication has stopped already (the fence itself): a keep-aside that fails or
+        // takes too long is an alert, and the writes stay listed as unsent.
+        let kept = tokio::time::timeout(KEEP_ASIDE_TIMEOUT, inner.keep_unsent(epoch)).await;
+        let problem = match kept {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(_) => Some(format!(
+                "not finished within {} s",
+                KEEP_ASIDE_TIMEOUT.as_secs()
+            )),
+        };
+        if let Some(p) = problem {
+            inner.emit(
+                JournalKind::Alert,
+                format!(
+                    "could not keep the unsent object writes of region {} aside in {}: {p}; they stay listed by `lifeboat objects status` and may be overwritten by the next active region",
+                    inner.region,
+                    inner.keep_dir.display()
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -376,6 +414,106 @@ impl DataRole for RegionRole {
 }
 
 impl Inner {
+    /// Copy every unsent local write out of the store into `keep_dir` (once per
+    /// generation), and journal what was kept. Returns how many objects were copied.
+    async fn keep_unsent(&self, epoch: Epoch) -> anyhow::Result<usize> {
+        let rows = self.db.unsent_local_writes()?;
+        let mut kept = Vec::new();
+        let (mut kept_bytes, mut over_budget, mut over_bytes) = (0u64, 0usize, 0u64);
+        for (key, generation, size) in rows {
+            let path = self.keep_dir.join(format!("gen{generation}")).join(&key);
+            if path.exists() {
+                continue;
+            }
+            if kept_bytes.saturating_add(size) > KEEP_ASIDE_MAX_BYTES {
+                over_budget += 1;
+                over_bytes = over_bytes.saturating_add(size);
+                continue;
+            }
+            kept_bytes += size;
+            let got = match self.source.inner.get(&object_key(&key)).await {
+                Ok(got) => got,
+                // Deleted since: there is nothing left to keep.
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {key}")),
+            };
+            let dir = path.parent().unwrap_or(&self.keep_dir).to_path_buf();
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let tmp = dir.join(format!(
+                ".{}.tmp",
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("object")
+            ));
+            let mut file = tokio::fs::File::create(&tmp)
+                .await
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.with_context(|| format!("reading {key}"))?;
+                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                    .await
+                    .with_context(|| format!("writing {}", tmp.display()))?;
+            }
+            file.sync_all()
+                .await
+                .with_context(|| format!("syncing {}", tmp.display()))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .with_context(|| format!("renaming {}", tmp.display()))?;
+            kept.push((key, generation, size, path));
+        }
+        if over_budget > 0 {
+            self.emit(
+                JournalKind::Alert,
+                format!(
+                    "{over_budget} unsent object write(s) of region {} ({over_bytes} bytes) were not kept aside at the fence (over the {KEEP_ASIDE_MAX_BYTES}-byte budget): they stay listed by `lifeboat objects status` and may be overwritten by the next active region",
+                    self.region
+                ),
+            );
+        }
+        if kept.is_empty() {
+            return Ok(0);
+        }
+        let now = db::now_ms();
+        let mut index = String::new();
+        for (key, generation, size, path) in &kept {
+            index.push_str(&serde_json::json!({
+                "key": key, "generation": generation, "size": size,
+                "path": path.display().to_string(), "fenced_at_epoch": epoch.0, "kept_at_unix_ms": now,
+            }).to_string());
+            index.push('\n');
+        }
+        let index_path = self.keep_dir.join("index.jsonl");
+        let mut f = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&index_path)
+            .await
+            .with_context(|| format!("opening {}", index_path.display()))?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, index.as_bytes())
+            .await
+            .with_context(|| format!("writing {}", index_path.display()))?;
+        f.sync_all().await?;
+        let names: Vec<&str> = kept.iter().take(5).map(|k| k.0.as_str()).collect();
+        let more = kept.len().saturating_sub(names.len());
+        self.emit(
+            JournalKind::DivergenceSaved,
+            format!(
+                "{} object write(s) of region {} not yet replicated when it was fenced at epoch {epoch} were kept in {} ({}{}): the next active region may overwrite them in this store",
+                kept.len(),
+                self.region,
+                self.keep_dir.display(),
+                names.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() }
+            ),
+        );
+        tracing::warn!(region = %self.region, kept = kept.len(), dir = %self.keep_dir.display(), "unsent object writes kept aside at the fence");
+        Ok(kept.len())
+    }
+
     fn emit(&self, kind: JournalKind, detail: String) {
         let _ = self.events.send(ObjectEvent {
             kind,

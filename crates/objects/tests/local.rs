@@ -447,6 +447,68 @@ async fn fencing_stops_replication_out_of_the_region() {
     a.stop().await;
 }
 
+/// A write region a acknowledged but had not copied when it was fenced is kept aside
+/// at the fence: the next active region's copy of the same key overwrites a's store
+/// later, and a's version must not be lost silently (DESIGN.md rule 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_keeps_unsent_writes_aside_before_the_new_region_overwrites_them() {
+    let t = two();
+    let cfg = config(vec![]);
+    let stores = t.stores();
+    // b's store stops taking writes: its directory becomes a file.
+    std::fs::remove_dir_all(&t.b).unwrap();
+    std::fs::write(&t.b, b"not a directory").unwrap();
+    let mut a = Running::start(&cfg, "a", &t.state_a, stores);
+    a.activate(1).await;
+    write(&t.a, "dir/held.txt", b"written in a, never copied");
+    write(&t.a, "sent-nowhere-either.txt", b"second");
+    let db = a.db();
+    wait_until(20, "the copy to b to have failed", || {
+        db.target("dir/held.txt", "b")
+            .unwrap()
+            .is_some_and(|r| r.attempts >= 1 && r.status != "COMPLETED")
+    })
+    .await;
+    a.fence(2).await;
+
+    let index_path = lifeboat_objects::keep_dir(&t.state_a).join("index.jsonl");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    let entries: Vec<serde_json::Value> = index
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2, "{index}");
+    let held = entries
+        .iter()
+        .find(|e| e["key"] == "dir/held.txt")
+        .unwrap_or_else(|| panic!("{index}"));
+    assert_eq!(held["fenced_at_epoch"], 2);
+    let kept_path = std::path::PathBuf::from(held["path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(&kept_path).unwrap(),
+        b"written in a, never copied"
+    );
+    let event = loop {
+        let e = a.events.recv().await.unwrap();
+        if e.kind == lifeboat_core::JournalKind::DivergenceSaved {
+            break e;
+        }
+    };
+    assert!(event.detail.starts_with("2 object write(s)"), "{event:?}");
+    assert!(event.detail.contains("dir/held.txt"), "{event:?}");
+
+    // The new active region's copy overwrites a's store; a's version is still kept.
+    write(&t.a, "dir/held.txt", b"b's version");
+    assert_eq!(
+        std::fs::read(&kept_path).unwrap(),
+        b"written in a, never copied"
+    );
+    // Fencing again keeps nothing twice.
+    a.fence(3).await;
+    assert_eq!(std::fs::read_to_string(&index_path).unwrap(), index);
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_spaces_unicode_and_percent_round_trip() {
     let t = two();

@@ -71,6 +71,8 @@ pub struct Running {
     pub role: SharedRole,
     pub metrics: Arc<ObjectMetrics>,
     pub state_dir: PathBuf,
+    /// The replicator's journal-worthy events, from its start.
+    pub events: tokio::sync::broadcast::Receiver<lifeboat_objects::ObjectEvent>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -87,6 +89,7 @@ impl Running {
             Replicator::open_with_stores(cfg, &region, state_dir, stores).expect("open replicator");
         let role = rep.role();
         let metrics = rep.metrics();
+        let events = rep.events();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(rep.run(cancel.clone()));
         Running {
@@ -94,6 +97,7 @@ impl Running {
             role,
             metrics,
             state_dir: state_dir.to_path_buf(),
+            events,
             cancel,
             task: Some(task),
         }
