@@ -266,6 +266,27 @@ async fn killed_postmaster_promotes_the_replica() {
     stop_demo(demo, &demo_dir).await;
 }
 
+/// `--scenario app-crash` on the demo: region a's app is killed and kept from restarting;
+/// its health check fails, lifeboat fails over to b (database and app), no acknowledged
+/// write is lost, and b's app takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_crash_drill_fails_over_to_the_other_region() {
+    let (dir, demo_dir, demo, config_path, config) = start_demo().await;
+    let (summary, r) = run_drill(dir.path(), &config_path, "app-crash");
+    assert_eq!(r["scenario"], "app-crash");
+    let run = &r["runs"][0];
+    assert_eq!(run["new_active"], "b", "{summary}");
+    assert_eq!(run["recovered"], true, "{summary}");
+    assert_eq!(run["lost_acknowledged_writes"], 0, "{summary}");
+    assert_eq!(run["dual_primary"], false, "{summary}");
+    let app_port = config_value(&config, "app_port");
+    let (status, page) = http_get(&format!("http://127.0.2.1:{app_port}/"))
+        .await
+        .expect("app b answers");
+    assert_eq!(status, 200, "{page}");
+    stop_demo(demo, &demo_dir).await;
+}
+
 /// `--scenario partition` on the demo: region a is cut off by nftables (every packet
 /// to or from its address dropped). The controller promotes b once a's lease has
 /// certainly expired; nothing acknowledged is lost, no two primaries; once healed, a
