@@ -57,6 +57,9 @@ async fn create_overwrite_and_delete_without_delete_replication() {
         read(&t.b, "hello.txt").as_deref() == Some(b"second, longer version")
     })
     .await;
+    // The file appears before the copy is verified and recorded: wait for the record
+    // (a delete seen before it would make a forget the key and the copy in flight).
+    wait_until(20, "both copies recorded", || a.metrics.replicated() >= 2).await;
 
     // Deletes are not replicated by default (S3's default): b keeps its copy.
     std::fs::remove_file(t.a.join("hello.txt")).unwrap();
@@ -73,8 +76,6 @@ async fn create_overwrite_and_delete_without_delete_replication() {
         db.target("hello.txt", "b").unwrap().is_none(),
         "a forgets the key"
     );
-    // The file appears before the copy is verified and recorded: wait for the record.
-    wait_until(20, "both copies recorded", || a.metrics.replicated() >= 2).await;
     assert_eq!(a.metrics.replicated(), 2);
     a.stop().await;
 }
