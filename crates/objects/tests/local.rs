@@ -328,8 +328,15 @@ async fn no_ping_pong_after_the_direction_changes() {
     let cfg = config(vec![]);
     let a = Running::start(&cfg, "a", &t.state_a, t.stores());
     let b = Running::start(&cfg, "b", &t.state_b, t.stores());
-    a.activate(1).await;
     b.follow(1, "a").await;
+    // A new region's first look at its store takes what is there for its own data
+    // (it predates lifeboat); let b take that look before a starts pushing into it.
+    let b_meta = b.db();
+    wait_until(20, "b's first observation", || {
+        b_meta.get_meta("observed").unwrap().is_some()
+    })
+    .await;
+    a.activate(1).await;
 
     write(&t.a, "from-a.txt", b"written in a");
     wait_until(20, "a's object reached b", || {
