@@ -897,6 +897,52 @@ async fn sync_mode_caveat_a_cancelled_wait_commits_locally_and_rejoin_reports_it
     );
 }
 
+/// a (the primary) has rows 1..=10 and b has them too; then a is killed -9 and b is
+/// promoted at epoch 2. Returns b's role.
+async fn fail_over_to_b(pair: &TestPair) -> PostgresRole {
+    let a = pair.client("a").await.expect("connect a");
+    a.batch_execute(
+        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
+    )
+    .await
+    .expect("write on a");
+    wait_rows(pair, "b", "t", 10).await;
+    drop(a);
+    pair.kill9("a").await.expect("kill -9 a");
+    let rb = pair.role("b").expect("role b");
+    rb.activate(&activation(2, "b", false))
+        .await
+        .expect("promote b");
+    rb
+}
+
+/// b, the new primary, acknowledges rows 11..=20.
+async fn b_writes_ten_more(pair: &TestPair) {
+    let b = pair.client("b").await.expect("connect b");
+    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
+        .await
+        .expect("b acknowledges 10 more rows");
+}
+
+/// a follows b at epoch 2 while a hook kills b when the rejoin reaches `step`: the
+/// follow fails (`why` says why it must). Returns a's role and the error.
+async fn follow_b_dying_at(
+    pair: &TestPair,
+    step: lifeboat_pg::rejoin::RejoinStep,
+    why: &str,
+) -> (PostgresRole, RoleError) {
+    let mut ra = pair.role("a").expect("role a");
+    ra.set_rejoin_hook(crash_at(step, pair.data_dir("b"), pair.instance("b")));
+    let err = ra
+        .follow(&FollowTarget {
+            epoch: Epoch(2),
+            active: RegionId::new("b"),
+        })
+        .await
+        .expect_err(why);
+    (ra, err)
+}
+
 /// A hook that SIGKILLs `dir`'s postmaster when the rejoin reaches `at`, and returns
 /// once its port no longer answers.
 fn crash_at(
@@ -943,40 +989,19 @@ async fn timeline_of(c: &Client) -> u32 {
 #[tokio::test]
 async fn failover_during_a_rejoin_promotes_the_rewound_server_on_a_new_timeline() {
     let pair = pair(PairOptions::default()).await;
-    let a = pair.client("a").await.expect("connect a");
-    a.batch_execute(
-        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
-    )
-    .await
-    .expect("write on a");
-    wait_rows(&pair, "b", "t", 10).await;
-    drop(a);
-    pair.kill9("a").await.expect("kill -9 a");
-    let rb = pair.role("b").expect("role b");
-    rb.activate(&activation(2, "b", false))
-        .await
-        .expect("promote b");
+    let _rb = fail_over_to_b(&pair).await;
     let b = pair.client("b").await.expect("connect b");
     assert_eq!(timeline_of(&b).await, 2);
-    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
-        .await
-        .expect("b acknowledges 10 more rows");
     drop(b);
+    b_writes_ten_more(&pair).await;
 
     // a comes back and follows b; b dies right after pg_rewind.
-    let mut ra = pair.role("a").expect("role a");
-    ra.set_rejoin_hook(crash_at(
+    let (ra, err) = follow_b_dying_at(
+        &pair,
         lifeboat_pg::rejoin::RejoinStep::AfterRewind,
-        pair.data_dir("b"),
-        pair.instance("b"),
-    ));
-    let err = ra
-        .follow(&FollowTarget {
-            epoch: Epoch(2),
-            active: RegionId::new("b"),
-        })
-        .await
-        .expect_err("the rejoin cannot finish without b");
+        "the rejoin cannot finish without b",
+    )
+    .await;
     eprintln!("rejoin failed as expected: {err}");
     assert!(
         pair.data_dir("a").join("standby.signal").exists(),
@@ -1037,37 +1062,15 @@ async fn failover_during_a_rejoin_promotes_the_rewound_server_on_a_new_timeline(
 #[tokio::test]
 async fn an_old_primary_whose_rejoin_stopped_before_the_rewind_is_never_started() {
     let pair = pair(PairOptions::default()).await;
-    let a = pair.client("a").await.expect("connect a");
-    a.batch_execute(
-        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
-    )
-    .await
-    .expect("write on a");
-    wait_rows(&pair, "b", "t", 10).await;
-    drop(a);
-    pair.kill9("a").await.expect("kill -9 a");
-    let rb = pair.role("b").expect("role b");
-    rb.activate(&activation(2, "b", false))
-        .await
-        .expect("promote b");
-    let b = pair.client("b").await.expect("connect b");
-    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
-        .await
-        .expect("b acknowledges 10 more rows");
-    drop(b);
+    let _rb = fail_over_to_b(&pair).await;
+    b_writes_ten_more(&pair).await;
 
-    let mut ra = pair.role("a").expect("role a");
-    ra.set_rejoin_hook(crash_at(
+    let (ra, _) = follow_b_dying_at(
+        &pair,
         lifeboat_pg::rejoin::RejoinStep::BeforeRewind,
-        pair.data_dir("b"),
-        pair.instance("b"),
-    ));
-    ra.follow(&FollowTarget {
-        epoch: Epoch(2),
-        active: RegionId::new("b"),
-    })
-    .await
-    .expect_err("pg_rewind cannot run without b");
+        "pg_rewind cannot run without b",
+    )
+    .await;
     for forced in [false, true] {
         let err = ra
             .activate(&activation(3, "a", forced))
@@ -1180,36 +1183,14 @@ async fn sync_mode_activate_keeps_naming_a_streaming_standby() {
 #[tokio::test]
 async fn a_rejoin_cut_short_after_the_rewind_completes_when_retried() {
     let pair = pair(PairOptions::default()).await;
-    let a = pair.client("a").await.expect("connect a");
-    a.batch_execute(
-        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
-    )
-    .await
-    .expect("write on a");
-    wait_rows(&pair, "b", "t", 10).await;
-    drop(a);
-    pair.kill9("a").await.expect("kill -9 a");
-    let rb = pair.role("b").expect("role b");
-    rb.activate(&activation(2, "b", false))
-        .await
-        .expect("promote b");
-    let b = pair.client("b").await.expect("connect b");
-    b.batch_execute("INSERT INTO t SELECT generate_series(11, 20)")
-        .await
-        .expect("b acknowledges 10 more rows");
-    drop(b);
-    let mut ra = pair.role("a").expect("role a");
-    ra.set_rejoin_hook(crash_at(
+    let _rb = fail_over_to_b(&pair).await;
+    b_writes_ten_more(&pair).await;
+    follow_b_dying_at(
+        &pair,
         lifeboat_pg::rejoin::RejoinStep::AfterRewind,
-        pair.data_dir("b"),
-        pair.instance("b"),
-    ));
-    ra.follow(&FollowTarget {
-        epoch: Epoch(2),
-        active: RegionId::new("b"),
-    })
-    .await
-    .expect_err("the rejoin cannot finish without b");
+        "the rejoin cannot finish without b",
+    )
+    .await;
     lifeboat_pg::server::start(&pair.bin, &pair.data_dir("b"))
         .await
         .expect("restart b");
@@ -1237,19 +1218,7 @@ async fn a_rejoin_cut_short_after_the_rewind_completes_when_retried() {
 #[tokio::test]
 async fn writes_during_the_rewind_do_not_leave_the_rewound_server_inconsistent() {
     let pair = pair(PairOptions::default()).await;
-    let a = pair.client("a").await.expect("connect a");
-    a.batch_execute(
-        "CREATE TABLE t (id int primary key); INSERT INTO t SELECT generate_series(1, 10)",
-    )
-    .await
-    .expect("write on a");
-    wait_rows(&pair, "b", "t", 10).await;
-    drop(a);
-    pair.kill9("a").await.expect("kill -9 a");
-    let rb = pair.role("b").expect("role b");
-    rb.activate(&activation(2, "b", false))
-        .await
-        .expect("promote b");
+    let _rb = fail_over_to_b(&pair).await;
     let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let writer = {
         let acked = acked.clone();
@@ -1270,18 +1239,12 @@ async fn writes_during_the_rewind_do_not_leave_the_rewound_server_inconsistent()
     .await;
     let before_rejoin = acked.load(std::sync::atomic::Ordering::SeqCst);
 
-    let mut ra = pair.role("a").expect("role a");
-    ra.set_rejoin_hook(crash_at(
+    let (ra, _) = follow_b_dying_at(
+        &pair,
         lifeboat_pg::rejoin::RejoinStep::AfterRewind,
-        pair.data_dir("b"),
-        pair.instance("b"),
-    ));
-    ra.follow(&FollowTarget {
-        epoch: Epoch(2),
-        active: RegionId::new("b"),
-    })
-    .await
-    .expect_err("the rejoin cannot finish without b");
+        "the rejoin cannot finish without b",
+    )
+    .await;
     writer.await.expect("writer task");
 
     ra.activate(&activation(3, "a", false))
