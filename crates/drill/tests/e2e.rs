@@ -57,6 +57,16 @@ struct Behaviour {
     short_steady: bool,
 }
 
+impl Behaviour {
+    /// A deployment that fails over, with synchronous replication and a ready standby.
+    const FAILS_OVER: Behaviour = Behaviour {
+        react: true,
+        lag: None,
+        standby_unready: false,
+        short_steady: false,
+    };
+}
+
 struct Setup {
     dir: tempfile::TempDir,
     cfg: Config,
@@ -555,17 +565,7 @@ fn opts(scenario: Scenario, runs: u32, dir: &Path) -> DrillOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn region_outage_drill_measures_a_clean_failover_and_back() {
-    let s = setup(
-        Behaviour {
-            react: true,
-            lag: None,
-            standby_unready: false,
-            short_steady: false,
-        },
-        true,
-        1,
-    )
-    .await;
+    let s = setup(Behaviour::FAILS_OVER, true, 1).await;
     let out = tempfile::tempdir().unwrap();
     let report = lifeboat_drill::run(
         &s.cfg,
@@ -654,10 +654,8 @@ async fn asynchronous_replication_loss_is_counted_with_its_window() {
     let lag = Duration::from_millis(400);
     let s = setup(
         Behaviour {
-            react: true,
             lag: Some(lag),
-            standby_unready: false,
-            short_steady: false,
+            ..Behaviour::FAILS_OVER
         },
         true,
         1,
@@ -695,17 +693,7 @@ async fn asynchronous_replication_loss_is_counted_with_its_window() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_controller_is_an_error_and_nothing_is_injected() {
-    let s = setup(
-        Behaviour {
-            react: true,
-            lag: None,
-            standby_unready: false,
-            short_steady: false,
-        },
-        false,
-        1,
-    )
-    .await;
+    let s = setup(Behaviour::FAILS_OVER, false, 1).await;
     let err = lifeboat_drill::run(
         &s.cfg,
         opts(Scenario::RegionOutage, 1, s.dir.path()),
@@ -731,17 +719,7 @@ async fn unreachable_controller_is_an_error_and_nothing_is_injected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scenario_without_its_commands_names_the_missing_key() {
-    let s = setup(
-        Behaviour {
-            react: true,
-            lag: None,
-            standby_unready: false,
-            short_steady: false,
-        },
-        true,
-        1,
-    )
-    .await;
+    let s = setup(Behaviour::FAILS_OVER, true, 1).await;
     let err = lifeboat_drill::run(
         &s.cfg,
         opts(Scenario::Partition, 1, s.dir.path()),
@@ -759,10 +737,8 @@ async fn a_scenario_without_its_commands_names_the_missing_key() {
 async fn an_unready_standby_is_not_steady_and_nothing_is_injected() {
     let s = setup(
         Behaviour {
-            react: true,
-            lag: None,
             standby_unready: true,
-            short_steady: false,
+            ..Behaviour::FAILS_OVER
         },
         true,
         1,
@@ -785,10 +761,8 @@ async fn an_unready_standby_is_not_steady_and_nothing_is_injected() {
 async fn a_later_run_that_cannot_start_keeps_the_earlier_results() {
     let s = setup(
         Behaviour {
-            react: true,
-            lag: None,
-            standby_unready: false,
             short_steady: true,
+            ..Behaviour::FAILS_OVER
         },
         true,
         1,
@@ -828,9 +802,7 @@ async fn sigint_during_a_run_undoes_the_fault() {
     let s = setup(
         Behaviour {
             react: false,
-            lag: None,
-            standby_unready: false,
-            short_steady: false,
+            ..Behaviour::FAILS_OVER
         },
         true,
         1,
@@ -896,9 +868,7 @@ fn switch_dns_to_b(s: &Setup) {
 async fn the_resolver_keeps_an_answer_for_its_ttl() {
     let quiet = Behaviour {
         react: false,
-        lag: None,
-        standby_unready: false,
-        short_steady: false,
+        ..Behaviour::FAILS_OVER
     };
     // A long TTL: the cached answer outlives the switch.
     let s = setup(quiet, true, 3600).await;
