@@ -46,6 +46,22 @@ async fn create_table(c: &mut Conn) {
         .unwrap();
 }
 
+/// Wait until `create_table`'s table has replicated to b.
+async fn wait_table_on_b(pair: &MysqlPair) {
+    wait_for("replication", || async {
+        pair.admin(&region_b())
+            .await
+            .unwrap()
+            .query_first::<u64, _>(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'app'",
+            )
+            .await
+            .unwrap()
+            == Some(1)
+    })
+    .await;
+}
+
 fn activation(epoch: u64, forced: bool) -> Activation {
     Activation {
         epoch: Epoch(epoch),
@@ -500,18 +516,7 @@ async fn a_lagging_replica_is_promoted_only_when_forced() {
     let pair = MysqlPair::start(opts).await.unwrap();
     let mut a = pair.admin(&region_a()).await.unwrap();
     create_table(&mut a).await;
-    wait_for("replication", || async {
-        pair.admin(&region_b())
-            .await
-            .unwrap()
-            .query_first::<u64, _>(
-                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'app'",
-            )
-            .await
-            .unwrap()
-            == Some(1)
-    })
-    .await;
+    wait_table_on_b(&pair).await;
     let mut b = pair.admin(&region_b()).await.unwrap();
     b.query_drop("STOP SLAVE").await.unwrap();
     b.query_drop("CHANGE MASTER TO MASTER_DELAY = 3600")
@@ -626,18 +631,7 @@ async fn errant_ddl_is_kept_and_the_rejoin_refuses_to_guess() {
     let pair = MysqlPair::start(PairOptions::default()).await.unwrap();
     let mut a = pair.admin(&region_a()).await.unwrap();
     create_table(&mut a).await;
-    wait_for("replication", || async {
-        pair.admin(&region_b())
-            .await
-            .unwrap()
-            .query_first::<u64, _>(
-                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'app'",
-            )
-            .await
-            .unwrap()
-            == Some(1)
-    })
-    .await;
+    wait_table_on_b(&pair).await;
     let mut b = pair.admin(&region_b()).await.unwrap();
     b.query_drop("STOP SLAVE IO_THREAD").await.unwrap();
     a.query_drop("INSERT INTO app.t VALUES (1, 'errant row')")
