@@ -170,17 +170,24 @@ impl Sim {
     }
 }
 
-/// Region a active and renewing, b a ready standby; both healthy; every 100 ms.
+/// Region a active and renewing, b a ready standby; b healthy, a healthy while
+/// `a_alive`; every 100 ms.
 fn steady(s: &mut Sim, from: u64, to: u64, a_alive: bool) {
+    let a_h = if a_alive {
+        HealthStatus::Healthy
+    } else {
+        HealthStatus::Unhealthy
+    };
+    renewing(s, from, to, a_h, HealthStatus::Healthy);
+}
+
+/// Region a's agent renewing its lease (epoch 1) and b a ready standby, with the
+/// quorum's health of a and b as given; every 100 ms.
+fn renewing(s: &mut Sim, from: u64, to: u64, a_h: HealthStatus, b_h: HealthStatus) {
     let mut t = from;
     while t <= to {
-        let a_h = if a_alive {
-            HealthStatus::Healthy
-        } else {
-            HealthStatus::Unhealthy
-        };
-        s.health(t, a_h, HealthStatus::Healthy);
-        s.report(t, b(), s.m.epoch.0.min(1), false, true);
+        s.health(t, a_h, b_h);
+        s.report(t, b(), 1, false, true);
         if t.is_multiple_of(600) {
             s.lease(t, a(), 1);
         }
@@ -195,15 +202,13 @@ fn region_down_by_quorum_fails_over_after_hold_down_and_lease_expiry() {
     assert!(s.promotes().is_empty());
     // a's app dies: the quorum says a is unhealthy from t=1100. a's agent lives on and
     // keeps asking for its lease (refused once the move starts).
-    let mut t = 1100;
-    while t <= 6000 {
-        s.health(t, HealthStatus::Unhealthy, HealthStatus::Healthy);
-        s.report(t, b(), 1, false, true);
-        if t % 600 == 0 {
-            s.lease(t, a(), 1);
-        }
-        t += 100;
-    }
+    renewing(
+        &mut s,
+        1100,
+        6000,
+        HealthStatus::Unhealthy,
+        HealthStatus::Healthy,
+    );
     let detected = s.first(JournalKind::Detected).expect("detected");
     let confirmed = s.first(JournalKind::Confirmed).expect("confirmed");
     let fenced = s.first(JournalKind::Fenced).expect("fenced");
@@ -289,15 +294,13 @@ fn unknown_health_is_not_a_failure() {
     // One partitioned observer cannot make a region unhealthy (the quorum decision
     // says Unknown or Healthy, never Unhealthy): nothing happens.
     let mut s = Sim::new(params());
-    let mut t = 0;
-    while t <= 10_000 {
-        s.health(t, HealthStatus::Unknown, HealthStatus::Healthy);
-        s.report(t, b(), 1, false, true);
-        if t % 600 == 0 {
-            s.lease(t, a(), 1);
-        }
-        t += 100;
-    }
+    renewing(
+        &mut s,
+        0,
+        10_000,
+        HealthStatus::Unknown,
+        HealthStatus::Healthy,
+    );
     assert!(s.first(JournalKind::Detected).is_none());
     assert!(s.promotes().is_empty());
 }
@@ -825,15 +828,13 @@ fn a_newly_active_region_gets_its_grace_before_it_counts_as_failed() {
     // Start-up of a pilot-light region: its app is down until the agent holds the
     // lease and starts it. Unhealthy during that time is not a failure...
     let mut s = Sim::new(params());
-    let mut t = 0;
-    while t <= 4000 {
-        s.health(t, HealthStatus::Unhealthy, HealthStatus::Unhealthy);
-        s.report(t, b(), 1, false, true);
-        if t % 600 == 0 {
-            s.lease(t, a(), 1);
-        }
-        t += 100;
-    }
+    renewing(
+        &mut s,
+        0,
+        4000,
+        HealthStatus::Unhealthy,
+        HealthStatus::Unhealthy,
+    );
     assert!(
         s.first(JournalKind::Detected).is_none(),
         "no detection inside the grace"
