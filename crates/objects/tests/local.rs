@@ -322,6 +322,28 @@ async fn a_corrupted_destination_copy_is_detected_and_copied_again() {
     a.stop().await;
 }
 
+/// Move the active region: `old` fenced, `new` active, `old` follows it; wait until
+/// `new` pushes.
+async fn hand_over(old: &Running, new: &Running, epoch: u64) {
+    old.fence(epoch).await;
+    new.activate(epoch).await;
+    old.follow(epoch, new.region.as_str()).await;
+    wait_until(20, "the new region active", || {
+        futures::executor::block_on(new.role.status()).role == lifeboat_core::RoleHealth::Primary
+    })
+    .await;
+}
+
+/// Wait until `db`'s region has recorded `key` as a replica.
+async fn wait_replica(db: &lifeboat_objects::db::Db, key: &str) {
+    wait_until(20, &format!("{key} recorded as a replica"), || {
+        db.seen_object(key)
+            .unwrap()
+            .is_some_and(|s| s.status == "REPLICA")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ping_pong_after_the_direction_changes() {
     let t = two();
@@ -344,25 +366,14 @@ async fn no_ping_pong_after_the_direction_changes() {
     })
     .await;
     let db_b = b.db();
-    wait_until(20, "b records it as a replica", || {
-        db_b.seen_object("from-a.txt")
-            .unwrap()
-            .is_some_and(|s| s.status == "REPLICA")
-    })
-    .await;
+    wait_replica(&db_b, "from-a.txt").await;
     let a_copy_mtime = std::fs::metadata(t.a.join("from-a.txt"))
         .unwrap()
         .modified()
         .unwrap();
 
     // Failover: a fenced, b active, a follows.
-    a.fence(2).await;
-    b.activate(2).await;
-    a.follow(2, "b").await;
-    wait_until(20, "b active", || {
-        futures::executor::block_on(b.role.status()).role == lifeboat_core::RoleHealth::Primary
-    })
-    .await;
+    hand_over(&a, &b, 2).await;
 
     write(&t.b, "from-b.txt", b"written in b after the failover");
     wait_until(20, "b's object reached a", || {
@@ -370,12 +381,7 @@ async fn no_ping_pong_after_the_direction_changes() {
     })
     .await;
     let db_a = a.db();
-    wait_until(20, "a records it as a replica", || {
-        db_a.seen_object("from-b.txt")
-            .unwrap()
-            .is_some_and(|s| s.status == "REPLICA")
-    })
-    .await;
+    wait_replica(&db_a, "from-b.txt").await;
     wait_until(20, "b recorded its copy", || b.metrics.replicated() >= 1).await;
     assert_eq!(
         b.metrics.replicated(),
@@ -385,13 +391,7 @@ async fn no_ping_pong_after_the_direction_changes() {
     assert!(db_b.target("from-a.txt", "a").unwrap().is_none());
 
     // Fail back: a's replica of b's object must not go back to b either.
-    b.fence(3).await;
-    a.activate(3).await;
-    b.follow(3, "a").await;
-    wait_until(20, "a active", || {
-        futures::executor::block_on(a.role.status()).role == lifeboat_core::RoleHealth::Primary
-    })
-    .await;
+    hand_over(&b, &a, 3).await;
     write(&t.a, "again-a.txt", b"a again");
     wait_until(20, "a's new object reached b", || {
         read(&t.b, "again-a.txt").is_some()
