@@ -565,12 +565,14 @@ impl Config {
                 needs("addr", c.addr.is_some(), v);
                 needs("user", c.user.is_some(), v);
                 host_port(v);
-                if c.password_file.is_some() && c.password_env.is_some() {
-                    v.error(
-                        &format!("{at}.password_env"),
-                        "`password_file` and `password_env` exclude each other",
-                    );
-                }
+                secret::check_file_or_env(
+                    v,
+                    &at,
+                    "password",
+                    c.password_file.is_some(),
+                    c.password_env.is_some(),
+                    false,
+                );
                 if c.kind == CheckKind::Mysql && c.dbname.is_some() {
                     v.error(
                         &format!("{at}.dbname"),

@@ -457,12 +457,14 @@ impl StoreConfig {
                         &self.secret_access_key_env,
                     );
                 }
-                if self.session_token_file.is_some() && self.session_token_env.is_some() {
-                    v.error(
-                        &format!("{at}.session_token_env"),
-                        "`session_token_file` and `session_token_env` exclude each other",
-                    );
-                }
+                crate::secret::check_file_or_env(
+                    v,
+                    at,
+                    "session_token",
+                    self.session_token_file.is_some(),
+                    self.session_token_env.is_some(),
+                    false,
+                );
                 self.validate_endpoint(at, v);
             }
             StoreKind::Gcs => {
@@ -520,14 +522,7 @@ fn pair(
     file: &Option<PathBuf>,
     env: &Option<String>,
 ) {
-    match (file, env) {
-        (None, None) => v.error(at, format!("set `{name}_file` or `{name}_env`")),
-        (Some(_), Some(_)) => v.error(
-            &format!("{at}.{name}_env"),
-            format!("`{name}_file` and `{name}_env` exclude each other"),
-        ),
-        _ => {}
-    }
+    crate::secret::check_file_or_env(v, at, name, file.is_some(), env.is_some(), true);
 }
 
 #[cfg(test)]

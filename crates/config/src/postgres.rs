@@ -234,14 +234,7 @@ fn secret_pair(
         );
         return;
     }
-    match (file, env) {
-        (None, None) => v.error(at, format!("set `{name}_file` or `{name}_env`")),
-        (Some(_), Some(_)) => v.error(
-            &format!("{at}.{name}_env"),
-            format!("`{name}_file` and `{name}_env` exclude each other"),
-        ),
-        _ => {}
-    }
+    crate::secret::check_file_or_env(v, at, name, file.is_some(), env.is_some(), true);
 }
 
 fn valid_role_name(name: &str) -> bool {

@@ -61,3 +61,25 @@ impl SecretRef {
         Ok(value)
     }
 }
+
+/// Validate the `NAME_file` / `NAME_env` pair of the table at `at`: never both, and one
+/// of them when `required`.
+pub(crate) fn check_file_or_env(
+    v: &mut crate::Validator<'_>,
+    at: &str,
+    name: &str,
+    file: bool,
+    env: bool,
+    required: bool,
+) {
+    match (file, env) {
+        (false, false) if required => {
+            v.error(at, format!("set `{name}_file` or `{name}_env`"));
+        }
+        (true, true) => v.error(
+            &format!("{at}.{name}_env"),
+            format!("`{name}_file` and `{name}_env` exclude each other"),
+        ),
+        _ => {}
+    }
+}
