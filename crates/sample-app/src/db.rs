@@ -124,53 +124,33 @@ enum Conn {
     My(mysql_async::Pool),
 }
 
+/// A connection made: what every request gets a clone of.
+#[derive(Clone)]
+struct Established {
+    conn: Conn,
+    /// The PostgreSQL connection tasks, aborted when the connection is dropped.
+    pg_tasks: Arc<Vec<tokio::task::AbortHandle>>,
+}
+
 /// A connection being made, or made, shared by every request that needs it.
 type Connecting =
-    futures::future::Shared<futures::future::BoxFuture<'static, Result<Conn, DbError>>>;
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<Established, DbError>>>;
 
 /// How long connecting (all connections and the table set-up) may take in all.
 pub const CONNECTING_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// Tasks to abort when the connection is dropped: the connecting task and, once
-/// connected, the PostgreSQL connection tasks.
-#[derive(Default)]
-struct Aborts {
-    /// Set when the slot is dropped: tasks registered later are aborted at once.
-    closed: bool,
-    handles: Vec<tokio::task::AbortHandle>,
-}
-
-impl Aborts {
-    fn register(
-        this: &std::sync::Mutex<Aborts>,
-        handles: impl IntoIterator<Item = tokio::task::AbortHandle>,
-    ) {
-        let mut a = lock(this);
-        for h in handles {
-            if a.closed {
-                h.abort();
-            } else {
-                a.handles.push(h);
-            }
-        }
-    }
-}
 
 /// The connection of the current (epoch, endpoint): made, or being made.
 struct Slot {
     epoch: Epoch,
     endpoint: DbEndpoint,
     conn: Connecting,
-    /// Aborted on drop: stops a connection still being made, and closes the PostgreSQL
-    /// sockets even while a query holds a clone of the client.
-    aborts: Arc<std::sync::Mutex<Aborts>>,
+    /// The connecting task, aborted if the slot is dropped before it finished.
+    task: tokio::task::AbortHandle,
 }
 
 impl Slot {
     /// Start connecting to `endpoint` in a task of its own.
     fn connect(epoch: Epoch, endpoint: DbEndpoint, password: Option<String>) -> Self {
-        let aborts = Arc::new(std::sync::Mutex::new(Aborts::default()));
-        let register = aborts.clone();
         let ep = endpoint.clone();
         let task = tokio::spawn(async move {
             let made = tokio::time::timeout(CONNECTING_TIMEOUT, async {
@@ -182,9 +162,11 @@ impl Slot {
             .await;
             match made {
                 Ok(Ok((conn, tasks))) => {
-                    Aborts::register(&register, tasks.iter().map(|t| t.abort_handle()));
                     tracing::info!(epoch = epoch.0, db = %ep.addr(), engine = %ep.engine, "connected to the database");
-                    Ok(conn)
+                    Ok(Established {
+                        conn,
+                        pg_tasks: Arc::new(tasks.iter().map(|t| t.abort_handle()).collect()),
+                    })
                 }
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(DbError::Unreachable {
@@ -197,7 +179,7 @@ impl Slot {
                 }),
             }
         });
-        Aborts::register(&aborts, [task.abort_handle()]);
+        let abort = task.abort_handle();
         let ep = endpoint.clone();
         let conn = futures::FutureExt::shared(futures::FutureExt::boxed(async move {
             match task.await {
@@ -217,7 +199,7 @@ impl Slot {
             epoch,
             endpoint,
             conn,
-            aborts,
+            task: abort,
         }
     }
 
@@ -229,12 +211,15 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        {
-            let mut a = lock(&self.aborts);
-            a.closed = true;
-            a.handles.drain(..).for_each(|h| h.abort());
-        }
-        if let Some(Ok(Conn::My(pool))) = self.conn.peek() {
+        // Still connecting: stop (the half-made connections go with the task). Made and
+        // handed out: close the sockets even while a query holds a clone of the client.
+        // (Made but never handed out: dropping the result closes it.)
+        self.task.abort();
+        let Some(Ok(made)) = self.conn.peek() else {
+            return;
+        };
+        made.pg_tasks.iter().for_each(|t| t.abort());
+        if let Conn::My(pool) = &made.conn {
             let pool = pool.clone();
             // Closing takes a round trip; nobody needs to wait for it.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -466,7 +451,7 @@ impl Database {
                 }
             }
         };
-        connecting.await
+        connecting.await.map(|made| made.conn)
     }
 
     /// Insert a row with a client-chosen id; the same id again returns the stored row.
