@@ -23,7 +23,7 @@ use crate::transfer::{self, TransferError};
 use anyhow::Context as _;
 use futures::FutureExt as _;
 use futures::StreamExt as _;
-use lifeboat_config::objects::{ObjectsConfig, RuleConfig};
+use lifeboat_config::objects::{ObjectsConfig, RuleConfig, StoreConfig};
 use lifeboat_core::{
     Activation, DataRole, Epoch, FollowTarget, HealthStatus, JournalKind, RegionId, RoleError,
     RoleHealth, RoleStatus, SharedRole,
@@ -414,6 +414,11 @@ impl DataRole for RegionRole {
 }
 
 impl Inner {
+    /// The multipart part size (and the limit for a single PUT), in bytes.
+    fn part_size(&self) -> usize {
+        usize::try_from(self.cfg.part_size_mib * 1024 * 1024).unwrap_or(8 << 20)
+    }
+
     /// Copy every unsent local write out of the store into `keep_dir` (once per
     /// generation), and journal what was kept. Returns how many objects were copied.
     async fn keep_unsent(&self, epoch: Epoch) -> anyhow::Result<usize> {
@@ -431,38 +436,23 @@ impl Inner {
                 continue;
             }
             kept_bytes += size;
-            let got = match self.source.inner.get(&object_key(&key)).await {
-                Ok(got) => got,
+            // The same streamed, verified copy as replication, into a local store.
+            let gen_dir = self.keep_dir.join(format!("gen{generation}"));
+            let keep = Store::open(&StoreConfig::local(&gen_dir))?;
+            match transfer::copy_object(
+                &self.source,
+                &keep,
+                &object_key(&key),
+                self.part_size(),
+                true,
+            )
+            .await
+            {
+                Ok(_) => {}
                 // Deleted since: there is nothing left to keep.
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {key}")),
-            };
-            let dir = path.parent().unwrap_or(&self.keep_dir).to_path_buf();
-            tokio::fs::create_dir_all(&dir)
-                .await
-                .with_context(|| format!("creating {}", dir.display()))?;
-            let tmp = dir.join(format!(
-                ".{}.tmp",
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("object")
-            ));
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.with_context(|| format!("reading {key}"))?;
-                tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
-                    .await
-                    .with_context(|| format!("writing {}", tmp.display()))?;
+                Err(TransferError::SourceGone(_)) => continue,
+                Err(e) => return Err(e).with_context(|| format!("keeping {key} aside")),
             }
-            file.sync_all()
-                .await
-                .with_context(|| format!("syncing {}", tmp.display()))?;
-            tokio::fs::rename(&tmp, &path)
-                .await
-                .with_context(|| format!("renaming {}", tmp.display()))?;
             kept.push((key, generation, size, path));
         }
         if over_budget > 0 {
@@ -1015,7 +1005,7 @@ async fn dispatch(
     let mut effective = inner.effective.subscribe();
     let mut inflight: HashSet<(String, String)> = HashSet::new();
     let mut tasks: JoinSet<(Target, Outcome)> = JoinSet::new();
-    let part_size = usize::try_from(inner.cfg.part_size_mib * 1024 * 1024).unwrap_or(8 << 20);
+    let part_size = inner.part_size();
     // Large copies buffer up to a few parts each: bound how many run at once.
     let large = Arc::new(tokio::sync::Semaphore::new(4));
     let mut last_gauges = tokio::time::Instant::now();
