@@ -469,17 +469,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     children.stop("controller").await;
     stop_databases(&cfg).await;
-    // Pilot-light apps whose agent was killed by a drill are orphans: end them too.
-    let _ = std::process::Command::new("pkill")
-        .args([
-            "-9",
-            "-f",
-            &format!("sample-app --bind 127.0.[12].1:{}", ports.app),
-        ])
-        .status();
-    // The backstop: a server an agent was starting as it was stopped (a rejoin right
-    // after a drill) has no pid file yet. Anything still running from the demo's
-    // directory is ended before the directory goes.
+    // What is left: pilot-light apps whose agent a drill killed (orphans), a server an
+    // agent was starting as it was stopped (a rejoin right after a drill: no pid file
+    // yet). Everything still running from the demo's directory (the apps' command
+    // lines name it too) is ended before the directory goes.
     let left = kill_leftovers(&layout.dir).await;
     if left > 0 {
         eprintln!(
