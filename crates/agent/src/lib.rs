@@ -14,6 +14,7 @@
 //! writes must stop, so the database's fence never waits for a service's graceful stop
 //! (the controller promotes another region only lease_margin after the lease lapsed).
 
+mod guard;
 mod persist;
 pub mod routes;
 pub mod services;
@@ -73,6 +74,10 @@ pub struct Agent {
     role_lock: tokio::sync::Mutex<()>,
     wake: Notify,
     deadline_tx: watch::Sender<Option<Instant>>,
+    /// The instant by which the region must be fenced: Some while a lease is held (or
+    /// roles may still be writable), None only once a fence has completed. The guard
+    /// process is fed from it (`guard.rs`).
+    guard_tx: watch::Sender<Option<Instant>>,
     checks: ChecksRx,
     role_cache: Mutex<Vec<RoleStatus>>,
     forced: std::sync::atomic::AtomicBool,
@@ -126,6 +131,7 @@ impl Agent {
             role_lock: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
             deadline_tx: watch::channel(None).0,
+            guard_tx: watch::channel(None).0,
             checks,
             role_cache: Mutex::new(Vec::new()),
             forced: std::sync::atomic::AtomicBool::new(false),
@@ -151,6 +157,16 @@ impl Agent {
         {
             f(out);
         }
+    }
+
+    /// See the `guard_tx` field: what the guard process must enforce.
+    pub(crate) fn guard_deadline(&self) -> watch::Receiver<Option<Instant>> {
+        self.guard_tx.subscribe()
+    }
+
+    /// The region's data roles, in activation order.
+    pub(crate) fn roles(&self) -> &[SharedRole] {
+        &self.roles
     }
 
     pub fn state(&self) -> State {
@@ -297,6 +313,10 @@ impl Agent {
             }
             first
         };
+        if errors.is_empty() && !self.lock().active {
+            // Every role refuses writes: the guard has nothing left to enforce.
+            self.guard_tx.send_replace(None);
+        }
         if !errors.is_empty() {
             self.journal_step(
                 JournalKind::Alert,
@@ -471,6 +491,18 @@ impl Agent {
         // No lease yet: whatever ran before this agent must not take writes.
         self.fence_all("agent start: no lease held").await;
         let tasks = tokio_util::task::TaskTracker::new();
+        {
+            let me = self.clone();
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = guard::supervise(me.clone(), cancel).await {
+                    // Without its guard the region has no protection against a frozen
+                    // agent: it must not stay writable.
+                    me.journal_step(JournalKind::Alert, &format!("region guard failed: {e:#}"));
+                    me.fence_all("region guard failed").await;
+                }
+            });
+        }
         tasks.spawn(self.clone().lease_loop(cancel.clone()));
         tasks.spawn(self.clone().watchdog(cancel.clone()));
         tasks.spawn(self.clone().report_loop(cancel.clone()));
@@ -507,6 +539,7 @@ impl Agent {
                             }
                         };
                         self.deadline_tx.send_replace(Some(deadline));
+                        self.guard_tx.send_replace(Some(deadline));
                         if activate {
                             let forced = self.forced.load(std::sync::atomic::Ordering::SeqCst);
                             if let Err(e) = self.activate_all(epoch, forced).await {
@@ -590,6 +623,9 @@ impl Agent {
                     fenced_at_unix_ms: s.fenced_at_unix_ms,
                     checks: self.checks.borrow().clone(),
                     roles: self.role_statuses(),
+                    promised: None,
+                    witness_lost: false,
+                    view_active: None,
                 }
             };
             match self.controller.report(&report).await {

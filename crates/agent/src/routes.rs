@@ -42,6 +42,8 @@ async fn status(State(agent): State<Arc<Agent>>) -> Json<AgentStatus> {
         vantage: VantageId::Agent(agent.region.clone()),
         checks: agent.checks(),
         roles: agent.role_statuses(),
+        promised: None,
+        witness_lost: false,
     })
 }
 

@@ -166,6 +166,10 @@ impl ApiClient {
     pub async fn command(&self, cmd: &AgentCommand) -> Result<CommandResponse, ClientError> {
         self.post("/v1/command", cmd).await
     }
+    /// Agent -> agent: ask for a witness-loss promise (DESIGN rule 7).
+    pub async fn promise(&self, req: &PromiseRequest) -> Result<PromiseResponse, ClientError> {
+        self.post("/v1/promise", req).await
+    }
 }
 
 fn describe(e: &reqwest::Error) -> String {

@@ -46,6 +46,50 @@ pub struct AgentReport {
     /// The agent's probes of every check it runs (its vantage point).
     pub checks: BTreeMap<String, CheckReport>,
     pub roles: Vec<RoleStatus>,
+    /// The promise this (standby) agent gave the active region while the witness was
+    /// unreachable (DESIGN rule 7): it refuses every promotion until it runs out.
+    #[serde(default)]
+    pub promised: Option<PromiseView>,
+    /// This (active) agent holds its lease on promises from every other region, not
+    /// on a grant from the controller: it lost the witness for a while.
+    #[serde(default)]
+    pub witness_lost: bool,
+    /// The region this agent last learned to be active at `epoch` (persisted by the
+    /// agent), so a controller that lost its state can adopt it (DESIGN rule 8).
+    #[serde(default)]
+    pub view_active: Option<RegionId>,
+}
+
+/// `POST /v1/promise` (active agent -> every other region's agent), asked when the
+/// active agent cannot renew its lease with any controller (DESIGN rule 7, Patroni's
+/// failsafe): "promise that you hold no epoch above `epoch`, are not active, and will
+/// not activate for `duration_ms` from when you receive this (plus the lease margin)".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromiseRequest {
+    /// The active region asking.
+    pub region: RegionId,
+    pub epoch: Epoch,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PromiseResponse {
+    pub granted: bool,
+    /// The region that answers and the highest epoch it has seen.
+    pub region: RegionId,
+    pub epoch: Epoch,
+    pub reason: String,
+}
+
+/// An outstanding promise, as the promising agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromiseView {
+    /// The region promised to (the active one).
+    pub to: RegionId,
+    pub epoch: Epoch,
+    /// Until this agent will accept a promotion again (the promise plus the margin).
+    pub remaining_ms: u64,
 }
 
 /// The controller's answer to a report: what the agent must converge to.
@@ -125,6 +169,12 @@ pub struct RegionView {
     pub agent_active: bool,
     pub fenced: bool,
     pub roles: Vec<RoleStatus>,
+    /// The promise this region's agent last reported (DESIGN rule 7).
+    #[serde(default)]
+    pub promised: Option<PromiseView>,
+    /// The agent last reported holding its lease on promises (witness lost).
+    #[serde(default)]
+    pub witness_lost: bool,
 }
 
 /// `GET /v1/status` on the controller.
@@ -174,6 +224,12 @@ pub struct AgentStatus {
     pub vantage: VantageId,
     pub checks: BTreeMap<String, CheckReport>,
     pub roles: Vec<RoleStatus>,
+    /// See [`AgentReport::promised`].
+    #[serde(default)]
+    pub promised: Option<PromiseView>,
+    /// See [`AgentReport::witness_lost`].
+    #[serde(default)]
+    pub witness_lost: bool,
 }
 
 /// `GET /v1/journal?since=SEQ`

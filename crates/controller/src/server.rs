@@ -395,6 +395,8 @@ impl Controller {
                     agent_active: rep.is_some_and(|(_, r)| r.active),
                     fenced: rep.is_some_and(|(_, r)| r.fenced),
                     roles: rep.map(|(_, r)| r.roles.clone()).unwrap_or_default(),
+                    promised: rep.and_then(|(_, r)| r.promised.clone()),
+                    witness_lost: rep.is_some_and(|(_, r)| r.witness_lost),
                     name: id,
                 }
             })

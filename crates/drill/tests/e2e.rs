@@ -285,6 +285,8 @@ async fn status(State(s): State<CtrlState>) -> axum::Json<ControllerStatus> {
                     agent_epoch: Some(Epoch(w.epoch)),
                     agent_active: w.active == *r,
                     fenced: false,
+                    promised: None,
+                    witness_lost: false,
                     roles: if s.standby_unready && w.active != *r {
                         let mut role = RoleStatus::new("postgres", RoleHealth::Standby);
                         role.detail = "lag 900 MB over the limit".into();
