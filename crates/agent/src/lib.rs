@@ -15,6 +15,7 @@
 //! (the controller promotes another region only lease_margin after the lease lapsed).
 
 mod guard;
+pub mod lease;
 mod persist;
 pub mod routes;
 pub mod services;
@@ -41,6 +42,7 @@ pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
 /// What the agent's vantage probes currently say (filled by the health prober).
 pub type ChecksRx = watch::Receiver<BTreeMap<String, CheckReport>>;
 
+/// A snapshot of the agent's state, for status, reports and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     pub epoch: Epoch,
@@ -50,15 +52,24 @@ pub struct State {
     pub active: bool,
     pub fenced: bool,
     pub fenced_at_unix_ms: Option<u64>,
-    /// The controller says this region is active at this epoch: take the lease.
-    pub want_active: Option<Epoch>,
     pub lease_deadline: Option<Instant>,
     pub controller_reachable: bool,
-    pub followed_epoch: Option<Epoch>,
-    /// The last follow failure (journaled once) and the current retry backoff.
-    pub follow_error: Option<String>,
-    pub follow_backoff: Duration,
+    /// Holding the lease on promises from every other region (DESIGN rule 7).
+    pub witness_lost: bool,
+    /// The promise this region gave another (it refuses promotion until it ran out).
+    pub promised: Option<lifeboat_api::types::PromiseView>,
     pub last_activation_error: Option<String>,
+}
+
+/// Standby-side bookkeeping that is not part of the lease machine.
+#[derive(Debug, Default)]
+struct FollowState {
+    followed_epoch: Option<Epoch>,
+    /// The last follow failure (journaled once) and the current retry backoff.
+    follow_error: Option<String>,
+    follow_backoff: Duration,
+    fenced_at_unix_ms: Option<u64>,
+    last_activation_error: Option<String>,
 }
 
 pub struct Agent {
@@ -69,18 +80,27 @@ pub struct Agent {
     store: AgentStore,
     started: Instant,
     roles: Vec<SharedRole>,
-    state: Mutex<State>,
+    /// The lease and role lifecycle (`lease.rs`): every decision is made there.
+    machine: Mutex<lease::Machine>,
+    /// Serialises stepping the machine *and* executing its actions, so that actions of
+    /// two events never interleave (a cancel must find the activation it cancels).
+    exec: tokio::sync::Mutex<()>,
+    /// Outcomes of the tasks the actions started (lease answers, promise rounds,
+    /// activations), fed back to the machine by the driver.
+    events_tx: tokio::sync::mpsc::UnboundedSender<lease::Event>,
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<lease::Event>>>,
+    /// Wakes the driver when an event changed when it must next look at the clock.
+    wake: Notify,
+    activation: Mutex<Option<(u64, tokio::task::AbortHandle)>>,
+    follow: Mutex<FollowState>,
     /// Serialises fence / activate / follow across tasks.
     role_lock: tokio::sync::Mutex<()>,
-    wake: Notify,
-    deadline_tx: watch::Sender<Option<Instant>>,
     /// The instant by which the region must be fenced: Some while a lease is held (or
     /// roles may still be writable), None only once a fence has completed. The guard
     /// process is fed from it (`guard.rs`).
     guard_tx: watch::Sender<Option<Instant>>,
     checks: ChecksRx,
     role_cache: Mutex<Vec<RoleStatus>>,
-    forced: std::sync::atomic::AtomicBool,
     extra_metrics: Mutex<Vec<MetricsFn>>,
     pub report_interval: Duration,
 }
@@ -115,26 +135,34 @@ impl Agent {
             .unwrap_or(Duration::from_millis(500))
             .clamp(Duration::from_millis(100), Duration::from_millis(500))
             / 2;
+        let started = Instant::now();
+        let params = lease::Params {
+            ttl: cfg.failover.lease_ttl,
+            margin: cfg.failover.lease_margin,
+        };
+        // The start-up fence this returns is executed by `run`.
+        let (machine, _) =
+            lease::Machine::start(params, region.clone(), epoch, fenced_epoch, started);
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(Self {
             cfg,
             region,
             token,
             controller,
             store,
-            started: Instant::now(),
+            started,
             roles,
-            state: Mutex::new(State {
-                epoch,
-                fenced_epoch,
-                ..State::default()
-            }),
-            role_lock: tokio::sync::Mutex::new(()),
+            machine: Mutex::new(machine),
+            exec: tokio::sync::Mutex::new(()),
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
             wake: Notify::new(),
-            deadline_tx: watch::channel(None).0,
+            activation: Mutex::new(None),
+            follow: Mutex::new(FollowState::default()),
+            role_lock: tokio::sync::Mutex::new(()),
             guard_tx: watch::channel(None).0,
             checks,
             role_cache: Mutex::new(Vec::new()),
-            forced: std::sync::atomic::AtomicBool::new(false),
             extra_metrics: Mutex::new(Vec::new()),
             report_interval,
         }))
@@ -169,12 +197,39 @@ impl Agent {
         &self.roles
     }
 
-    pub fn state(&self) -> State {
-        self.lock().clone()
+    fn machine(&self) -> std::sync::MutexGuard<'_, lease::Machine> {
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn follow_state(&self) -> std::sync::MutexGuard<'_, FollowState> {
+        self.follow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> State {
+        let now = Instant::now();
+        let m = self.machine();
+        let f = self.follow_state();
+        State {
+            epoch: m.epoch,
+            fenced_epoch: m.fenced_epoch,
+            active: m.active() && m.lease.as_ref().is_some_and(|l| now < l.deadline),
+            fenced: m.fenced(),
+            fenced_at_unix_ms: f.fenced_at_unix_ms,
+            lease_deadline: m.lease.as_ref().map(|l| l.deadline),
+            controller_reachable: m.controller_reachable,
+            witness_lost: m.witness_lost,
+            promised: m.promise.as_ref().filter(|p| p.until > now).map(|p| {
+                lifeboat_api::types::PromiseView {
+                    to: p.to.clone(),
+                    epoch: p.epoch,
+                    remaining_ms: u64::try_from(
+                        m.hold_until().saturating_duration_since(now).as_millis(),
+                    )
+                    .unwrap_or(u64::MAX),
+                }
+            }),
+            last_activation_error: f.last_activation_error.clone(),
+        }
     }
 
     pub fn checks(&self) -> BTreeMap<String, CheckReport> {
@@ -192,8 +247,8 @@ impl Agent {
         self.store.journal(since)
     }
 
-    fn journal_step(&self, kind: JournalKind, detail: &str) {
-        let epoch = self.lock().epoch;
+    pub(crate) fn journal_step(&self, kind: JournalKind, detail: &str) {
+        let epoch = self.machine().epoch;
         let mono = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         if let Err(e) = self.store.append(mono, epoch, kind, &self.region, detail) {
             tracing::error!("cannot write the agent journal: {e:#}");
@@ -201,91 +256,220 @@ impl Agent {
         tracing::info!(region = %self.region, epoch = %epoch, kind = kind.as_str(), "{detail}");
     }
 
-    /// Raise the persisted epoch to `epoch` (never lowers it). Returns false if
-    /// `epoch` is older than what this agent has seen.
-    fn observe_epoch(&self, epoch: Epoch, fenced_at: Option<Epoch>) -> Result<bool> {
-        let (cur, fenced) = {
-            let s = self.lock();
-            (s.epoch, s.fenced_epoch)
+    /// Step the machine with `event` and execute what it decides, in order.
+    async fn drive(self: &Arc<Self>, event: lease::Event) -> Option<lease::Reply> {
+        let _exec = self.exec.lock().await;
+        let out = self.machine().step(Instant::now(), event);
+        let mut queue: std::collections::VecDeque<lease::Action> = out.actions.into();
+        while let Some(action) = queue.pop_front() {
+            if let Some(next) = self.execute(action).await {
+                let more = self.machine().step(Instant::now(), next);
+                queue.extend(more.actions);
+            }
+        }
+        self.wake.notify_one();
+        out.reply
+    }
+
+    /// Execute one action; an action done inline may produce the next event at once.
+    async fn execute(self: &Arc<Self>, action: lease::Action) -> Option<lease::Event> {
+        use lease::{Action, Event};
+        match action {
+            Action::PersistEpoch {
+                epoch,
+                fenced_epoch,
+            } => {
+                if let Err(e) = self.store.save_epoch(epoch, fenced_epoch) {
+                    // The machine already acts on the epoch; a restart would forget it,
+                    // which only makes the agent accept older commands it must refuse.
+                    self.journal_step(
+                        JournalKind::Alert,
+                        &format!("cannot persist epoch {epoch}: {e:#}"),
+                    );
+                }
+                None
+            }
+            Action::RequestLease { epoch } => {
+                let me = self.clone();
+                tokio::spawn(me.request_lease(epoch));
+                None
+            }
+            Action::AskPromises { epoch, duration } => {
+                let me = self.clone();
+                tokio::spawn(async move { me.ask_promises(epoch, duration).await });
+                None
+            }
+            Action::StartActivation { epoch, id, forced } => {
+                let me = self.clone();
+                let task = tokio::spawn(async move {
+                    let result = me.activate_roles(epoch, forced).await;
+                    if let Err(e) = &result {
+                        me.follow_state().last_activation_error = Some(e.clone());
+                    } else {
+                        me.follow_state().last_activation_error = None;
+                    }
+                    let _ = me.events_tx.send(Event::ActivationDone { id, result });
+                });
+                *self.activation.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((id, task.abort_handle()));
+                None
+            }
+            Action::CancelActivation { id } => {
+                let mut slot = self.activation.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((current, handle)) = slot.take() {
+                    if current == id {
+                        // Dropped at its next await; the fence that follows waits for
+                        // the role lock it held.
+                        handle.abort();
+                    } else {
+                        *slot = Some((current, handle));
+                    }
+                }
+                None
+            }
+            Action::FenceAll { reason } => {
+                let ok = self.fence_roles(&reason).await;
+                Some(Event::FenceDone { ok })
+            }
+            Action::Guard(deadline) => {
+                self.guard_tx.send_replace(deadline);
+                None
+            }
+            Action::Journal { kind, detail } => {
+                self.journal_step(kind, &detail);
+                None
+            }
+        }
+    }
+
+    /// Boxed: its answer may drive the machine again, which may ask for the lease again
+    /// (a recursive future needs a named type).
+    fn request_lease(self: Arc<Self>, epoch: Epoch) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move { self.request_lease_inner(epoch).await })
+    }
+
+    async fn request_lease_inner(self: Arc<Self>, epoch: Epoch) {
+        use lease::Event;
+        let sent_at = Instant::now();
+        let req = lifeboat_api::types::LeaseRequest {
+            region: self.region.clone(),
+            epoch,
         };
-        if epoch < cur {
-            return Ok(false);
+        match self.controller.lease(&req).await {
+            Ok(resp) if resp.granted => {
+                let _ = self.events_tx.send(Event::LeaseGranted { epoch, sent_at });
+            }
+            Ok(resp) => {
+                tracing::debug!(region = %self.region, "lease refused: {}", resp.reason);
+                let _ = self.events_tx.send(Event::LeaseRefused {
+                    epoch,
+                    reason: resp.reason,
+                });
+                self.apply_controller_view(resp.epoch, resp.active).await;
+            }
+            Err(e) => {
+                // Not an answer from a controller that decided: an unreachable one, one
+                // that is restarting (5xx) or misconfigured (401). Witness-loss rules.
+                tracing::warn!(region = %self.region, "lease renewal failed: {e}");
+                let _ = self.events_tx.send(Event::LeaseUnreachable { epoch });
+            }
         }
-        let new_fenced = fenced_at.or(fenced).max(fenced);
-        if epoch > cur || new_fenced != fenced {
-            // Persist before acting on it: a restart must not forget a newer epoch.
-            self.store.save_epoch(epoch, new_fenced)?;
-            let mut s = self.lock();
-            s.epoch = epoch;
-            s.fenced_epoch = new_fenced;
+    }
+
+    /// Ask every other region's agent, directly, for a promise (DESIGN rule 7). All
+    /// of them must grant it: one silent region may be the one being promoted.
+    async fn ask_promises(self: Arc<Self>, epoch: Epoch, duration: Duration) {
+        use lease::Event;
+        let sent_at = Instant::now();
+        let timeout = (self.cfg.failover.lease_ttl / 3).max(Duration::from_millis(200));
+        let req = lifeboat_api::types::PromiseRequest {
+            region: self.region.clone(),
+            epoch,
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        };
+        let peers: Vec<(RegionId, String)> = self
+            .cfg
+            .regions
+            .iter()
+            .filter(|(name, _)| name.as_str() != self.region.as_str())
+            .map(|(name, rc)| (RegionId::new(name), rc.agent_addr.to_string()))
+            .collect();
+        let answers = futures::future::join_all(peers.iter().map(|(name, addr)| {
+            let client = ApiClient::new(
+                format!("http://{addr}"),
+                Some(self.token.as_str().to_owned()),
+                timeout,
+            );
+            let req = req.clone();
+            async move { (name.clone(), client.promise(&req).await) }
+        }))
+        .await;
+        let mut refused = Vec::new();
+        let mut from = Vec::new();
+        for (name, answer) in answers {
+            match answer {
+                Ok(r) if r.granted => from.push(name),
+                Ok(r) => refused.push(format!("{name}: {}", r.reason)),
+                Err(e) => refused.push(format!("{name}: {e}")),
+            }
         }
-        Ok(true)
+        let event = if refused.is_empty() {
+            Event::PromisesGranted {
+                epoch,
+                sent_at,
+                from,
+            }
+        } else {
+            Event::PromisesRefused {
+                epoch,
+                detail: refused.join("; "),
+            }
+        };
+        let _ = self.events_tx.send(event);
     }
 
     /// The controller's view (from a report or lease answer): converge to it.
     async fn apply_controller_view(self: &Arc<Self>, epoch: Epoch, active: Option<RegionId>) {
-        match self.observe_epoch(epoch, None) {
-            Ok(true) => {}
-            Ok(false) => return, // an older answer that crossed a newer one: ignore
-            Err(e) => {
-                tracing::error!("cannot persist epoch {epoch}: {e:#}");
-                return;
-            }
+        if epoch < self.machine().epoch {
+            return; // an older answer that crossed a newer one
         }
-        if active.as_ref() == Some(&self.region) {
-            let wake = {
-                let mut s = self.lock();
-                let blocked = s.fenced_epoch == Some(epoch);
-                if !blocked && s.want_active != Some(epoch) {
-                    s.want_active = Some(epoch);
+        self.drive(lease::Event::View {
+            epoch,
+            active: active.clone(),
+        })
+        .await;
+        if let Some(active) = active
+            && active != self.region
+        {
+            let follow = {
+                let mut f = self.follow_state();
+                if f.followed_epoch != Some(epoch) {
+                    f.followed_epoch = Some(epoch);
                     true
                 } else {
                     false
                 }
             };
-            if wake {
-                self.wake.notify_one();
-            }
-        } else {
-            let was_active = {
-                let mut s = self.lock();
-                s.want_active = None;
-                s.active
-            };
-            if was_active {
-                let who = active
-                    .as_ref()
-                    .map_or("no region".into(), |r| r.to_string());
-                self.fence_all(&format!("controller says {who} is active at epoch {epoch}"))
-                    .await;
-            }
-            if let Some(active) = active {
-                let follow = {
-                    let mut s = self.lock();
-                    if s.followed_epoch != Some(epoch) {
-                        s.followed_epoch = Some(epoch);
-                        true
-                    } else {
-                        false
-                    }
-                };
-                if follow {
-                    let me = self.clone();
-                    tokio::spawn(async move { me.follow_all(epoch, active).await });
-                }
+            if follow {
+                let me = self.clone();
+                tokio::spawn(async move { me.follow_all(epoch, active).await });
             }
         }
     }
 
-    /// Fence every role, all at once, now. Idempotent.
-    pub async fn fence_all(&self, reason: &str) {
-        let epoch = {
-            let mut s = self.lock();
-            s.active = false;
-            s.lease_deadline = None;
-            s.epoch
-        };
-        self.deadline_tx.send_replace(None);
+    /// Fence every role at once (no lease held afterwards) and wait for it. Used at
+    /// shutdown and by callers outside the lease machine.
+    pub async fn fence_all(self: &Arc<Self>, reason: &str) {
+        let _ = self
+            .drive(lease::Event::LocalFence {
+                reason: reason.to_owned(),
+            })
+            .await;
+    }
+
+    /// Fence every role, all at once, now. True when every role reported fenced.
+    async fn fence_roles(&self, reason: &str) -> bool {
+        let epoch = self.machine().epoch;
         let _g = self.role_lock.lock().await;
         // Concurrently: one slow role (a service's graceful stop, a database waiting on
         // an unreachable standby) must not keep another one writable.
@@ -304,19 +488,13 @@ impl Agent {
             }
         }
         let first = {
-            let mut s = self.lock();
-            let first = !s.fenced;
-            s.fenced = true;
-            s.active = false;
+            let mut f = self.follow_state();
+            let first = f.fenced_at_unix_ms.is_none() || !self.machine().fenced();
             if first {
-                s.fenced_at_unix_ms = Some(persist::unix_ms());
+                f.fenced_at_unix_ms = Some(persist::unix_ms());
             }
             first
         };
-        if errors.is_empty() && !self.lock().active {
-            // Every role refuses writes: the guard has nothing left to enforce.
-            self.guard_tx.send_replace(None);
-        }
         if !errors.is_empty() {
             self.journal_step(
                 JournalKind::Alert,
@@ -330,51 +508,30 @@ impl Agent {
             };
             self.journal_step(JournalKind::Fenced, &detail);
         }
+        errors.is_empty()
     }
 
-    async fn activate_all(&self, epoch: Epoch, forced: bool) -> Result<(), String> {
+    /// Activate every role in order under `epoch`. Runs as a task the machine may
+    /// cancel (a lapse or a fence); it holds the role lock so a fence waits for the
+    /// cancelled task to drop, then fences whatever it half-activated.
+    async fn activate_roles(&self, epoch: Epoch, forced: bool) -> Result<(), String> {
         let _g = self.role_lock.lock().await;
-        {
-            let s = self.lock();
-            // Re-check under the lock: the lease may have lapsed or a fence arrived.
-            let valid = s.lease_deadline.is_some_and(|d| Instant::now() < d);
-            if !valid || s.epoch != epoch || s.fenced_epoch == Some(epoch) || s.active {
-                return Ok(());
-            }
-        }
         let activation = Activation {
             epoch,
             region: self.region.clone(),
             forced,
         };
         for role in &self.roles {
-            if let Err(e) = role.activate(&activation).await {
-                let msg = format!("{}: {e}", role.name());
-                self.lock().last_activation_error = Some(msg.clone());
-                return Err(msg);
-            }
+            role.activate(&activation)
+                .await
+                .map_err(|e| format!("{}: {e}", role.name()))?;
         }
-        {
-            let mut s = self.lock();
-            // The lease might have lapsed while roles were activating: the watchdog
-            // fences in that case, so only mark active if it is still valid.
-            if s.lease_deadline.is_none_or(|d| Instant::now() >= d) || s.epoch != epoch {
-                return Ok(());
-            }
-            s.active = true;
-            s.fenced = false;
-            s.last_activation_error = None;
-        }
-        self.journal_step(
-            JournalKind::Promoted,
-            &format!("region active under epoch {epoch}"),
-        );
         Ok(())
     }
 
     async fn follow_all(&self, epoch: Epoch, active: RegionId) {
         let guard = self.role_lock.lock().await;
-        if self.lock().epoch != epoch {
+        if self.machine().epoch != epoch {
             return;
         }
         let target = FollowTarget {
@@ -386,7 +543,7 @@ impl Agent {
                 let msg = format!("{} could not follow {active}: {e}", role.name());
                 // Journal a failure once, not on every retry; retry with backoff.
                 let (repeat, wait) = {
-                    let mut s = self.lock();
+                    let mut s = self.follow_state();
                     let repeat = s.follow_error.as_deref() == Some(msg.as_str());
                     s.follow_backoff = if repeat {
                         (s.follow_backoff * 2).min(Duration::from_secs(30))
@@ -406,12 +563,12 @@ impl Agent {
                 drop(guard);
                 tokio::time::sleep(wait).await;
                 // Try again on a later report.
-                self.lock().followed_epoch = None;
+                self.follow_state().followed_epoch = None;
                 return;
             }
         }
         {
-            let mut s = self.lock();
+            let mut s = self.follow_state();
             s.follow_error = None;
             s.follow_backoff = Duration::ZERO;
         }
@@ -421,13 +578,13 @@ impl Agent {
         );
     }
 
-    /// Handle a command from the controller. Err(message) on a stale epoch.
+    /// Handle a command from the controller. Err on a stale epoch or a refusal.
     pub async fn command(
         self: &Arc<Self>,
         cmd: &lifeboat_api::types::AgentCommand,
     ) -> Result<String, CommandError> {
         use lifeboat_api::types::CommandKind;
-        let current = self.lock().epoch;
+        let current = self.machine().epoch;
         if cmd.epoch < current {
             self.journal_step(
                 JournalKind::StaleEpochRefused,
@@ -441,15 +598,16 @@ impl Agent {
                 seen: current,
             });
         }
-        let fenced_at = (cmd.command == CommandKind::Fence).then_some(cmd.epoch);
-        self.observe_epoch(cmd.epoch, fenced_at)
-            .map_err(|e| CommandError::Failed(format!("cannot persist epoch: {e:#}")))?;
         match cmd.command {
             CommandKind::Fence => {
-                self.lock().want_active = None;
-                self.fence_all(&format!("fence command at epoch {}", cmd.epoch))
-                    .await;
-                Ok(format!("fenced at epoch {}", cmd.epoch))
+                match self
+                    .drive(lease::Event::FenceCommand { epoch: cmd.epoch })
+                    .await
+                {
+                    Some(lease::Reply::Ok(msg)) => Ok(msg),
+                    Some(lease::Reply::Refused(msg)) => Err(CommandError::Failed(msg)),
+                    None => Err(CommandError::Failed("no answer".into())),
+                }
             }
             CommandKind::Promote => {
                 if cmd.active.as_ref().is_some_and(|a| a != &self.region) {
@@ -458,26 +616,48 @@ impl Agent {
                         cmd.active, self.region
                     )));
                 }
-                if self.lock().fenced_epoch == Some(cmd.epoch) {
-                    return Err(CommandError::Failed(format!(
-                        "this region was fenced at epoch {}",
-                        cmd.epoch
-                    )));
-                }
+                match self
+                    .drive(lease::Event::PromoteCommand {
+                        epoch: cmd.epoch,
+                        forced: cmd.forced,
+                    })
+                    .await
                 {
-                    let mut s = self.lock();
-                    s.want_active = Some(cmd.epoch);
+                    Some(lease::Reply::Ok(msg)) => Ok(msg),
+                    Some(lease::Reply::Refused(msg)) => Err(CommandError::Failed(msg)),
+                    None => Err(CommandError::Failed("no answer".into())),
                 }
-                self.forced
-                    .store(cmd.forced, std::sync::atomic::Ordering::SeqCst);
-                self.wake.notify_one();
-                Ok(format!("taking the lease for epoch {}", cmd.epoch))
             }
             CommandKind::Follow => {
                 let active = cmd.active.clone();
                 self.apply_controller_view(cmd.epoch, active).await;
                 Ok(format!("following at epoch {}", cmd.epoch))
             }
+        }
+    }
+
+    /// Another region's agent asks for a witness-loss promise (DESIGN rule 7).
+    pub async fn promise(
+        self: &Arc<Self>,
+        req: &lifeboat_api::types::PromiseRequest,
+    ) -> lifeboat_api::types::PromiseResponse {
+        let reply = self
+            .drive(lease::Event::PromiseRequest {
+                from: req.region.clone(),
+                epoch: req.epoch,
+                duration: Duration::from_millis(req.duration_ms),
+            })
+            .await;
+        let (granted, reason) = match reply {
+            Some(lease::Reply::Ok(m)) => (true, m),
+            Some(lease::Reply::Refused(m)) => (false, m),
+            None => (false, "no answer".into()),
+        };
+        lifeboat_api::types::PromiseResponse {
+            granted,
+            region: self.region.clone(),
+            epoch: self.machine().epoch,
+            reason,
         }
     }
 
@@ -489,7 +669,8 @@ impl Agent {
             "agent started; region fenced until it holds a lease",
         );
         // No lease yet: whatever ran before this agent must not take writes.
-        self.fence_all("agent start: no lease held").await;
+        let ok = self.fence_roles("agent start: no lease held").await;
+        self.drive(lease::Event::FenceDone { ok }).await;
         let tasks = tokio_util::task::TaskTracker::new();
         {
             let me = self.clone();
@@ -503,8 +684,7 @@ impl Agent {
                 }
             });
         }
-        tasks.spawn(self.clone().lease_loop(cancel.clone()));
-        tasks.spawn(self.clone().watchdog(cancel.clone()));
+        tasks.spawn(self.clone().driver(cancel.clone()));
         tasks.spawn(self.clone().report_loop(cancel.clone()));
         tasks.spawn(self.clone().status_loop(cancel.clone()));
         tasks.close();
@@ -514,99 +694,33 @@ impl Agent {
         Ok(())
     }
 
-    async fn lease_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let ttl = self.cfg.failover.lease_ttl;
+    /// Feeds the machine its events and the passing of time.
+    async fn driver(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(mut rx) = self
+            .events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::error!("the agent's driver started twice");
+            return;
+        };
         loop {
-            let want = self.lock().want_active;
-            let mut next = Instant::now() + ttl / 3;
-            if let Some(epoch) = want {
-                let sent = Instant::now();
-                let req = lifeboat_api::types::LeaseRequest {
-                    region: self.region.clone(),
-                    epoch,
-                };
-                match self.controller.lease(&req).await {
-                    Ok(resp) if resp.granted => {
-                        self.lock().controller_reachable = true;
-                        let deadline = sent + ttl;
-                        let activate = {
-                            let mut s = self.lock();
-                            if s.epoch == epoch && s.fenced_epoch != Some(epoch) {
-                                s.lease_deadline = Some(deadline);
-                                !s.active
-                            } else {
-                                false
-                            }
-                        };
-                        self.deadline_tx.send_replace(Some(deadline));
-                        self.guard_tx.send_replace(Some(deadline));
-                        if activate {
-                            let forced = self.forced.load(std::sync::atomic::Ordering::SeqCst);
-                            if let Err(e) = self.activate_all(epoch, forced).await {
-                                self.journal_step(
-                                    JournalKind::PromotionBlocked,
-                                    &format!("activation failed: {e}"),
-                                );
-                                next = Instant::now() + Duration::from_millis(500);
-                            }
-                        }
-                    }
-                    Ok(resp) => {
-                        self.lock().controller_reachable = true;
-                        tracing::info!(region = %self.region, "lease refused: {}", resp.reason);
-                        {
-                            let mut s = self.lock();
-                            if s.want_active == Some(epoch) {
-                                s.want_active = None;
-                            }
-                        }
-                        self.apply_controller_view(resp.epoch, resp.active).await;
-                    }
-                    Err(e) => {
-                        self.lock().controller_reachable = false;
-                        tracing::warn!(region = %self.region, "lease renewal failed: {e}");
-                        next = Instant::now() + (ttl / 10).max(Duration::from_millis(50));
-                    }
+            let wake = self.machine().next_wakeup();
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
                 }
-            }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep_until(next) => {}
+                ev = rx.recv() => match ev {
+                    Some(ev) => { self.drive(ev).await; }
+                    None => return,
+                },
+                _ = sleep => { self.drive(lease::Event::Tick).await; }
                 _ = self.wake.notified() => {}
-            }
-        }
-    }
-
-    /// Fences the region the instant the lease deadline passes.
-    async fn watchdog(self: Arc<Self>, cancel: CancellationToken) {
-        let mut rx = self.deadline_tx.subscribe();
-        loop {
-            let deadline = *rx.borrow_and_update();
-            match deadline {
-                Some(d) => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = rx.changed() => continue,
-                        _ = tokio::time::sleep_until(d) => {
-                            let lapsed = self.lock().lease_deadline.is_some_and(|cur| cur <= Instant::now());
-                            if lapsed {
-                                // Journaled first: the instant the region stops writing, which
-                                // the controller's promotion must follow (DESIGN.md rule 2).
-                                self.journal_step(
-                                    JournalKind::LeaseExpired,
-                                    "lease lapsed: fencing every role now",
-                                );
-                                self.fence_all("lease lapsed: no successful renewal before the deadline").await;
-                            }
-                        }
-                    }
-                }
-                None => {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = rx.changed() => if r.is_err() { return },
-                    }
-                }
             }
         }
     }
@@ -614,7 +728,7 @@ impl Agent {
     async fn report_loop(self: Arc<Self>, cancel: CancellationToken) {
         loop {
             let report = {
-                let s = self.lock();
+                let s = self.state();
                 AgentReport {
                     region: self.region.clone(),
                     epoch: s.epoch,
@@ -623,20 +737,13 @@ impl Agent {
                     fenced_at_unix_ms: s.fenced_at_unix_ms,
                     checks: self.checks.borrow().clone(),
                     roles: self.role_statuses(),
-                    promised: None,
-                    witness_lost: false,
+                    promised: s.promised,
+                    witness_lost: s.witness_lost,
                     view_active: None,
                 }
             };
-            match self.controller.report(&report).await {
-                Ok(resp) => {
-                    self.lock().controller_reachable = true;
-                    self.apply_controller_view(resp.epoch, resp.active).await;
-                }
-                Err(e) => {
-                    self.lock().controller_reachable = false;
-                    tracing::debug!(region = %self.region, "report failed: {e}");
-                }
+            if let Ok(resp) = self.controller.report(&report).await {
+                self.apply_controller_view(resp.epoch, resp.active).await;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

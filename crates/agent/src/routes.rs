@@ -9,7 +9,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeboat_api::http::{ApiError, JsonBody};
 use lifeboat_api::metrics::{family, health_value, sample};
-use lifeboat_api::types::{AgentCommand, AgentStatus, CommandResponse};
+use lifeboat_api::types::{
+    AgentCommand, AgentStatus, CommandResponse, PromiseRequest, PromiseResponse,
+};
 use lifeboat_core::VantageId;
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/command", post(command))
+        .route("/v1/promise", post(promise))
         .route("/v1/journal", get(journal))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -42,8 +45,8 @@ async fn status(State(agent): State<Arc<Agent>>) -> Json<AgentStatus> {
         vantage: VantageId::Agent(agent.region.clone()),
         checks: agent.checks(),
         roles: agent.role_statuses(),
-        promised: None,
-        witness_lost: false,
+        promised: s.promised,
+        witness_lost: s.witness_lost,
     })
 }
 
@@ -65,6 +68,23 @@ async fn command(
         ))),
         Err(CommandError::Failed(msg)) => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, msg)),
     }
+}
+
+/// Agent -> agent: the active region asks for a witness-loss promise (DESIGN rule 7).
+async fn promise(
+    State(agent): State<Arc<Agent>>,
+    headers: HeaderMap,
+    body: Result<JsonBody<PromiseRequest>, ApiError>,
+) -> Result<Json<PromiseResponse>, ApiError> {
+    agent.token.check(&headers)?;
+    let JsonBody(req) = body?;
+    if agent.cfg.region(&req.region).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "no region named {:?} in this deployment",
+            req.region.as_str()
+        )));
+    }
+    Ok(Json(agent.promise(&req).await))
 }
 
 #[derive(serde::Deserialize)]
@@ -122,6 +142,30 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
         "lifeboat_agent_fenced",
         &[("region", &region)],
         f64::from(u8::from(s.fenced)),
+    );
+    family(
+        &mut out,
+        "lifeboat_agent_witness_lost",
+        "gauge",
+        "1 while this (active) region holds its lease on promises because no controller answers (DESIGN rule 7).",
+    );
+    sample(
+        &mut out,
+        "lifeboat_agent_witness_lost",
+        &[("region", &region)],
+        f64::from(u8::from(s.witness_lost)),
+    );
+    family(
+        &mut out,
+        "lifeboat_agent_promise_remaining_ms",
+        "gauge",
+        "Milliseconds this region still refuses to activate, having promised the active region (0 when no promise stands).",
+    );
+    sample(
+        &mut out,
+        "lifeboat_agent_promise_remaining_ms",
+        &[("region", &region)],
+        s.promised.as_ref().map_or(0.0, |p| p.remaining_ms as f64),
     );
     family(
         &mut out,
