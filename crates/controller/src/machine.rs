@@ -15,12 +15,52 @@
 //!   none to the old region once a move away from it has begun.
 //! - Hold-down and thresholds: a failure must last `hold_down` before it is
 //!   confirmed; a failed-over deployment does not fail back unless configured.
+//! - Epoch arithmetic is checked (no wrap to 0). Outside recovery, an epoch above
+//!   the controller's own, in a report or a lease request, is one it never issued:
+//!   refused and alerted, never adopted (one bad report cannot raise it to `u64::MAX`).
+//! - A standby whose latest report shows an outstanding witness-loss promise
+//!   (DESIGN rule 7) is never a promotion target, automatic or by an operator: the
+//!   region it promised to may be serving without the witness.
+//!
+//! # Restarts (DESIGN rule 8)
+//!
+//! The move in progress (kind, from, to, forced, whether the old region's fence is
+//! known) is part of [`Durable`] and persisted when the move starts and when its fence
+//! becomes known, before the first command that depends on it. A restart resumes it:
+//! the Fence is sent again at the same epoch, a known fence stays known, and a
+//! switchover or failback still waits for a catch-up report received *after* the
+//! restart, its timeout counted from the restart. So a restart never turns a planned,
+//! zero-loss move into a lease-lapse failover.
+//!
+//! How a controller starts ([`Machine::start`]):
+//! - **No state on disk**: *recovering*. It grants no lease and starts no move until
+//!   every configured region's agent has reported. Then it adopts the highest epoch
+//!   reported, and as the active region the one reporting active at that epoch, else
+//!   the `view_active` the agents at that epoch report, else the config's initial
+//!   active region; it bumps the epoch (checked), persists, and only then grants.
+//!   Regions still reporting active under an older view are fenced at the new epoch
+//!   first. The active agent's renewal at the old epoch is refused with the new epoch
+//!   and active region in the answer, and it asks again at once at the new one: one
+//!   round trip, well inside the lease ttl.
+//! - **State on disk** (a normal restart): *confirming*, but with no epoch bump and no
+//!   wait for the application. The disk's active region renews the lease it already
+//!   holds (its report says active at the disk's epoch) exactly as before the restart,
+//!   so a restart never causes an outage, even with another region down. Nothing else
+//!   is granted and no move starts until every agent has reported or ttl + margin has
+//!   passed since the restart (by then any lease an earlier incarnation granted has
+//!   certainly expired). Bumping here would buy nothing — no agent knows an epoch above
+//!   the disk's — and would cost every active agent a refused renewal on every
+//!   restart. If any agent reports an epoch above the disk's during this time, the
+//!   state on disk is older than the agents': the controller switches to recovering
+//!   as above (grants nothing, adopts, bumps).
+//! - `--no-wait-for-agents` (an operator's decision) skips both: the state on disk, or
+//!   the config's initial active region at epoch 1, is acted on at once.
 
-use lifeboat_api::types::CommandKind;
+use lifeboat_api::types::{CommandKind, PromiseView};
 use lifeboat_config::{FailbackPolicy, FailoverMode};
 use lifeboat_core::{Epoch, HealthStatus, JournalKind, RegionId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -54,6 +94,16 @@ pub struct AgentView {
     /// Every data role reports caught up with the primary.
     pub caught_up: bool,
     pub ready_detail: String,
+    /// The witness-loss promise of the latest report (DESIGN rule 7), and until when
+    /// it binds on the controller's clock (report time + remaining).
+    pub promised: Option<PromiseView>,
+    pub promised_until: Option<Instant>,
+    /// The agent holds its lease on promises, not on this controller's grant.
+    pub witness_lost: bool,
+    /// The region the agent last learned to be active at `epoch`.
+    pub view_active: Option<RegionId>,
+    /// The last never-issued epoch this agent sent (alerted once per epoch).
+    pub refused_epoch: Option<Epoch>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +128,30 @@ pub struct Move {
     /// Switchover: give up waiting for catch-up after this.
     pub deadline: Option<Instant>,
     pub wait_journaled: bool,
+    /// The target's outstanding promise held the promotion back (journaled once).
+    pub promise_journaled: bool,
+}
+
+impl Move {
+    fn new(kind: MoveKind, from: Option<RegionId>, to: RegionId, now: Instant) -> Self {
+        Self {
+            kind,
+            from,
+            to,
+            started: now,
+            forced: false,
+            fence_sent_at: None,
+            fenced_at: None,
+            deadline: None,
+            wait_journaled: false,
+            promise_journaled: false,
+        }
+    }
+
+    /// A switchover or failback: waits for the target's catch-up (zero loss).
+    fn planned(&self) -> bool {
+        matches!(self.kind, MoveKind::Switchover | MoveKind::Failback)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +208,7 @@ pub struct Failure {
 }
 
 /// What survives a restart (persisted with fsync before any command that needs it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Durable {
     pub epoch: Epoch,
     pub active: Option<RegionId>,
@@ -143,6 +217,39 @@ pub struct Durable {
     /// A promotion that was persisted but not yet verified.
     pub promoting: Option<RegionId>,
     pub failovers: u64,
+    /// The move in progress, before its promotion (absent from state format 1, which
+    /// had no way to say it: it reads as "no move").
+    #[serde(default)]
+    pub moving: Option<DurableMove>,
+}
+
+/// The part of a [`Move`] a restart must not forget (DESIGN rule 8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableMove {
+    pub kind: MoveKind,
+    pub from: Option<RegionId>,
+    pub to: RegionId,
+    pub forced: bool,
+    /// The old region's fence is known: its agent acknowledged a fence at the
+    /// current epoch, or its lease certainly expired. Either stays true after a
+    /// restart (the agent never activates under a fenced epoch; an expired lease is
+    /// not renewed during a move).
+    pub fence_known: bool,
+}
+
+/// Why a controller that just started does not yet act on its own state.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// True: grant nothing and start nothing until every agent has reported, then
+    /// adopt and bump (no state on disk, or state older than an agent's). False: the
+    /// state on disk is being confirmed (see the module doc).
+    pub strict: bool,
+    pub since: Instant,
+    /// What the state on disk said: its epoch and active region (None: no state).
+    pub disk: Option<(Epoch, Option<RegionId>)>,
+    pub initial_active: Option<RegionId>,
+    /// Adoption is impossible (the highest epoch has no successor): journaled once.
+    pub stuck: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +267,9 @@ pub enum Event {
         ready: bool,
         caught_up: bool,
         detail: String,
+        promised: Option<PromiseView>,
+        witness_lost: bool,
+        view_active: Option<RegionId>,
     },
     /// An agent asks for (or renews) the lease.
     LeaseRequest { region: RegionId, epoch: Epoch },
@@ -240,6 +350,14 @@ pub struct Machine {
     active_since: Instant,
     /// The active region has been seen healthy since it became active.
     active_seen_healthy: bool,
+    /// Set while the controller is recovering or confirming its state after a start.
+    pub recovery: Option<Recovery>,
+    /// Regions told to fence at the adopted epoch after a recovery; no lease is
+    /// granted before they acknowledged it or `fence_hold_until` passed.
+    pending_fences: BTreeSet<RegionId>,
+    fence_hold_until: Option<Instant>,
+    /// The epoch has no successor: journaled once.
+    exhausted_reported: bool,
 }
 
 impl Machine {
@@ -266,15 +384,28 @@ impl Machine {
             // lapsed; a fresh deployment's first holder gets the activation grace.
             renewed: !fresh,
         });
-        let phase = match &durable.promoting {
-            Some(to) => Phase::Promoting {
+        let phase = match (&durable.promoting, &durable.moving) {
+            (Some(to), _) => Phase::Promoting {
                 to: to.clone(),
                 since: now,
                 // Send again at once: the command may never have left.
                 last_sent: now.checked_sub(params.resend_every).unwrap_or(now),
                 forced: false,
             },
-            None => Phase::Steady,
+            (None, Some(mv)) => {
+                // Resume the move as it started. The Fence goes out again at once
+                // (fence_sent_at None) at the same epoch; a known fence stays known,
+                // dated now, so a switchover's catch-up must be reported after the
+                // restart; its timeout counts from the restart.
+                let mut m = Move::new(mv.kind, mv.from.clone(), mv.to.clone(), now);
+                m.forced = mv.forced;
+                m.fenced_at = mv.fence_known.then_some(now);
+                if m.planned() {
+                    m.deadline = Some(now + params.switchover_timeout);
+                }
+                Phase::Moving(m)
+            }
+            (None, None) => Phase::Steady,
         };
         Self {
             params,
@@ -296,7 +427,107 @@ impl Machine {
             home_healthy_since: None,
             active_since: now,
             active_seen_healthy: !fresh && durable.promoting.is_none(),
+            recovery: None,
+            pending_fences: BTreeSet::new(),
+            fence_hold_until: None,
+            exhausted_reported: false,
         }
+    }
+
+    /// Start the controller from what the disk holds (`None`: no state), as the
+    /// module doc describes. `wait_for_agents` false is the operator's
+    /// `--no-wait-for-agents`: act on the disk (or the config's initial active region
+    /// at epoch 1) at once.
+    pub fn start(
+        params: Params,
+        regions: &[RegionId],
+        disk: Option<Durable>,
+        initial_active: Option<RegionId>,
+        now: Instant,
+        wait_for_agents: bool,
+    ) -> Self {
+        match (disk, wait_for_agents) {
+            (Some(d), false) => Self::restore(params, regions, d, now, false),
+            (None, false) => {
+                let d = Durable {
+                    epoch: Epoch(1),
+                    active: initial_active,
+                    ..Durable::default()
+                };
+                Self::restore(params, regions, d, now, true)
+            }
+            (Some(d), true) => {
+                let disk = Some((d.epoch, d.active.clone()));
+                let mut m = Self::restore(params, regions, d, now, false);
+                m.recovery = Some(Recovery {
+                    strict: false,
+                    since: now,
+                    disk,
+                    initial_active,
+                    stuck: None,
+                });
+                m
+            }
+            (None, true) => {
+                // Nothing is known: epoch 0 and no active region until the agents
+                // have been heard (an answer at epoch 0 is below every agent that
+                // ever saw an epoch, so it changes nothing on their side).
+                let mut m = Self::restore(params, regions, Durable::default(), now, true);
+                m.recovery = Some(Recovery {
+                    strict: true,
+                    since: now,
+                    disk: None,
+                    initial_active,
+                    stuck: None,
+                });
+                m
+            }
+        }
+    }
+
+    /// The regions whose agents have not reported since this controller started.
+    pub fn waiting_for(&self) -> Vec<RegionId> {
+        self.agents
+            .iter()
+            .filter(|(_, v)| v.last_report.is_none())
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// The phase as status shows it, with the recovering condition if any.
+    pub fn condition(&self) -> String {
+        let waiting = self
+            .waiting_for()
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &self.recovery {
+            Some(r) if r.strict => match &r.stuck {
+                Some(why) => format!("recovering: {why}"),
+                None => format!("recovering: waiting for reports from {waiting}"),
+            },
+            Some(_) => format!(
+                "{} (confirming the state on disk: waiting for reports from {waiting})",
+                self.phase.name()
+            ),
+            None => self.phase.name(),
+        }
+    }
+
+    /// The outstanding promise of `region`'s latest report, as the reason it cannot
+    /// be promoted now.
+    fn promise_block(&self, region: &RegionId, now: Instant) -> Option<String> {
+        let view = self.agents.get(region)?;
+        let (p, until) = (view.promised.as_ref()?, view.promised_until?);
+        (now < until).then(|| {
+            format!(
+                "{region} promised {} not to activate for {} ms: {} may be serving without the witness",
+                p.to,
+                until.saturating_duration_since(now).as_millis(),
+                p.to
+            )
+        })
     }
 
     pub fn durable(&self) -> Durable {
@@ -309,6 +540,16 @@ impl Machine {
                 _ => None,
             },
             failovers: self.failovers,
+            moving: match &self.phase {
+                Phase::Moving(m) => Some(DurableMove {
+                    kind: m.kind,
+                    from: m.from.clone(),
+                    to: m.to.clone(),
+                    forced: m.forced,
+                    fence_known: m.fenced_at.is_some(),
+                }),
+                _ => None,
+            },
         }
     }
 
@@ -353,9 +594,28 @@ impl Machine {
                 ready,
                 caught_up,
                 detail,
-            } => self.on_report(
-                now, region, epoch, active, fenced, ready, caught_up, detail, &mut out,
-            ),
+                promised,
+                witness_lost,
+                view_active,
+            } => {
+                let view = AgentView {
+                    last_report: Some(now),
+                    epoch,
+                    active,
+                    fenced,
+                    ready,
+                    caught_up,
+                    ready_detail: detail,
+                    promised_until: promised
+                        .as_ref()
+                        .map(|p| now + Duration::from_millis(p.remaining_ms)),
+                    promised,
+                    witness_lost,
+                    view_active,
+                    refused_epoch: None,
+                };
+                self.on_report(region, view, &mut out)
+            }
             Event::LeaseRequest { region, epoch } => {
                 let reply = self.on_lease(now, &region, epoch, &mut out);
                 out.reply = Some(reply);
@@ -380,44 +640,75 @@ impl Machine {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_report(
-        &mut self,
-        now: Instant,
-        region: RegionId,
-        epoch: Epoch,
-        active: bool,
-        fenced: bool,
-        ready: bool,
-        caught_up: bool,
-        detail: String,
-        out: &mut Output,
-    ) {
+    fn on_report(&mut self, region: RegionId, report: AgentView, out: &mut Output) {
+        if !self.agents.contains_key(&region) {
+            return;
+        }
+        let epoch = report.epoch;
         if epoch > self.epoch {
-            // An agent has seen an epoch this controller does not know (its state was
-            // lost or restored from an old copy). Never issue an epoch an agent would
-            // refuse: adopt it, so the next promotion goes above it.
-            out.journal(
-                JournalKind::Alert,
-                Some(&region),
-                format!(
-                    "agent reports epoch {epoch}, above the controller's {}: adopting it",
-                    self.epoch
-                ),
-            );
-            self.epoch = epoch;
-            out.actions.push(Action::Persist);
+            match &mut self.recovery {
+                // Recorded below: adoption takes the highest epoch once all reported.
+                Some(r) if r.strict => {}
+                Some(r) => {
+                    r.strict = true;
+                    out.journal(
+                        JournalKind::Alert,
+                        Some(&region),
+                        format!(
+                            "{region} reports epoch {epoch}, above the {} on disk: the controller's state is older than the agents'; granting nothing until every agent has reported, then adopting the highest epoch",
+                            self.epoch
+                        ),
+                    );
+                }
+                None => {
+                    self.never_issued(&region, epoch, "report", out);
+                    return;
+                }
+            }
         }
         let Some(view) = self.agents.get_mut(&region) else {
             return;
         };
-        view.last_report = Some(now);
-        view.epoch = epoch;
-        view.active = active;
-        view.fenced = fenced;
-        view.ready = ready;
-        view.caught_up = caught_up;
-        view.ready_detail = detail;
+        if view.witness_lost != report.witness_lost {
+            out.journal(
+                JournalKind::Alert,
+                Some(&region),
+                if report.witness_lost {
+                    format!(
+                        "{region} entered witness-loss mode: it holds its lease on promises from every other region, not on a grant"
+                    )
+                } else {
+                    format!("{region} left witness-loss mode: it holds its lease on a grant again")
+                },
+            );
+        }
+        let refused_epoch = view.refused_epoch;
+        *view = AgentView {
+            refused_epoch,
+            ..report
+        };
+    }
+
+    /// An epoch above the controller's, outside recovery: the controller never issued
+    /// it (it persists every epoch before it leaves). Adopting it would let one bad or
+    /// forged message push the epoch anywhere, up to `u64::MAX`; refuse it, and alert
+    /// once per region and epoch.
+    fn never_issued(&mut self, region: &RegionId, epoch: Epoch, what: &str, out: &mut Output) {
+        let Some(view) = self.agents.get_mut(region) else {
+            return;
+        };
+        if view.refused_epoch == Some(epoch) {
+            return;
+        }
+        view.refused_epoch = Some(epoch);
+        out.journal(
+            JournalKind::Alert,
+            Some(region),
+            format!(
+                "{what} from {region} carries epoch {epoch}, above the controller's {}: an epoch this controller never issued; refused, not adopted",
+                self.epoch
+            ),
+        );
     }
 
     fn on_lease(
@@ -431,6 +722,12 @@ impl Machine {
             granted: false,
             reason,
         };
+        if self.recovery.as_ref().is_some_and(|r| r.strict) {
+            return refuse(format!(
+                "{}: no lease is granted before every agent has reported",
+                self.condition()
+            ));
+        }
         if epoch < self.epoch {
             out.journal(
                 JournalKind::StaleEpochRefused,
@@ -446,9 +743,22 @@ impl Machine {
             ));
         }
         if epoch > self.epoch {
+            let current = self.epoch;
+            match &mut self.recovery {
+                Some(r) => {
+                    r.strict = true;
+                    out.journal(
+                        JournalKind::Alert,
+                        Some(region),
+                        format!(
+                            "lease request from {region} at epoch {epoch}, above the {current} on disk: the controller's state is older than the agents'; granting nothing until every agent has reported"
+                        ),
+                    );
+                }
+                None => self.never_issued(region, epoch, "lease request", out),
+            }
             return refuse(format!(
-                "epoch {epoch} is from the future (current {})",
-                self.epoch
+                "epoch {epoch} was never issued by this controller (current {current})"
             ));
         }
         if self.active.as_ref() != Some(region) {
@@ -464,6 +774,31 @@ impl Machine {
             && m.from.as_ref() == Some(region)
         {
             return refuse(format!("a move from {region} to {} is in progress", m.to));
+        }
+        if self.recovery.is_some() {
+            // Confirming the state on disk: renew a lease the region holds right now,
+            // grant no new one (an unheard agent may know a newer epoch).
+            let holds = self
+                .agents
+                .get(region)
+                .is_some_and(|v| v.last_report.is_some() && v.active && v.epoch == epoch);
+            if !holds {
+                return refuse(format!(
+                    "{}: only a lease {region} already holds is renewed (its report says it is not active at epoch {epoch})",
+                    self.condition()
+                ));
+            }
+        }
+        if !self.pending_fences.is_empty() && self.fence_hold_until.is_some_and(|t| now < t) {
+            return refuse(format!(
+                "waiting for {} to acknowledge its fence at epoch {} (or its old lease to expire)",
+                self.pending_fences
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.epoch
+            ));
         }
         let first = self
             .lease
@@ -502,6 +837,18 @@ impl Machine {
         detail: String,
         out: &mut Output,
     ) {
+        if kind == CommandKind::Fence
+            && ok
+            && epoch == self.epoch
+            && self.pending_fences.remove(&region)
+        {
+            out.journal(
+                JournalKind::Fenced,
+                Some(&region),
+                format!("agent confirmed fence at the adopted epoch {epoch}"),
+            );
+            return;
+        }
         match (&mut self.phase, kind) {
             (Phase::Moving(m), CommandKind::Fence)
                 if ok
@@ -512,6 +859,9 @@ impl Machine {
                 // The agent fenced its region and will not activate again under this
                 // epoch: safe to promote without waiting for the lease to run out.
                 m.fenced_at = Some(now);
+                // A restart must not forget it (a planned move then only waits for
+                // the catch-up, not for the lease too).
+                out.actions.push(Action::Persist);
                 out.journal(
                     JournalKind::Fenced,
                     Some(&region),
@@ -564,10 +914,28 @@ impl Machine {
                 m.to
             ));
         }
+        if self.recovery.is_some() {
+            let why = format!(
+                "{what} to {to} refused: {}; no move starts before every agent has reported",
+                self.condition()
+            );
+            out.journal(JournalKind::PromotionBlocked, Some(&to), why.clone());
+            return Err(why);
+        }
         if !self.agent_fresh(&to, now) {
             return Err(format!(
                 "the agent of {to} is not reporting: it could not take the lease"
             ));
+        }
+        // Not even with --force: the agent would refuse the promotion anyway, and the
+        // region it promised to may be taking writes right now.
+        if let Some(why) = self.promise_block(&to, now) {
+            out.journal(
+                JournalKind::PromotionBlocked,
+                Some(&to),
+                format!("{what} to {to} refused: {why}"),
+            );
+            return Err(why);
         }
         // The target's own checks are not consulted: a pilot-light standby's services
         // sleep (and fail their checks) until it is promoted. Its agent reporting and
@@ -599,24 +967,25 @@ impl Machine {
                 }
             ),
         );
-        let from = self.active.clone();
+        let mut m = Move::new(kind, self.active.clone(), to.clone(), now);
+        m.forced = force;
+        m.deadline = m.planned().then(|| now + self.params.switchover_timeout);
         self.failure = None;
-        self.phase = Phase::Moving(Move {
-            kind,
-            from,
-            to: to.clone(),
-            started: now,
-            forced: force,
-            fence_sent_at: None,
-            fenced_at: None,
-            deadline: (kind == MoveKind::Switchover).then(|| now + self.params.switchover_timeout),
-            wait_journaled: false,
-        });
+        self.start_move(m, out);
         Ok(format!("{what} to {to} started at epoch {}", self.epoch))
     }
 
     /// The time-driven part: detection, confirmation, fencing, promotion, verification.
     fn evaluate(&mut self, now: Instant, out: &mut Output) {
+        if self.advance_recovery(now, out) {
+            return;
+        }
+        if self.fence_hold_until.is_some_and(|t| now >= t) {
+            // Any lease the unacknowledged regions held from before has certainly
+            // expired by now.
+            self.pending_fences.clear();
+            self.fence_hold_until = None;
+        }
         match self.phase.clone() {
             Phase::Steady => {
                 self.detect(now, out);
@@ -733,22 +1102,13 @@ impl Machine {
                 );
             }
         }
-        if self.params.mode == FailoverMode::Manual {
+        if self.params.mode == FailoverMode::Manual || self.recovery.is_some() {
+            // In recovery the move waits for every agent's report (or the window's end).
             return;
         }
         match self.pick_target(now, &active) {
             Ok(to) => {
-                self.phase = Phase::Moving(Move {
-                    kind: MoveKind::Automatic,
-                    from: Some(active),
-                    to,
-                    started: now,
-                    forced: false,
-                    fence_sent_at: None,
-                    fenced_at: None,
-                    deadline: None,
-                    wait_journaled: false,
-                });
+                self.start_move(Move::new(MoveKind::Automatic, Some(active), to, now), out);
                 self.evaluate(now, out);
             }
             Err(why) => {
@@ -775,6 +1135,8 @@ impl Machine {
             let health = self.health.get(region).copied().unwrap_or_default();
             if !self.agent_fresh(region, now) {
                 reasons.push(format!("{region}'s agent is not reporting"));
+            } else if let Some(why) = self.promise_block(region, now) {
+                reasons.push(why);
             } else if self.params.require_ready_standby && !view.ready {
                 reasons.push(format!("{region} not ready: {}", view.ready_detail));
             } else {
@@ -808,6 +1170,7 @@ impl Machine {
             }
             if m.fenced_at.is_none() && self.lease_expired(now) {
                 m.fenced_at = Some(now);
+                out.actions.push(Action::Persist);
                 let detail = match self.lease.as_ref() {
                     Some(l) => format!(
                         "lease of {} (epoch {}) certainly expired: ttl {:?} + margin {:?} since the last grant",
@@ -825,7 +1188,7 @@ impl Machine {
             return;
         }
         // 2. A planned switchover waits until the target has everything (zero loss).
-        if m.kind == MoveKind::Switchover || m.kind == MoveKind::Failback {
+        if m.planned() {
             let view = self.agents.get(&m.to).cloned().unwrap_or_default();
             let fenced_at = m.fenced_at.unwrap_or(now);
             let fresh_since_fence = view.last_report.is_some_and(|t| t > fenced_at);
@@ -863,7 +1226,16 @@ impl Machine {
                 return;
             }
         }
-        // 3. Promote.
+        // 3. Promote, unless the target has promised not to activate (it would refuse,
+        //    and the region it promised to may still be taking writes).
+        if let Some(why) = self.promise_block(&m.to, now) {
+            if !m.promise_journaled {
+                m.promise_journaled = true;
+                out.journal(JournalKind::PromotionBlocked, Some(&m.to), why);
+            }
+            self.phase = Phase::Moving(m);
+            return;
+        }
         self.failovers += 1;
         if self.home.is_none() {
             self.home = m.from.clone();
@@ -872,7 +1244,21 @@ impl Machine {
     }
 
     fn promote(&mut self, now: Instant, to: RegionId, forced: bool, out: &mut Output) {
-        self.epoch = self.epoch.next();
+        let Some(next) = self.epoch.checked_next() else {
+            // Unreachable in practice (epochs above the controller's are never
+            // adopted outside recovery, and recovery needs a successor), but a
+            // wrapped fencing token would be worse than a stuck deployment.
+            if !self.exhausted_reported {
+                self.exhausted_reported = true;
+                out.journal(
+                    JournalKind::Alert,
+                    Some(&to),
+                    format!("cannot promote {to}: epoch {} has no successor", self.epoch),
+                );
+            }
+            return;
+        };
+        self.epoch = next;
         self.active = Some(to.clone());
         self.active_since = now;
         self.active_seen_healthy = false;
@@ -904,6 +1290,209 @@ impl Machine {
         );
     }
 
+    /// Begin a move. Persisted at once: the Fence that follows depends on it, and a
+    /// restart must resume the move as it started (DESIGN rule 8).
+    fn start_move(&mut self, m: Move, out: &mut Output) {
+        self.phase = Phase::Moving(m);
+        out.actions.push(Action::Persist);
+    }
+
+    /// The recovering / confirming condition after a start. True while the normal
+    /// evaluation must not run (strict recovery).
+    fn advance_recovery(&mut self, now: Instant, out: &mut Output) -> bool {
+        let Some(r) = self.recovery.clone() else {
+            return false;
+        };
+        let waiting = self.waiting_for();
+        let names = |v: &[RegionId]| {
+            v.iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !r.strict {
+            let active = self
+                .active
+                .as_ref()
+                .map_or("none".into(), |r| r.to_string());
+            if waiting.is_empty() {
+                out.journal(
+                    JournalKind::Info,
+                    self.active.as_ref(),
+                    format!(
+                        "every agent has reported at or below epoch {}: the state on disk is current (active {active}); kept as it is, no epoch bump",
+                        self.epoch
+                    ),
+                );
+                self.recovery = None;
+            } else if now.saturating_duration_since(r.since)
+                >= self.params.lease_ttl + self.params.lease_margin
+            {
+                // Every lease an earlier incarnation granted has certainly expired.
+                out.journal(
+                    JournalKind::Info,
+                    self.active.as_ref(),
+                    format!(
+                        "no report from {} within ttl + margin of the restart: acting on the state on disk (epoch {}, active {active}); an epoch above {} from them will be refused",
+                        names(&waiting),
+                        self.epoch,
+                        self.epoch
+                    ),
+                );
+                self.recovery = None;
+            }
+            return false;
+        }
+        if waiting.is_empty() && r.stuck.is_none() {
+            self.adopt(now, r, out);
+        }
+        true
+    }
+
+    /// Every agent has reported: adopt the highest epoch and its active region, bump
+    /// the epoch past it and persist before any grant (DESIGN rule 8).
+    fn adopt(&mut self, now: Instant, r: Recovery, out: &mut Output) {
+        let mut best = r.disk.as_ref().map_or(Epoch::ZERO, |d| d.0);
+        let mut source = if r.disk.is_some() {
+            "the state on disk".to_owned()
+        } else {
+            "no state on disk".to_owned()
+        };
+        for (region, v) in &self.agents {
+            if v.epoch > best {
+                best = v.epoch;
+                source = format!("{region}'s report");
+            }
+        }
+        let Some(next) = best.checked_next() else {
+            let why = format!(
+                "cannot adopt epoch {best} from {source}: it has no successor; reset the agents' epochs"
+            );
+            out.journal(JournalKind::Alert, None, why.clone());
+            if let Some(rec) = &mut self.recovery {
+                rec.stuck = Some(why);
+            }
+            return;
+        };
+        let reported = self
+            .agents
+            .iter()
+            .map(|(region, v)| {
+                format!(
+                    "{region}: epoch {}{}",
+                    v.epoch,
+                    if v.active { " active" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.journal(
+            JournalKind::Info,
+            None,
+            format!("recovery: adopting epoch {best} from {source} (reports: {reported})"),
+        );
+        let at_best: Vec<(&RegionId, &AgentView)> = self
+            .agents
+            .iter()
+            .filter(|(_, v)| v.epoch == best)
+            .collect();
+        let mut views: BTreeMap<RegionId, Vec<String>> = BTreeMap::new();
+        for (region, v) in &at_best {
+            if let Some(va) = v
+                .view_active
+                .as_ref()
+                .filter(|va| self.agents.contains_key(*va))
+            {
+                views
+                    .entry(va.clone())
+                    .or_default()
+                    .push(region.to_string());
+            }
+        }
+        let (active, why) = if let Some((region, _)) = at_best.iter().find(|(_, v)| v.active) {
+            (
+                Some((*region).clone()),
+                format!("{region} reports active at epoch {best}"),
+            )
+        } else if let Some((va, from)) = views.iter().max_by_key(|(_, from)| from.len()) {
+            (
+                Some(va.clone()),
+                format!(
+                    "the agents at epoch {best} ({}) last learned {va} to be active",
+                    from.join(", ")
+                ),
+            )
+        } else if let Some((_, Some(da))) = r.disk.as_ref().filter(|d| d.0 == best) {
+            (
+                Some(da.clone()),
+                format!("the state on disk has {da} active at epoch {best}"),
+            )
+        } else {
+            (
+                r.initial_active.clone(),
+                "no agent and no state knows better: the config's initial active region".into(),
+            )
+        };
+        let name = active.as_ref().map_or("none".into(), |a| a.to_string());
+        out.journal(
+            JournalKind::Info,
+            active.as_ref(),
+            format!("recovery: active region {name}, because {why}"),
+        );
+        self.epoch = next;
+        self.active = active.clone();
+        self.phase = Phase::Steady;
+        self.failure = None;
+        self.recovery = None;
+        self.active_since = now;
+        self.active_seen_healthy = false;
+        // The adopted holder may still hold a lease from an earlier incarnation: the
+        // controller assumes one from now, as after any restart.
+        self.lease = active.clone().map(|holder| Lease {
+            holder,
+            epoch: next,
+            granted_at: now,
+            renewed: false,
+        });
+        if r.disk.is_none() {
+            self.home = None;
+        }
+        out.actions.push(Action::Persist);
+        out.journal(
+            JournalKind::Info,
+            active.as_ref(),
+            format!(
+                "recovery: epoch {next} persisted, one above every epoch seen; {name} may now take the lease"
+            ),
+        );
+        out.actions.push(Action::Publish);
+        // A region still active under an older view must stop before the adopted one
+        // takes writes: told to fence at the new epoch, and no grant until it
+        // acknowledged or its old lease has certainly expired.
+        let stale: Vec<RegionId> = self
+            .agents
+            .iter()
+            .filter(|(region, v)| v.active && Some(*region) != active.as_ref())
+            .map(|(region, _)| region.clone())
+            .collect();
+        for region in stale {
+            out.journal(
+                JournalKind::Info,
+                Some(&region),
+                format!("recovery: {region} reports active but {name} was adopted: fencing it at epoch {next} first"),
+            );
+            out.actions.push(Action::Send {
+                region: region.clone(),
+                command: CommandKind::Fence,
+                epoch: next,
+                active: active.clone(),
+                forced: false,
+            });
+            self.pending_fences.insert(region);
+            self.fence_hold_until = Some(now + self.params.lease_ttl + self.params.lease_margin);
+        }
+    }
+
     fn promote_command(&self, to: &RegionId, forced: bool) -> Action {
         Action::Send {
             region: to.clone(),
@@ -917,6 +1506,7 @@ impl Machine {
     fn maybe_failback(&mut self, now: Instant, out: &mut Output) {
         if self.params.failback != FailbackPolicy::Automatic
             || self.params.mode != FailoverMode::Automatic
+            || self.recovery.is_some()
         {
             return;
         }
@@ -943,17 +1533,9 @@ impl Machine {
                 format!("failback to {home}: healthy again"),
             );
             self.home_healthy_since = None;
-            self.phase = Phase::Moving(Move {
-                kind: MoveKind::Failback,
-                from: Some(active),
-                to: home,
-                started: now,
-                forced: false,
-                fence_sent_at: None,
-                fenced_at: None,
-                deadline: Some(now + self.params.switchover_timeout),
-                wait_journaled: false,
-            });
+            let mut m = Move::new(MoveKind::Failback, Some(active), home, now);
+            m.deadline = Some(now + self.params.switchover_timeout);
+            self.start_move(m, out);
             self.evaluate(now, out);
         }
     }

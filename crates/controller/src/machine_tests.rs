@@ -54,6 +54,7 @@ impl Sim {
             home: None,
             promoting: None,
             failovers: 0,
+            moving: None,
         };
         Self {
             m: Machine::restore(p, &[a(), b()], durable, t0, true),
@@ -116,6 +117,9 @@ impl Sim {
                 } else {
                     "lag 10 MB over the limit".into()
                 },
+                promised: None,
+                witness_lost: false,
+                view_active: None,
             },
         );
     }
@@ -353,6 +357,7 @@ fn restart_mid_failover_resends_promote_with_same_epoch() {
         home: Some(a()),
         promoting: Some(b()),
         failovers: 3,
+        moving: None,
     };
     let mut m = Machine::restore(p, &[a(), b()], durable, t0, false);
     let out = m.step(t0, Event::Tick);
@@ -382,6 +387,9 @@ fn restart_mid_failover_resends_promote_with_same_epoch() {
             ready: true,
             caught_up: true,
             detail: String::new(),
+            promised: None,
+            witness_lost: false,
+            view_active: None,
         },
     );
     assert!(out.actions.iter().any(|a| matches!(
@@ -405,6 +413,7 @@ fn after_restart_no_promotion_before_an_assumed_lease_expires() {
         home: None,
         promoting: None,
         failovers: 0,
+        moving: None,
     };
     let mut m = Machine::restore(p, &[a(), b()], durable, t0, false);
     let mut h = BTreeMap::new();
@@ -425,6 +434,9 @@ fn after_restart_no_promotion_before_an_assumed_lease_expires() {
                     ready: true,
                     caught_up: true,
                     detail: String::new(),
+                    promised: None,
+                    witness_lost: false,
+                    view_active: None,
                 },
             )
             .actions,
@@ -573,6 +585,9 @@ fn switchover_waits_for_catch_up_after_fencing() {
             ready: true,
             caught_up: false,
             detail: String::new(),
+            promised: None,
+            witness_lost: false,
+            view_active: None,
         },
     );
     assert!(s.promotes().is_empty());
@@ -587,6 +602,9 @@ fn switchover_waits_for_catch_up_after_fencing() {
             ready: true,
             caught_up: true,
             detail: String::new(),
+            promised: None,
+            witness_lost: false,
+            view_active: None,
         },
     );
     assert_eq!(
@@ -775,6 +793,7 @@ async fn paused_time_drives_a_full_failover() {
         home: None,
         promoting: None,
         failovers: 0,
+        moving: None,
     };
     let mut m = Machine::restore(params(), &[a(), b()], durable, t0, false);
     let mut promoted_at = None;
@@ -795,6 +814,9 @@ async fn paused_time_drives_a_full_failover() {
                     ready: true,
                     caught_up: true,
                     detail: String::new(),
+                    promised: None,
+                    witness_lost: false,
+                    view_active: None,
                 },
             )
             .actions;
@@ -894,6 +916,7 @@ fn after_a_restart_an_active_agent_that_never_renews_has_lapsed() {
         home: None,
         promoting: None,
         failovers: 1,
+        moving: None,
     };
     let mut m = Machine::restore(params(), &[a(), b()], durable.clone(), t0, false);
     let mut fresh = Machine::restore(params(), &[a(), b()], durable, t0, true);
@@ -908,6 +931,9 @@ fn after_a_restart_an_active_agent_that_never_renews_has_lapsed() {
         ready: true,
         caught_up: true,
         detail: String::new(),
+        promised: None,
+        witness_lost: false,
+        view_active: None,
     };
     let mut promoted = None;
     let mut fresh_promoted = None;

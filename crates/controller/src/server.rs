@@ -5,7 +5,7 @@
 //! disk before any later `Send` leaves, because commands are sent from tasks spawned
 //! after it. Agent answers come back as events through a channel.
 
-use crate::machine::{Action, Durable, Event, Machine, Params, Reply};
+use crate::machine::{Action, Event, Machine, Params, Reply};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use axum::extract::{Query, State};
@@ -41,6 +41,10 @@ pub struct ControllerOptions {
     pub discovery: Option<DiscoveryFn>,
     /// How often the machine is ticked (health re-decided, timers checked).
     pub tick: Option<Duration>,
+    /// `lifeboat controller --no-wait-for-agents`: act on the state on disk (or the
+    /// config's initial active region) at once, without waiting for every agent's
+    /// report first (see `machine`'s module doc, DESIGN rule 8).
+    pub no_wait_for_agents: bool,
 }
 
 pub struct Controller {
@@ -78,22 +82,7 @@ impl Controller {
         let now = Instant::now();
         let regions = cfg.region_ids();
         let existing = store.load()?;
-        let fresh = existing.is_none();
-        let durable = match existing {
-            Some(d) => d,
-            None => {
-                let d = Durable {
-                    epoch: Epoch(1),
-                    active: cfg.initial_active(),
-                    home: None,
-                    promoting: None,
-                    failovers: 0,
-                };
-                store.save(&d).context("persisting the initial state")?;
-                d
-            }
-        };
-        if let Some(active) = &durable.active {
+        if let Some(active) = existing.as_ref().and_then(|d| d.active.as_ref()) {
             anyhow::ensure!(
                 cfg.region(active).is_some(),
                 "the state in {} says region {active:?} is active, but the config no longer defines it",
@@ -113,21 +102,37 @@ impl Controller {
             activation_grace: f.activation_grace,
             resend_every: (f.lease_ttl / 3).max(Duration::from_millis(200)),
         };
+        let had_state = existing.is_some();
+        let wait = !opts.no_wait_for_agents;
+        let machine = Machine::start(params, &regions, existing, cfg.initial_active(), now, wait);
+        if !had_state && !wait {
+            // Acting on the config's initial state at once: it must be on disk before
+            // anything it implies leaves. (A recovering controller persists only what
+            // it adopts: killed before that, it starts recovering again.)
+            store
+                .save(&machine.durable())
+                .context("persisting the initial state")?;
+        }
         store.append(
             0,
-            durable.epoch,
+            machine.epoch,
             JournalKind::ControllerStarted,
-            durable.active.as_ref(),
+            machine.active.as_ref(),
             &format!(
-                "controller started at epoch {}, active {}",
-                durable.epoch,
-                durable
+                "controller started at epoch {}, active {}; {}",
+                machine.epoch,
+                machine
                     .active
                     .as_ref()
-                    .map_or("none".into(), |r| r.to_string())
+                    .map_or("none".into(), |r| r.to_string()),
+                match (had_state, wait) {
+                    (false, true) => "no state on disk: recovering, no lease until every agent has reported",
+                    (true, true) => "state from disk: confirming it against the agents' reports",
+                    (false, false) => "no state on disk, not waiting for the agents (--no-wait-for-agents): the config's initial active region",
+                    (true, false) => "state from disk, not waiting for the agents (--no-wait-for-agents)",
+                }
             ),
         )?;
-        let machine = Machine::restore(params, &regions, durable.clone(), now, fresh);
         let agents = cfg
             .regions
             .iter()
@@ -145,8 +150,8 @@ impl Controller {
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let routing = RoutingTable {
             version: 1,
-            epoch: durable.epoch,
-            active: durable.active.clone(),
+            epoch: machine.epoch,
+            active: machine.active.clone(),
             regions: regions
                 .iter()
                 .map(|r| (r.clone(), HealthStatus::Unknown))
@@ -405,7 +410,7 @@ impl Controller {
             deployment: self.cfg.deployment.name.clone(),
             epoch: m.epoch,
             active: m.active.clone(),
-            phase: m.phase.name(),
+            phase: m.condition(),
             mode: format!("{:?}", self.cfg.failover.mode).to_lowercase(),
             lease: m.lease.as_ref().map(|l| {
                 let expires = m.lease_certainly_expired_at().unwrap_or(now);
@@ -639,6 +644,9 @@ async fn report(
         ready,
         caught_up,
         detail,
+        promised: r.promised.clone(),
+        witness_lost: r.witness_lost,
+        view_active: r.view_active.clone(),
     };
     lock(&c.reports).insert(r.region.clone(), (Instant::now(), r));
     c.step(ev).await.map_err(internal)?;
@@ -740,6 +748,45 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
         "Promotions since the deployment started.",
     );
     sample(&mut out, "lifeboat_failovers_total", &[], failovers as f64);
+    // Witness-loss promises (DESIGN rule 7), from each region's latest report: what
+    // holds a promotion back, and who serves on promises instead of a grant.
+    let reports = lock(&c.reports).clone();
+    let now = Instant::now();
+    family(
+        &mut out,
+        "lifeboat_region_promise_remaining_ms",
+        "gauge",
+        "Milliseconds the region's agent still promises not to activate (0: no promise).",
+    );
+    family(
+        &mut out,
+        "lifeboat_region_witness_lost",
+        "gauge",
+        "1 while the region's agent holds its lease on promises (witness lost), else 0.",
+    );
+    for r in c.cfg.region_ids() {
+        let rep = reports.get(&r);
+        let remaining = rep
+            .and_then(|(at, rep)| {
+                let p = rep.promised.as_ref()?;
+                let age = u64::try_from(now.saturating_duration_since(*at).as_millis())
+                    .unwrap_or(u64::MAX);
+                Some(p.remaining_ms.saturating_sub(age))
+            })
+            .unwrap_or(0);
+        sample(
+            &mut out,
+            "lifeboat_region_promise_remaining_ms",
+            &[("region", r.as_str())],
+            remaining as f64,
+        );
+        sample(
+            &mut out,
+            "lifeboat_region_witness_lost",
+            &[("region", r.as_str())],
+            f64::from(u8::from(rep.is_some_and(|(_, rep)| rep.witness_lost))),
+        );
+    }
     let decision = lock(&c.decision).clone();
     family(
         &mut out,

@@ -3,6 +3,10 @@
 //! `synchronous = FULL` with WAL: a transaction that returned is on disk, so a kill -9
 //! at any instant leaves either the old or the new state, never a torn one. The state
 //! row carries a format version so a later release can migrate it.
+//!
+//! Formats: 1 had no move in progress; 2 adds `Durable::moving` (DESIGN rule 8). A
+//! format-1 row reads as "no move in progress" (a serde default): a controller of
+//! format 1 persisted no move, so there is none to resume.
 
 use crate::machine::Durable;
 use anyhow::{Context, Result};
@@ -12,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -76,16 +80,7 @@ impl Store {
             .optional()
             .with_context(|| format!("reading {}", self.path.display()))?;
         let Some(body) = body else { return Ok(None) };
-        let v: Versioned = serde_json::from_str(&body)
-            .with_context(|| format!("decoding controller state in {}", self.path.display()))?;
-        anyhow::ensure!(
-            v.version <= FORMAT_VERSION,
-            "{} was written by a newer lifeboat (state format {}, this one knows {})",
-            self.path.display(),
-            v.version,
-            FORMAT_VERSION
-        );
-        Ok(Some(v.state))
+        decode(&body, &self.path).map(Some)
     }
 
     /// Persist the durable state; returns once it is on disk.
@@ -171,5 +166,70 @@ impl Store {
             });
         }
         Ok(out)
+    }
+}
+
+/// The state row's body, of any format up to this one's, as today's [`Durable`].
+fn decode(body: &str, path: &Path) -> Result<Durable> {
+    let v: Versioned = serde_json::from_str(body)
+        .with_context(|| format!("decoding controller state in {}", path.display()))?;
+    anyhow::ensure!(
+        v.version <= FORMAT_VERSION,
+        "{} was written by a newer lifeboat (state format {}, this one knows {})",
+        path.display(),
+        v.version,
+        FORMAT_VERSION
+    );
+    // 1 -> 2: `moving` did not exist; its default (None) is the truth for format 1.
+    Ok(v.state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{DurableMove, MoveKind};
+
+    #[test]
+    fn format_1_state_reads_as_no_move_in_progress() {
+        let body = r#"{"version":1,"state":{"epoch":4,"active":"b","home":"a","promoting":null,"failovers":2}}"#;
+        let d = decode(body, Path::new("controller.db")).expect("format 1 decodes");
+        assert_eq!(d.epoch, Epoch(4));
+        assert_eq!(d.active, Some(RegionId::new("b")));
+        assert_eq!(d.home, Some(RegionId::new("a")));
+        assert_eq!(d.failovers, 2);
+        assert_eq!(d.moving, None);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_not_misread() {
+        let body = r#"{"version":99,"state":{"epoch":4,"active":"b","home":null,"promoting":null,"failovers":0}}"#;
+        let e = decode(body, Path::new("controller.db")).expect_err("refused");
+        assert!(format!("{e:#}").contains("newer lifeboat"), "{e:#}");
+    }
+
+    #[test]
+    fn the_move_in_progress_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = Durable {
+            epoch: Epoch(3),
+            active: Some(RegionId::new("a")),
+            moving: Some(DurableMove {
+                kind: MoveKind::Switchover,
+                from: Some(RegionId::new("a")),
+                to: RegionId::new("b"),
+                forced: false,
+                fence_known: true,
+            }),
+            ..Durable::default()
+        };
+        Store::open(dir.path())
+            .expect("open")
+            .save(&d)
+            .expect("save");
+        let back = Store::open(dir.path())
+            .expect("reopen")
+            .load()
+            .expect("load");
+        assert_eq!(back, Some(d));
     }
 }

@@ -58,9 +58,12 @@ pub struct Epoch(pub u64);
 impl Epoch {
     pub const ZERO: Epoch = Epoch(0);
 
+    /// The epoch after this one, or None at `u64::MAX`: a fencing token must never
+    /// wrap to 0 (every agent would then refuse every command for good, or worse,
+    /// accept one it fenced long ago). There is deliberately no unchecked `next`.
     #[must_use]
-    pub fn next(self) -> Epoch {
-        Epoch(self.0 + 1)
+    pub fn checked_next(self) -> Option<Epoch> {
+        self.0.checked_add(1).map(Epoch)
     }
 }
 
@@ -76,8 +79,9 @@ mod tests {
 
     #[test]
     fn epochs_order_and_increase() {
-        assert!(Epoch(3).next() > Epoch(3));
-        assert_eq!(Epoch::ZERO.next(), Epoch(1));
+        assert!(Epoch(3).checked_next() > Some(Epoch(3)));
+        assert_eq!(Epoch::ZERO.checked_next(), Some(Epoch(1)));
+        assert_eq!(Epoch(u64::MAX).checked_next(), None, "never wraps to 0");
         assert_eq!(serde_json::to_string(&Epoch(7)).unwrap(), "7");
     }
 }

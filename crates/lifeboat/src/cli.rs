@@ -20,6 +20,11 @@ pub enum Command {
     Controller {
         #[arg(long, short)]
         config: PathBuf,
+        /// Grant leases and start moves at once instead of first hearing from every
+        /// region's agent (with no state on disk: start at the config's initial active
+        /// region). Only when an agent is gone for good and its region known dead.
+        #[arg(long)]
+        no_wait_for_agents: bool,
     },
     /// Run one region's agent.
     Agent {
@@ -189,7 +194,10 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
-        Command::Controller { config } => crate::run::controller(&config).await,
+        Command::Controller {
+            config,
+            no_wait_for_agents,
+        } => crate::run::controller(&config, no_wait_for_agents).await,
         Command::Agent { config, region } => crate::run::agent(&config, &region).await,
         Command::Status { config, json } => crate::ops::status(&config, json).await,
         Command::Failover {

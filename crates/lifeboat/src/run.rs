@@ -87,7 +87,7 @@ pub(crate) fn to_reports(states: &CheckStates) -> BTreeMap<String, CheckReport> 
         .collect()
 }
 
-pub async fn controller(path: &Path) -> Result<ExitCode> {
+pub async fn controller(path: &Path, no_wait_for_agents: bool) -> Result<ExitCode> {
     let cfg = load_config(path)?;
     let token = lifeboat_agent::load_token(&cfg)?;
     let cancel = CancellationToken::new();
@@ -106,6 +106,7 @@ pub async fn controller(path: &Path) -> Result<ExitCode> {
         local,
         ControllerOptions {
             discovery: Some(crate::wiring::discovery()),
+            no_wait_for_agents,
             ..ControllerOptions::default()
         },
     )

@@ -167,6 +167,8 @@ async fn api_refuses_bad_requests_clearly() {
     let mut d = Deployment::new(Options::default());
     d.start_controller().await;
     d.start_agent("a", None).await;
+    // A controller with no state grants nothing before every agent has reported.
+    d.start_agent("b", None).await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", d.ctrl_addr);
     // No token -> 401, and nothing happens.
