@@ -27,11 +27,22 @@
 //! app_restore = "..."                                # optional
 //! partition_netns = "lb-a"          # the drill sets the namespace's links down and up
 //! # or: partition_start = "..."  partition_stop = "..."
+//! agent_kill = "kill -9 $(cat /run/demo/agent-a.pid)"      # agent-kill: SIGKILL the agent
+//! agent_start = "systemctl start lifeboat-agent"           # … and start it again
+//! agent_pause = "kill -STOP $(cat /run/demo/agent-a.pid)"  # agent-pause: SIGSTOP …
+//! agent_resume = "kill -CONT $(cat /run/demo/agent-a.pid)" # … and SIGCONT
+//!
+//! [drill.controller]                 # controller-kill / controller-pause (the witness)
+//! kill = "kill -9 $(cat /run/demo/controller.pid)"
+//! start = "systemctl start lifeboat-controller"
+//! pause = "kill -STOP $(cat /run/demo/controller.pid)"
+//! resume = "kill -CONT $(cat /run/demo/controller.pid)"
 //! ```
 //!
 //! Guarantees: every command that injects a lasting fault has its undo configured
-//! (`outage_start` needs `outage_stop`, `partition_start` needs `partition_stop`), the
-//! regions exist, there is a DNS server to ask, and every problem is reported at its key.
+//! (`outage_start` needs `outage_stop`, `partition_start` needs `partition_stop`, a kill
+//! its start, a pause its resume), the regions exist, there is a DNS server to ask, the
+//! databases are sampled at least every 200 ms, and every problem is reported at its key.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -69,9 +80,35 @@ pub struct DrillConfig {
     pub request_timeout: Duration,
     #[serde(default = "default_steady_timeout", deserialize_with = "duration::de")]
     pub steady_timeout: Duration,
+    /// How often the drill asks every region's database whether it takes writes (at
+    /// most 200 ms: a dual primary shorter than two samples would go unseen).
+    #[serde(default = "default_sample_interval", deserialize_with = "duration::de")]
+    pub sample_interval: Duration,
     /// `[drill.regions.NAME]`: the fault commands of each region.
     #[serde(default)]
     pub regions: BTreeMap<String, DrillRegionConfig>,
+    /// `[drill.controller]`: the fault commands of the controller (the witness).
+    #[serde(default)]
+    pub controller: DrillControllerConfig,
+}
+
+/// How to kill or freeze the controller, and how to bring it back. Commands run like
+/// the regions' (`sh -c`, with the `LIFEBOAT_DRILL_*` variables).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DrillControllerConfig {
+    /// controller-kill: SIGKILL the controller process.
+    #[serde(default)]
+    pub kill: Option<String>,
+    /// controller-kill: start it again (required with `kill`).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// controller-pause: SIGSTOP the controller process.
+    #[serde(default)]
+    pub pause: Option<String>,
+    /// controller-pause: SIGCONT it (required with `pause`).
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 /// How to hurt one region, and how to undo it. Commands run with `sh -c`, with
@@ -104,6 +141,18 @@ pub struct DrillRegionConfig {
     /// … or the network namespace the region runs in: the drill sets its links down.
     #[serde(default)]
     pub partition_netns: Option<String>,
+    /// agent-kill: SIGKILL the region's agent alone (its database and services stay).
+    #[serde(default)]
+    pub agent_kill: Option<String>,
+    /// agent-kill: start the agent again, with the same command line (required).
+    #[serde(default)]
+    pub agent_start: Option<String>,
+    /// agent-pause: SIGSTOP the region's agent (a frozen VM, a long GC pause).
+    #[serde(default)]
+    pub agent_pause: Option<String>,
+    /// agent-pause: SIGCONT it (required with `agent_pause`).
+    #[serde(default)]
+    pub agent_resume: Option<String>,
 }
 
 fn default_app_path() -> String {
@@ -126,6 +175,40 @@ fn default_request_timeout() -> Duration {
 }
 fn default_steady_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_sample_interval() -> Duration {
+    Duration::from_millis(200)
+}
+
+/// The longest `sample_interval` allowed.
+pub const MAX_SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A fault command and its required undo: both or neither (`(key, value)` pairs).
+fn pair(
+    v: &mut crate::Validator<'_>,
+    at: &str,
+    (start_key, start): (&str, &Option<String>),
+    (stop_key, stop): (&str, &Option<String>),
+) {
+    match (start, stop) {
+        (Some(_), None) => v.error(
+            &format!("{at}.{start_key}"),
+            format!("`{start_key}` needs `{stop_key}`: the drill must undo what it injects"),
+        ),
+        (None, Some(_)) => v.error(
+            &format!("{at}.{stop_key}"),
+            format!("`{stop_key}` without `{start_key}`"),
+        ),
+        _ => {}
+    }
+}
+
+fn not_empty(v: &mut crate::Validator<'_>, at: &str, keys: &[(&str, &Option<String>)]) {
+    for (key, val) in keys {
+        if val.as_ref().is_some_and(|c| c.trim().is_empty()) {
+            v.error(&format!("{at}.{key}"), format!("`{key}` is empty"));
+        }
+    }
 }
 
 impl DrillConfig {
@@ -183,54 +266,84 @@ impl DrillConfig {
                 );
             }
         }
+        if self.sample_interval.is_zero() || self.sample_interval > MAX_SAMPLE_INTERVAL {
+            v.error(
+                "drill.sample_interval",
+                format!(
+                    "sample_interval must be more than zero and at most {MAX_SAMPLE_INTERVAL:?} (the databases are asked at least that often whether they take writes)"
+                ),
+            );
+        }
+        let c = &self.controller;
+        pair(
+            v,
+            "drill.controller",
+            ("kill", &c.kill),
+            ("start", &c.start),
+        );
+        pair(
+            v,
+            "drill.controller",
+            ("pause", &c.pause),
+            ("resume", &c.resume),
+        );
+        not_empty(
+            v,
+            "drill.controller",
+            &[
+                ("kill", &c.kill),
+                ("start", &c.start),
+                ("pause", &c.pause),
+                ("resume", &c.resume),
+            ],
+        );
         for (region, r) in &self.regions {
             let at = format!("drill.regions.{region}");
             if !cfg.regions.contains_key(region) {
                 v.error(&at, cfg.undefined_region(region));
             }
-            let pairs = [
-                (
-                    "outage_start",
-                    &r.outage_start,
-                    "outage_stop",
-                    &r.outage_stop,
-                ),
-                (
-                    "partition_start",
-                    &r.partition_start,
-                    "partition_stop",
-                    &r.partition_stop,
-                ),
-            ];
-            for (start_key, start, stop_key, stop) in pairs {
-                match (start, stop) {
-                    (Some(_), None) => v.error(
-                        &format!("{at}.{start_key}"),
-                        format!(
-                            "`{start_key}` needs `{stop_key}`: the drill must undo what it injects"
-                        ),
-                    ),
-                    (None, Some(_)) => v.error(
-                        &format!("{at}.{stop_key}"),
-                        format!("`{stop_key}` without `{start_key}`"),
-                    ),
-                    _ => {}
-                }
-            }
-            for (key, val) in [
+            pair(
+                v,
+                &at,
                 ("outage_start", &r.outage_start),
                 ("outage_stop", &r.outage_stop),
-                ("db_crash", &r.db_crash),
-                ("db_restore", &r.db_restore),
-                ("app_crash", &r.app_crash),
-                ("app_restore", &r.app_restore),
+            );
+            pair(
+                v,
+                &at,
                 ("partition_start", &r.partition_start),
                 ("partition_stop", &r.partition_stop),
-            ] {
-                if val.as_ref().is_some_and(|c| c.trim().is_empty()) {
-                    v.error(&format!("{at}.{key}"), format!("`{key}` is empty"));
-                }
-            }
+            );
+            pair(
+                v,
+                &at,
+                ("agent_kill", &r.agent_kill),
+                ("agent_start", &r.agent_start),
+            );
+            pair(
+                v,
+                &at,
+                ("agent_pause", &r.agent_pause),
+                ("agent_resume", &r.agent_resume),
+            );
+            not_empty(
+                v,
+                &at,
+                &[
+                    ("outage_start", &r.outage_start),
+                    ("outage_stop", &r.outage_stop),
+                    ("db_crash", &r.db_crash),
+                    ("db_restore", &r.db_restore),
+                    ("app_crash", &r.app_crash),
+                    ("app_restore", &r.app_restore),
+                    ("partition_start", &r.partition_start),
+                    ("partition_stop", &r.partition_stop),
+                    ("agent_kill", &r.agent_kill),
+                    ("agent_start", &r.agent_start),
+                    ("agent_pause", &r.agent_pause),
+                    ("agent_resume", &r.agent_resume),
+                ],
+            );
             if r.db_restore.is_some() && r.db_crash.is_none() {
                 v.error(
                     &format!("{at}.db_restore"),
@@ -373,5 +486,37 @@ db_crash = "kill -9 1"
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].message.contains("db_kill"), "{}", errs[0]);
         assert_eq!(errs[0].line, line_of(&extra, "db_kill"));
+    }
+
+    #[test]
+    fn lifeboat_own_faults_need_their_undo_and_sampling_is_bounded() {
+        let extra = format!(
+            "{GOOD}agent_kill = \"kill -9 1\"\nagent_pause = \"kill -STOP 1\"\nagent_resume = \"kill -CONT 1\"\n\n[drill.controller]\npause = \"kill -STOP 2\"\n"
+        )
+        .replace("rate = 50", "rate = 50\nsample_interval = \"500ms\"");
+        let errs = errors(&extra);
+        let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "drill.sample_interval",
+                "drill.controller.pause",
+                "drill.regions.b.agent_kill"
+            ],
+            "{errs:?}"
+        );
+        assert!(errs[2].message.contains("agent_start"), "{}", errs[2]);
+        assert_eq!(errs[2].line, line_of(&extra, "agent_kill"));
+        assert!(errs[1].message.contains("resume"), "{}", errs[1]);
+        assert!(errs[0].message.contains("200ms"), "{}", errs[0]);
+
+        let good = format!(
+            "{GOOD}agent_kill = \"kill -9 1\"\nagent_start = \"start-agent b\"\n\n[drill.controller]\nkill = \"kill -9 2\"\nstart = \"start-controller\"\n"
+        );
+        let cfg = parse(&good).expect("valid");
+        let d = cfg.drill.as_ref().expect("drill");
+        assert_eq!(d.sample_interval, Duration::from_millis(200));
+        assert_eq!(d.controller.start.as_deref(), Some("start-controller"));
+        assert_eq!(d.regions["b"].agent_start.as_deref(), Some("start-agent b"));
     }
 }

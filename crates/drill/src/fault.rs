@@ -222,6 +222,65 @@ pub fn plan(cfg: &Config, scenario: Scenario, region: &RegionId) -> Result<Injec
                 "a shell command that kills the region's application",
             )),
         },
+        Scenario::AgentKill => match (&r.agent_kill, &r.agent_start) {
+            (Some(i), Some(u)) => Ok(Injection::Shell {
+                inject: i.clone(),
+                undo: Some(u.clone()),
+            }),
+            (None, _) => Err(missing(
+                "agent_kill",
+                "a shell command that SIGKILLs the region's agent alone; agent_start starts it again",
+            )),
+            (Some(_), None) => Err(missing(
+                "agent_start",
+                "the drill must start the agent again",
+            )),
+        },
+        Scenario::AgentPause => match (&r.agent_pause, &r.agent_resume) {
+            (Some(i), Some(u)) => Ok(Injection::Shell {
+                inject: i.clone(),
+                undo: Some(u.clone()),
+            }),
+            (None, _) => Err(missing(
+                "agent_pause",
+                "a shell command that SIGSTOPs the region's agent; agent_resume SIGCONTs it",
+            )),
+            (Some(_), None) => Err(missing("agent_resume", "the drill must resume the agent")),
+        },
+        Scenario::ControllerKill | Scenario::ControllerPause => {
+            let c = &drill.controller;
+            let (inject, undo, inject_key, undo_key, why) = if scenario == Scenario::ControllerKill
+            {
+                (
+                    &c.kill,
+                    &c.start,
+                    "kill",
+                    "start",
+                    "a shell command that SIGKILLs the controller; `start` starts it again",
+                )
+            } else {
+                (
+                    &c.pause,
+                    &c.resume,
+                    "pause",
+                    "resume",
+                    "a shell command that SIGSTOPs the controller; `resume` SIGCONTs it",
+                )
+            };
+            let missing = |key: &str, why: &str| DrillError::NotConfigured {
+                file: cfg.source.display().to_string(),
+                key: format!("drill.controller.{key}"),
+                message: format!("scenario {scenario} needs `{key}` in [drill.controller] ({why})"),
+            };
+            match (inject, undo) {
+                (Some(i), Some(u)) => Ok(Injection::Shell {
+                    inject: i.clone(),
+                    undo: Some(u.clone()),
+                }),
+                (None, _) => Err(missing(inject_key, why)),
+                (Some(_), None) => Err(missing(undo_key, "the drill must undo what it injects")),
+            }
+        }
     }
 }
 

@@ -79,6 +79,44 @@ pub fn rto(ops: &[Op], fault_ms: u64) -> Option<Rto> {
     })
 }
 
+/// Unavailability: the longest time between two acknowledgements in which a write that
+/// started failed (or had an unknown outcome) — from the acknowledgement before it to
+/// the acknowledgement of the first write that started after it (or `to_ms` when none
+/// did). Only failures that started in `[from_ms, to_ms]` count; 0 when none failed, so
+/// a fault the clients never noticed costs exactly nothing.
+pub fn longest_unavailability(ops: &[Op], from_ms: u64, to_ms: u64) -> u64 {
+    let mut acks: Vec<(u64, u64)> = ops
+        .iter()
+        .filter(|o| o.outcome == Outcome::Ok)
+        .map(|o| (o.start_ms, o.end_ms))
+        .collect();
+    acks.sort_unstable();
+    // suffix_min[i]: the earliest acknowledgement of the writes started at acks[i..].
+    let mut suffix_min = vec![u64::MAX; acks.len() + 1];
+    for i in (0..acks.len()).rev() {
+        suffix_min[i] = suffix_min[i + 1].min(acks[i].1);
+    }
+    let mut ends: Vec<u64> = acks.iter().map(|a| a.1).collect();
+    ends.sort_unstable();
+    let first_start = ops.iter().map(|o| o.start_ms).min().unwrap_or(from_ms);
+    ops.iter()
+        .filter(|o| o.outcome != Outcome::Ok && o.start_ms >= from_ms && o.start_ms <= to_ms)
+        .map(|o| {
+            let before = match ends.partition_point(|&e| e <= o.start_ms) {
+                0 => first_start,
+                n => ends[n - 1],
+            };
+            let i = acks.partition_point(|a| a.0 < o.start_ms);
+            let after = match suffix_min[i] {
+                u64::MAX => to_ms.max(o.start_ms),
+                t => t,
+            };
+            after.saturating_sub(before)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Acknowledged writes missing from the final read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Lost {
@@ -483,5 +521,24 @@ mod tests {
         assert_eq!(s[2].duration_ms, Some(900));
         assert_eq!(s[5].duration_ms, Some(600));
         assert_eq!(first_promotion(&j), Some((2300, Some(RegionId::new("b")))));
+    }
+
+    #[test]
+    fn unavailability_is_the_longest_gap_with_failed_writes() {
+        // a acknowledges up to 960, nothing until b's 2500: 1540 ms.
+        let ops = failover_history();
+        assert_eq!(longest_unavailability(&ops, 1000, 5000), 1540);
+        // No failure, no unavailability, however sparse the writes.
+        let quiet = vec![
+            op(1, 0, 5, Outcome::Ok, A),
+            op(2, 4000, 4005, Outcome::Ok, A),
+        ];
+        assert_eq!(longest_unavailability(&quiet, 0, 5000), 0);
+        // A failure before the window does not count; one with no recovery runs to
+        // the end of the window.
+        assert_eq!(longest_unavailability(&ops, 3000, 5000), 0);
+        let mut stuck = ops.clone();
+        stuck.push(op(7, 3000, 3001, Outcome::Failed, B));
+        assert_eq!(longest_unavailability(&stuck, 1000, 9000), 9000 - 2610);
     }
 }

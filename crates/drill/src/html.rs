@@ -74,6 +74,45 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
             esc(e)
         );
     }
+    if let Some(sc) = &r.schedule {
+        let _ = writeln!(
+            h,
+            "<p>Random schedule: seed <b>{}</b>, {} fault(s), lengths {}–{} ms.</p>",
+            sc.seed,
+            sc.planned.len(),
+            sc.min_fault_ms,
+            sc.max_fault_ms
+        );
+    }
+    if r.runs.iter().any(|x| x.fault_length_ms.is_some()) {
+        h.push_str("<table><tr><th>scenario</th><th>count</th><th>unavailability median</th><th>max</th><th>failovers</th><th>dual-primary samples</th><th>lost acknowledged</th><th>converged</th></tr>\n");
+        for p in &r.per_scenario {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{} ms</td><td>{} ms</td><td>{}</td><td class=\"{}\">{}</td><td class=\"{}\">{}</td><td>{}/{}</td></tr>",
+                esc(p.scenario.as_str()),
+                p.count,
+                p.unavailability_median_ms,
+                p.unavailability_max_ms,
+                p.failovers,
+                if p.dual_primary_samples > 0 {
+                    "bad"
+                } else {
+                    "good"
+                },
+                p.dual_primary_samples,
+                if p.lost_acknowledged_writes > 0 {
+                    "bad"
+                } else {
+                    "good"
+                },
+                p.lost_acknowledged_writes,
+                p.converged,
+                p.count
+            );
+        }
+        h.push_str("</table>\n");
+    }
     for run in &r.runs {
         render_run(&mut h, run);
     }
@@ -109,6 +148,28 @@ lost acknowledged <span class=\"{lc}\">{lost}</span> · unknown committed {uc} �
         dp = if run.dual_primary { "YES" } else { "no" },
         dc = if run.dual_primary { "bad" } else { "good" },
     );
+    if let Some(len) = run.fault_length_ms {
+        let _ = writeln!(
+            h,
+            "<p>{} of {} for {} ms · unavailable {} ms · failed over {} · {} · dual-primary samples <span class=\"{}\">{}</span> of {}</p>",
+            esc(run.scenario.as_str()),
+            esc(&run.fault_target),
+            len,
+            run.unavailability_ms,
+            if run.failed_over { "yes" } else { "no" },
+            run.converge_ms.map_or(
+                "<span class=\"bad\">not converged</span>".to_owned(),
+                |c| format!("converged {c} ms after the heal")
+            ),
+            if run.dual_primary_samples > 0 {
+                "bad"
+            } else {
+                "good"
+            },
+            run.dual_primary_samples,
+            run.samples
+        );
+    }
     render_svg(h, run);
     h.push_str("<table><tr><th>step</th><th>region</th><th>after fault</th><th>since previous step</th><th>detail</th></tr>\n");
     let _ = writeln!(

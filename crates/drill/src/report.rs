@@ -3,10 +3,14 @@
 //!
 //! The JSON form (serde) is the report's contract: `scenario`, `runs[]` with `rto_ms`,
 //! `lost_acknowledged_writes`, `unknown_committed`, `dual_primary` and `steps`, and
-//! `summary`. Fields may be added; these are not renamed.
+//! `summary`. Fields may be added; these are not renamed. A timed fault (lifeboat's own
+//! processes, `--fault-seconds`, `--schedule random`) adds per run `fault_length_ms`,
+//! `unavailability_ms`, `failed_over`, `converged`, `converge_ms` and
+//! `dual_primary_samples`, and the report `per_scenario` and `schedule`.
 
 use crate::Scenario;
 use crate::history::{self, Lost, Op, Outcome, Step};
+use crate::sampler::{self, DualPrimarySample, Sample};
 use lifeboat_core::{JournalEntry, JournalKind, RegionId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -37,7 +41,31 @@ pub struct RunRecord {
     pub region_addrs: BTreeMap<RegionId, IpAddr>,
     /// Problems worth showing that did not stop the run (read-back retries, restore errors).
     pub notes: Vec<String>,
+    pub scenario: Scenario,
+    /// The database sampler's rounds from the fault to the end of the run (empty when
+    /// the deployment has no `[database]`).
+    pub samples: Vec<Sample>,
+    /// Set for a fault that lasted a given time and was healed.
+    pub timed: Option<TimedRecord>,
 }
+
+/// What a timed fault recorded beyond a run's history.
+#[derive(Debug, Clone)]
+pub struct TimedRecord {
+    /// The region hit, or "controller".
+    pub fault_target: String,
+    pub length_ms: u64,
+    /// When the heal (undo) command returned.
+    pub healed_at_ms: u64,
+    /// When the deployment was seen converged again; None: not within the timeout.
+    pub converged_at_ms: Option<u64>,
+    pub epoch_before: u64,
+    pub epoch_after: Option<u64>,
+    pub active_before: Option<RegionId>,
+}
+
+/// Dual-primary samples listed in a report, at most (the count is always exact).
+const DUAL_SAMPLES_LISTED: usize = 50;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Counts {
@@ -85,6 +113,34 @@ pub struct RunReport {
     pub notes: Vec<String>,
     /// Every write (the HTML timeline draws them).
     pub ops: Vec<Op>,
+    pub scenario: Scenario,
+    /// The region hit, or "controller".
+    pub fault_target: String,
+    /// How long the fault lasted before it was healed (timed faults).
+    pub fault_length_ms: Option<u64>,
+    pub healed_at_unix_ms: Option<u64>,
+    /// The longest time without an acknowledgement in which writes failed (0: no write
+    /// failed).
+    pub unavailability_ms: u64,
+    /// The controller promoted a region during the run (or the active region changed).
+    pub failed_over: bool,
+    /// Promotions journaled during the run.
+    pub promotions: usize,
+    pub epoch_before: Option<u64>,
+    pub epoch_after: Option<u64>,
+    pub active_before: Option<RegionId>,
+    /// Timed faults: one active region, steady, every agent reporting, the standby
+    /// following, exactly one database taking writes — again after the heal.
+    pub converged: Option<bool>,
+    /// From the heal to converged.
+    pub converge_ms: Option<u64>,
+    /// Database sampler rounds during the run, and the longest gap between two.
+    pub samples: usize,
+    pub max_sample_gap_ms: Option<u64>,
+    /// Rounds in which two or more databases took writes.
+    pub dual_primary_samples: usize,
+    /// The first of them.
+    pub dual_primary_sample_list: Vec<DualPrimarySample>,
 }
 
 /// Across runs.
@@ -97,12 +153,55 @@ pub struct Summary {
     pub lost_acknowledged_writes_total: usize,
     pub unknown_committed_total: usize,
     pub dual_primary_any: bool,
+    #[serde(default)]
+    pub dual_primary_samples_total: usize,
+}
+
+/// One scenario's faults, across a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScenarioSummary {
+    pub scenario: Scenario,
+    pub count: usize,
+    /// Lower median and maximum of the runs' `unavailability_ms`.
+    pub unavailability_median_ms: u64,
+    pub unavailability_max_ms: u64,
+    /// Runs that failed over.
+    pub failovers: usize,
+    pub dual_primary_samples: usize,
+    pub lost_acknowledged_writes: usize,
+    /// Runs that converged (timed faults) or recovered.
+    pub converged: usize,
+    pub converge_max_ms: Option<u64>,
+}
+
+/// How a random schedule was drawn (replay it with the same seed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScheduleInfo {
+    pub seed: u64,
+    pub faults: u32,
+    pub min_fault_ms: u64,
+    pub max_fault_ms: u64,
+    pub planned: Vec<crate::schedule::PlannedFault>,
+    /// Scenarios left out because the deployment does not configure them, and why.
+    pub skipped: Vec<(Scenario, String)>,
+}
+
+/// The last read of every write the drill had acknowledged, after all faults: a write
+/// found after its own fault and missing now was lost by a later one.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct FinalRead {
+    pub acknowledged: usize,
+    pub lost: usize,
+    pub lost_ids: Vec<String>,
+    /// Why the final read could not be made, if it could not.
+    pub error: Option<String>,
 }
 
 /// The whole drill.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillReport {
-    pub scenario: Scenario,
+    /// The scenario, or "random" for a random schedule.
+    pub scenario: String,
     pub deployment: String,
     pub app_name: String,
     pub started_at_unix_ms: u64,
@@ -112,6 +211,17 @@ pub struct DrillReport {
     /// Why the drill stopped before all its runs (the runs above are complete).
     #[serde(default)]
     pub error: Option<String>,
+    #[serde(default)]
+    pub per_scenario: Vec<ScenarioSummary>,
+    #[serde(default)]
+    pub schedule: Option<ScheduleInfo>,
+    /// The regions whose databases were sampled, and how often.
+    #[serde(default)]
+    pub sampled_regions: Vec<RegionId>,
+    #[serde(default)]
+    pub sample_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub final_read: Option<FinalRead>,
 }
 
 /// Judge one run's history.
@@ -153,6 +263,40 @@ pub fn analyze(r: RunRecord) -> RunReport {
     let mut evidence =
         history::dual_primary_from_ops(&r.ops, new_addr, promotion.map(|p| p.0), &later);
     evidence.extend(history::dual_primary_from_journal(&window, Some(&r.target)));
+    let dual_samples = sampler::dual_primary(&r.samples);
+    if let (Some(first), Some(last)) = (dual_samples.first(), dual_samples.last()) {
+        evidence.push(format!(
+            "{} database sample(s) with two servers taking writes, {}..{} ms after the fault ({})",
+            dual_samples.len(),
+            first.at_unix_ms as i64 - r.fault_at_ms as i64,
+            last.at_unix_ms as i64 - r.fault_at_ms as i64,
+            first
+                .writable
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ));
+    }
+    let promotions = window
+        .iter()
+        .filter(|e| e.kind == JournalKind::Promoted)
+        .count();
+    let timed = r.timed.as_ref();
+    let active_before = timed.map_or(Some(r.target.clone()), |t| t.active_before.clone());
+    let failed_over = promotions > 0 || (r.new_active.is_some() && r.new_active != active_before);
+    let end_ms = timed
+        .and_then(|t| t.converged_at_ms)
+        .or(r.restored_at_ms)
+        .unwrap_or_else(|| {
+            r.ops
+                .iter()
+                .map(|o| o.end_ms)
+                .max()
+                .unwrap_or(r.fault_at_ms)
+        });
+    let unavailability_ms = history::longest_unavailability(&r.ops, r.fault_at_ms, end_ms);
+    let fault_target = timed.map_or_else(|| r.target.to_string(), |t| t.fault_target.clone());
     let mut writes = Counts::default();
     let mut acknowledged_by: BTreeMap<String, usize> = BTreeMap::new();
     for o in &r.ops {
@@ -194,7 +338,54 @@ pub fn analyze(r: RunRecord) -> RunReport {
         acknowledged_by,
         notes: r.notes,
         ops: r.ops,
+        scenario: r.scenario,
+        fault_target,
+        fault_length_ms: timed.map(|t| t.length_ms),
+        healed_at_unix_ms: timed.map(|t| t.healed_at_ms),
+        unavailability_ms,
+        failed_over,
+        promotions,
+        epoch_before: timed.map(|t| t.epoch_before),
+        epoch_after: timed.and_then(|t| t.epoch_after),
+        active_before,
+        converged: timed.map(|t| t.converged_at_ms.is_some()),
+        converge_ms: timed
+            .and_then(|t| t.converged_at_ms.map(|c| c.saturating_sub(t.healed_at_ms))),
+        samples: r.samples.len(),
+        max_sample_gap_ms: sampler::max_gap_ms(&r.samples),
+        dual_primary_samples: dual_samples.len(),
+        dual_primary_sample_list: dual_samples.into_iter().take(DUAL_SAMPLES_LISTED).collect(),
     }
+}
+
+/// Per scenario, in the order of [`Scenario::ALL`]: count, unavailability, failovers,
+/// dual-primary samples, lost writes, converged.
+pub fn summarize_scenarios(runs: &[RunReport]) -> Vec<ScenarioSummary> {
+    Scenario::ALL
+        .iter()
+        .filter_map(|&scenario| {
+            let of: Vec<&RunReport> = runs.iter().filter(|r| r.scenario == scenario).collect();
+            if of.is_empty() {
+                return None;
+            }
+            let mut un: Vec<u64> = of.iter().map(|r| r.unavailability_ms).collect();
+            un.sort_unstable();
+            Some(ScenarioSummary {
+                scenario,
+                count: of.len(),
+                unavailability_median_ms: un[(un.len() - 1) / 2],
+                unavailability_max_ms: un.last().copied().unwrap_or(0),
+                failovers: of.iter().filter(|r| r.failed_over).count(),
+                dual_primary_samples: of.iter().map(|r| r.dual_primary_samples).sum(),
+                lost_acknowledged_writes: of.iter().map(|r| r.lost_acknowledged_writes).sum(),
+                converged: of
+                    .iter()
+                    .filter(|r| r.converged.unwrap_or(r.recovered))
+                    .count(),
+                converge_max_ms: of.iter().filter_map(|r| r.converge_ms).max(),
+            })
+        })
+        .collect()
 }
 
 /// Median (the lower middle for an even count) and maximum RTO, total losses.
@@ -209,11 +400,16 @@ pub fn summarize(runs: &[RunReport]) -> Summary {
         lost_acknowledged_writes_total: runs.iter().map(|r| r.lost_acknowledged_writes).sum(),
         unknown_committed_total: runs.iter().map(|r| r.unknown_committed).sum(),
         dual_primary_any: runs.iter().any(|r| r.dual_primary),
+        dual_primary_samples_total: runs.iter().map(|r| r.dual_primary_samples).sum(),
     }
 }
 
 fn ms(v: Option<u64>) -> String {
     v.map_or("-".to_owned(), |v| format!("{v} ms"))
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
 }
 
 /// The terminal summary printed at the end of a drill.
@@ -227,28 +423,92 @@ pub fn render_summary(r: &DrillReport) -> String {
         r.app_name,
         r.runs.len()
     );
-    for run in &r.runs {
+    if let Some(sc) = &r.schedule {
         let _ = writeln!(
             s,
-            "run {}: fault in {} -> active {}{}; RTO {}; writes ok {} failed {} unknown {}; lost acknowledged {}; unknown committed {}; dual primary {}",
-            run.run,
-            run.target,
-            run.new_active
-                .as_ref()
-                .map_or("-".to_owned(), |a| a.to_string()),
-            if run.recovered {
-                ""
-            } else {
-                " (NOT RECOVERED)"
+            "random schedule: seed {} (replay: --schedule random --seed {} --faults {} --fault-seconds {}), {} fault(s)",
+            sc.seed,
+            sc.seed,
+            sc.faults,
+            crate::schedule::FaultLength {
+                min_ms: sc.min_fault_ms,
+                max_ms: sc.max_fault_ms
             },
-            ms(run.rto_ms),
-            run.writes.ok,
-            run.writes.failed,
-            run.writes.unknown,
-            run.lost_acknowledged_writes,
-            run.unknown_committed,
-            if run.dual_primary { "YES" } else { "no" },
+            sc.planned.len()
         );
+        for (scenario, why) in &sc.skipped {
+            let _ = writeln!(s, "  skipped {scenario}: {why}");
+        }
+    }
+    if r.sampled_regions.is_empty() {
+        let _ = writeln!(
+            s,
+            "databases: not sampled (no [database] in the config): dual primaries are judged from the writes and the journal only"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "databases of {} asked every {} whether they take writes",
+            r.sampled_regions
+                .iter()
+                .map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ms(r.sample_interval_ms)
+        );
+    }
+    for run in &r.runs {
+        if let Some(len) = run.fault_length_ms {
+            let _ = writeln!(
+                s,
+                "run {}: {} of {} for {:.1} s; unavailable {} ms; failed over {}{}; {}; epoch {} -> {}; writes ok {} failed {} unknown {}; lost acknowledged {}; dual-primary samples {} of {}",
+                run.run,
+                run.scenario,
+                run.fault_target,
+                len as f64 / 1000.0,
+                run.unavailability_ms,
+                yes_no(run.failed_over),
+                match (&run.active_before, &run.new_active) {
+                    (Some(a), Some(b)) if a != b => format!(" ({a} -> {b})"),
+                    _ => String::new(),
+                },
+                match (run.converged, run.converge_ms) {
+                    (Some(true), Some(c)) =>
+                        format!("converged {:.1} s after the heal", c as f64 / 1000.0),
+                    _ => "NOT CONVERGED".to_owned(),
+                },
+                run.epoch_before.map_or("-".into(), |e| e.to_string()),
+                run.epoch_after.map_or("-".into(), |e| e.to_string()),
+                run.writes.ok,
+                run.writes.failed,
+                run.writes.unknown,
+                run.lost_acknowledged_writes,
+                run.dual_primary_samples,
+                run.samples,
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "run {}: fault in {} -> active {}{}; RTO {}; writes ok {} failed {} unknown {}; lost acknowledged {}; unknown committed {}; dual primary {}",
+                run.run,
+                run.target,
+                run.new_active
+                    .as_ref()
+                    .map_or("-".to_owned(), |a| a.to_string()),
+                if run.recovered {
+                    ""
+                } else {
+                    " (NOT RECOVERED)"
+                },
+                ms(run.rto_ms),
+                run.writes.ok,
+                run.writes.failed,
+                run.writes.unknown,
+                run.lost_acknowledged_writes,
+                run.unknown_committed,
+                if run.dual_primary { "YES" } else { "no" },
+            );
+        }
         if let (Some(a), Some(b)) = (run.lost.first_ms, run.lost.last_ms) {
             let _ = writeln!(
                 s,
@@ -269,6 +529,14 @@ pub fn render_summary(r: &DrillReport) -> String {
                 st.region.as_ref().map_or("", |r| r.as_str()),
             );
         }
+        if let Some(gap) = run.max_sample_gap_ms
+            && r.sample_interval_ms.is_some_and(|i| gap > 2 * i)
+        {
+            let _ = writeln!(
+                s,
+                "  note: the database samples had a gap of {gap} ms (the drill was starved): a breach shorter than that may be unseen"
+            );
+        }
         for e in &run.dual_primary_evidence {
             let _ = writeln!(s, "  DUAL PRIMARY: {e}");
         }
@@ -279,24 +547,87 @@ pub fn render_summary(r: &DrillReport) -> String {
     if let Some(e) = &r.error {
         let _ = writeln!(s, "DRILL STOPPED EARLY: {e}");
     }
+    if let Some(f) = &r.final_read {
+        match &f.error {
+            Some(e) => {
+                let _ = writeln!(
+                    s,
+                    "final read of all {} acknowledged writes FAILED: {e}",
+                    f.acknowledged
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "final read: {} of {} acknowledged writes missing after all faults{}",
+                    f.lost,
+                    f.acknowledged,
+                    if f.lost > 0 { " (LOST)" } else { "" }
+                );
+            }
+        }
+    }
     let m = &r.summary;
     let _ = writeln!(
         s,
-        "summary: {}/{} recovered; RTO median {} max {}; lost acknowledged writes {}; unknown committed {}; dual primary {}",
+        "summary: {}/{} {}; RTO median {} max {}; lost acknowledged writes {}; unknown committed {}; dual primary {}{}",
         m.recovered,
         m.runs,
+        if r.runs.iter().any(|x| x.converged.is_some()) {
+            "converged"
+        } else {
+            "recovered"
+        },
         ms(m.rto_median_ms),
         ms(m.rto_max_ms),
         m.lost_acknowledged_writes_total,
         m.unknown_committed_total,
         if m.dual_primary_any { "YES" } else { "never" },
+        if r.sampled_regions.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} dual-primary database samples)",
+                m.dual_primary_samples_total
+            )
+        },
     );
+    if r.runs.iter().any(|x| x.fault_length_ms.is_some()) {
+        let _ = writeln!(
+            s,
+            "{:<17} {:>5} {:>13} {:>10} {:>9} {:>12} {:>5} {:>9}",
+            "scenario",
+            "count",
+            "unavail. med",
+            "max",
+            "failovers",
+            "dual-primary",
+            "lost",
+            "converged"
+        );
+        for p in &r.per_scenario {
+            let _ = writeln!(
+                s,
+                "{:<17} {:>5} {:>10} ms {:>7} ms {:>9} {:>12} {:>5} {:>5}/{}",
+                p.scenario.as_str(),
+                p.count,
+                p.unavailability_median_ms,
+                p.unavailability_max_ms,
+                p.failovers,
+                p.dual_primary_samples,
+                p.lost_acknowledged_writes,
+                p.converged,
+                p.count
+            );
+        }
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sampler::Writable;
     use lifeboat_core::{Epoch, JournalKind};
     use std::net::Ipv4Addr;
 
@@ -345,7 +676,126 @@ mod tests {
             present: ["x-1", "x-2", "x-3"].map(String::from).into(),
             region_addrs: [(RegionId::new("a"), a), (RegionId::new("b"), b)].into(),
             notes: vec![],
+            scenario: Scenario::RegionOutage,
+            samples: vec![],
+            timed: None,
         }
+    }
+
+    fn drill_report(runs: Vec<RunReport>, error: Option<String>) -> DrillReport {
+        DrillReport {
+            scenario: "region-outage".into(),
+            deployment: "shop".into(),
+            app_name: "app.shop.example.".into(),
+            started_at_unix_ms: 0,
+            finished_at_unix_ms: 1,
+            summary: summarize(&runs),
+            per_scenario: summarize_scenarios(&runs),
+            runs,
+            error,
+            schedule: None,
+            sampled_regions: vec![RegionId::new("a"), RegionId::new("b")],
+            sample_interval_ms: Some(200),
+            final_read: None,
+        }
+    }
+
+    /// An agent of a killed for 10 s at 1000..11000: a keeps serving (no failover),
+    /// converged 2 s after the heal; the database samples are given.
+    fn timed_record(samples: Vec<(u64, Writable, Writable)>) -> RunRecord {
+        let mut rec = record();
+        let a = rec.region_addrs[&RegionId::new("a")];
+        rec.scenario = Scenario::AgentKill;
+        rec.journal.clear();
+        rec.new_active = Some(RegionId::new("a"));
+        rec.ops = (0..60)
+            .map(|n| Op {
+                id: format!("x-{n}"),
+                start_ms: 500 + n * 200,
+                end_ms: 510 + n * 200,
+                outcome: if (11..=15).contains(&n) {
+                    Outcome::Failed
+                } else {
+                    Outcome::Ok
+                },
+                addr: Some(a),
+                region: Some(RegionId::new("a")),
+                status: None,
+                error: None,
+            })
+            .collect();
+        rec.present = rec.ops.iter().map(|o| o.id.clone()).collect();
+        rec.samples = samples
+            .into_iter()
+            .map(|(at_ms, wa, wb)| Sample {
+                at_ms,
+                regions: [(RegionId::new("a"), wa), (RegionId::new("b"), wb)].into(),
+            })
+            .collect();
+        rec.timed = Some(TimedRecord {
+            fault_target: "a".into(),
+            length_ms: 10_000,
+            healed_at_ms: 11_000,
+            converged_at_ms: Some(13_000),
+            epoch_before: 1,
+            epoch_after: Some(1),
+            active_before: Some(RegionId::new("a")),
+        });
+        rec
+    }
+
+    #[test]
+    fn a_timed_fault_reports_unavailability_convergence_and_dual_primary_samples() {
+        use Writable::{No, Yes};
+        let clean = analyze(timed_record(vec![(1000, Yes, No), (1200, Yes, No)]));
+        // Writes 11..=15 failed: from write 10's ack (2510) to write 16's (3710).
+        assert_eq!(clean.unavailability_ms, 1200);
+        assert!(!clean.failed_over);
+        assert_eq!(clean.converged, Some(true));
+        assert_eq!(clean.converge_ms, Some(2000));
+        assert_eq!(clean.dual_primary_samples, 0);
+        assert!(!clean.dual_primary, "{:?}", clean.dual_primary_evidence);
+        assert_eq!(clean.fault_target, "a");
+
+        let mut rec = timed_record(vec![
+            (1000, Yes, No),
+            (1200, Yes, Yes),
+            (1400, Yes, Yes),
+            (1600, No, Yes),
+        ]);
+        rec.journal = vec![JournalEntry {
+            seq: 9,
+            at_unix_ms: 1300,
+            mono_ms: 1300,
+            epoch: Epoch(2),
+            kind: JournalKind::Promoted,
+            region: Some(RegionId::new("b")),
+            detail: String::new(),
+        }];
+        let breach = analyze(rec);
+        assert_eq!(breach.dual_primary_samples, 2);
+        assert!(breach.dual_primary);
+        assert!(breach.failed_over);
+        assert!(
+            breach
+                .dual_primary_evidence
+                .iter()
+                .any(|e| e.contains("2 database sample(s)")),
+            "{:?}",
+            breach.dual_primary_evidence
+        );
+        let per = summarize_scenarios(&[clean.clone(), breach.clone()]);
+        assert_eq!(per.len(), 1);
+        assert_eq!(per[0].scenario, Scenario::AgentKill);
+        assert_eq!(per[0].count, 2);
+        assert_eq!(per[0].failovers, 1);
+        assert_eq!(per[0].dual_primary_samples, 2);
+        assert_eq!(per[0].converged, 2);
+        let text = render_summary(&drill_report(vec![clean, breach], None));
+        assert!(text.contains("agent-kill of a for 10.0 s"), "{text}");
+        assert!(text.contains("converged 2.0 s after the heal"), "{text}");
+        assert!(text.contains("2 dual-primary database samples"), "{text}");
+        assert!(text.contains("unavail. med"), "{text}");
     }
 
     #[test]
@@ -389,16 +839,10 @@ mod tests {
         assert_eq!(r.lost_acknowledged_writes, 1);
         assert_eq!(r.lost.ids, vec!["x-1".to_owned()]);
         assert!(r.dual_primary);
-        let text = render_summary(&DrillReport {
-            scenario: Scenario::RegionOutage,
-            deployment: "shop".into(),
-            app_name: "app.shop.example.".into(),
-            started_at_unix_ms: 0,
-            finished_at_unix_ms: 1,
-            summary: summarize(std::slice::from_ref(&r)),
-            runs: vec![r],
-            error: Some("stopped at run 2: the deployment was not steady".into()),
-        });
+        let text = render_summary(&drill_report(
+            vec![r],
+            Some("stopped at run 2: the deployment was not steady".into()),
+        ));
         assert!(text.contains("DRILL STOPPED EARLY"), "{text}");
         assert!(text.contains("lost acknowledged 1"), "{text}");
         assert!(text.contains("DUAL PRIMARY"), "{text}");

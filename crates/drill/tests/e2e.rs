@@ -561,7 +561,7 @@ fn opts(scenario: Scenario, runs: u32, dir: &Path) -> DrillOptions {
         runs,
         json: Some(dir.join("report.json")),
         html: Some(dir.join("report.html")),
-        progress: false,
+        ..DrillOptions::new(scenario, runs)
     }
 }
 

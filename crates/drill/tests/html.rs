@@ -5,7 +5,7 @@
 
 use lifeboat_core::{Epoch, JournalEntry, JournalKind, RegionId};
 use lifeboat_drill::history::{Op, Outcome};
-use lifeboat_drill::report::{DrillReport, RunRecord, analyze, summarize};
+use lifeboat_drill::report::{DrillReport, RunRecord, analyze, summarize, summarize_scenarios};
 use lifeboat_drill::{Scenario, render_html};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -71,16 +71,24 @@ fn report() -> DrillReport {
         present,
         region_addrs: BTreeMap::from([(RegionId::new("a"), a), (RegionId::new("b"), b)]),
         notes: vec!["<script>alert(1)</script>".into()],
+        scenario: Scenario::RegionOutage,
+        samples: vec![],
+        timed: None,
     });
     DrillReport {
-        scenario: Scenario::RegionOutage,
+        scenario: "region-outage".into(),
         deployment: "shop".into(),
         app_name: "app.shop.example.".into(),
         started_at_unix_ms: t0,
         finished_at_unix_ms: t0 + 11_000,
         summary: summarize(std::slice::from_ref(&run)),
+        per_scenario: summarize_scenarios(std::slice::from_ref(&run)),
         runs: vec![run],
         error: None,
+        schedule: None,
+        sampled_regions: vec![],
+        sample_interval_ms: None,
+        final_read: None,
     }
 }
 

@@ -149,14 +149,37 @@ pub enum DbCommand {
     },
 }
 
+/// `lifeboat drill --schedule`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillSchedule {
+    Random,
+}
+
 /// The drill's options, shared by `lifeboat drill` and `lifeboat demo --drill`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DrillArgs {
-    /// region-outage, partition, db-crash or app-crash.
-    #[arg(long, default_value = "region-outage")]
-    pub scenario: lifeboat_drill::Scenario,
-    #[arg(long, default_value_t = 1)]
-    pub runs: u32,
+    /// region-outage (the default), partition, db-crash, app-crash, controller-kill,
+    /// controller-pause, agent-kill or agent-pause.
+    #[arg(long)]
+    pub scenario: Option<lifeboat_drill::Scenario>,
+    /// Runs of --scenario (default 1).
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// How long each fault lasts before it is healed: seconds, or MIN-MAX to draw each
+    /// length from. Default: 10 for lifeboat's own processes, 1-45 for a random
+    /// schedule; the region scenarios otherwise last until another region is active.
+    #[arg(long, value_name = "SECONDS|MIN-MAX")]
+    pub fault_seconds: Option<lifeboat_drill::schedule::FaultLength>,
+    /// `random`: --faults faults drawn from every scenario the config sets up, each
+    /// healed and followed by a wait for the deployment to converge.
+    #[arg(long)]
+    pub schedule: Option<DrillSchedule>,
+    /// The random schedule's seed (printed; the same seed replays the same faults).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How many faults the random schedule draws (default 10).
+    #[arg(long)]
+    pub faults: Option<u32>,
     /// Write the JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -93,14 +93,8 @@ pub async fn drill(config: &Path, args: DrillArgs) -> Result<ExitCode> {
 }
 
 pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) -> Result<ExitCode> {
+    let opts = drill_options(args)?;
     let cancel = lifeboat_drill::cancel_on_ctrl_c().context("listening for Ctrl-C")?;
-    let opts = lifeboat_drill::DrillOptions {
-        scenario: args.scenario,
-        runs: args.runs,
-        json: args.json,
-        html: args.html,
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
     let report = lifeboat_drill::run(cfg, opts, cancel).await?;
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", lifeboat_drill::render_summary(&report));
@@ -114,6 +108,52 @@ pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) ->
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// The flags, checked together: a random schedule draws its own scenarios and count.
+fn drill_options(args: DrillArgs) -> Result<lifeboat_drill::DrillOptions> {
+    use crate::cli::DrillSchedule;
+    let random = match args.schedule {
+        Some(DrillSchedule::Random) => {
+            if let Some(s) = args.scenario {
+                anyhow::bail!(
+                    "--scenario {s} and --schedule random exclude each other: the schedule draws from every scenario the config sets up"
+                );
+            }
+            if args.runs.is_some() {
+                anyhow::bail!(
+                    "--runs does not apply to --schedule random: say how many faults with --faults"
+                );
+            }
+            let faults = args.faults.unwrap_or(10);
+            anyhow::ensure!(faults > 0, "--faults must be at least 1");
+            Some(lifeboat_drill::RandomSchedule {
+                seed: args
+                    .seed
+                    .unwrap_or_else(lifeboat_drill::schedule::fresh_seed),
+                faults,
+            })
+        }
+        None => {
+            if args.seed.is_some() || args.faults.is_some() {
+                anyhow::bail!("--seed and --faults go with --schedule random");
+            }
+            None
+        }
+    };
+    let runs = args.runs.unwrap_or(1);
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    Ok(lifeboat_drill::DrillOptions {
+        scenario: args
+            .scenario
+            .unwrap_or(lifeboat_drill::Scenario::RegionOutage),
+        runs,
+        json: args.json,
+        html: args.html,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        fault_length: args.fault_seconds,
+        random,
     })
 }
 
