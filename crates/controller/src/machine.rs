@@ -149,7 +149,7 @@ impl Move {
     }
 
     /// A switchover or failback: waits for the target's catch-up (zero loss).
-    fn planned(&self) -> bool {
+    pub fn planned(&self) -> bool {
         matches!(self.kind, MoveKind::Switchover | MoveKind::Failback)
     }
 }

@@ -43,6 +43,14 @@ struct Sim {
     persisted: Vec<Durable>,
     /// Index of the last Persist in the action stream seen before each Send.
     order_ok: bool,
+    /// Every Fence left when the disk already said its region was being moved away
+    /// from (or was not active): a restart resumes the move instead of forgetting it.
+    fence_order_ok: bool,
+    /// Journal details, in order (kind, detail).
+    notes: Vec<(JournalKind, String)>,
+    params: Params,
+    /// Controller restarts so far.
+    restarts: usize,
 }
 
 impl Sim {
@@ -57,13 +65,46 @@ impl Sim {
             moving: None,
         };
         Self {
-            m: Machine::restore(p, &[a(), b()], durable, t0, true),
+            m: Machine::restore(p.clone(), &[a(), b()], durable, t0, true),
             t0,
             journal: vec![],
             sent: vec![],
             persisted: vec![],
             order_ok: true,
+            fence_order_ok: true,
+            notes: vec![],
+            params: p,
+            restarts: 0,
         }
+    }
+
+    /// A controller started by `Machine::start` (as the server starts it) at t0.
+    fn started(p: Params, disk: Option<Durable>) -> Self {
+        let mut s = Self::new(p.clone());
+        s.m = Machine::start(p, &[a(), b()], disk.clone(), Some(a()), s.t0, true);
+        s.persisted.extend(disk);
+        s
+    }
+
+    /// kill -9 and start again at `t`, from what was last persisted.
+    fn restart(&mut self, t: u64) {
+        self.restarts += 1;
+        self.m = Machine::start(
+            self.params.clone(),
+            &[a(), b()],
+            self.persisted.last().cloned(),
+            Some(a()),
+            self.at(t),
+            true,
+        );
+    }
+
+    fn notes_of(&self, kind: JournalKind) -> Vec<&str> {
+        self.notes
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, d)| d.as_str())
+            .collect()
     }
 
     fn at(&self, t: u64) -> Instant {
@@ -71,28 +112,91 @@ impl Sim {
     }
 
     fn step(&mut self, t: u64, ev: Event) -> Option<Reply> {
+        self.step_crashing(t, ev, usize::MAX)
+    }
+
+    /// Step, execute only the first `keep` actions (in order, as the server does),
+    /// and if that was not all of them, crash and restart from the disk at `t`.
+    fn step_crashing(&mut self, t: u64, ev: Event, keep: usize) -> Option<Reply> {
         let out = self.m.step(self.at(t), ev);
+        let total = out.actions.len();
         let mut persisted_epoch = self.persisted.last().map(|d| d.epoch).unwrap_or(Epoch(1));
-        for act in out.actions {
+        for act in out.actions.into_iter().take(keep) {
             match &act {
                 Action::Persist => {
                     self.persisted.push(self.m.durable());
                     persisted_epoch = self.m.durable().epoch;
                 }
-                Action::Journal { kind, region, .. } => {
-                    self.journal.push((t, *kind, region.clone()))
+                Action::Journal {
+                    kind,
+                    region,
+                    detail,
+                } => {
+                    self.journal.push((t, *kind, region.clone()));
+                    self.notes.push((*kind, detail.clone()));
                 }
-                Action::Send { epoch, .. } => {
+                Action::Send {
+                    epoch,
+                    region,
+                    command,
+                    ..
+                } => {
                     // Rule 1: a command never carries an epoch that is not yet on disk.
                     if *epoch > persisted_epoch {
                         self.order_ok = false;
+                    }
+                    if *command == CommandKind::Fence {
+                        let disk = self.persisted.last();
+                        let moving_away = disk.is_some_and(|d| {
+                            d.moving
+                                .as_ref()
+                                .is_some_and(|mv| mv.from.as_ref() == Some(region))
+                                || d.active.as_ref() != Some(region)
+                        });
+                        if !moving_away {
+                            self.fence_order_ok = false;
+                        }
                     }
                     self.sent.push((t, act.clone()));
                 }
                 Action::Publish => {}
             }
         }
+        if keep < total {
+            self.restart(t);
+            return None;
+        }
         out.reply
+    }
+
+    /// A report with every field given.
+    #[allow(clippy::too_many_arguments)]
+    fn report_full(
+        &mut self,
+        t: u64,
+        region: RegionId,
+        epoch: u64,
+        active: bool,
+        caught_up: bool,
+        promised: Option<lifeboat_api::types::PromiseView>,
+        witness_lost: bool,
+        view_active: Option<RegionId>,
+    ) {
+        self.step(
+            t,
+            Event::Report {
+                region,
+                epoch: Epoch(epoch),
+                active,
+                fenced: !active,
+                ready: true,
+                caught_up,
+                detail: String::new(),
+                promised,
+                witness_lost,
+                view_active,
+            },
+        );
     }
 
     fn health(&mut self, t: u64, a_h: HealthStatus, b_h: HealthStatus) {
@@ -964,4 +1068,641 @@ fn after_a_restart_an_active_agent_that_never_renews_has_lapsed() {
         "a fresh deployment waits for its agents"
     );
     assert_eq!(m.epoch, Epoch(5));
+}
+
+fn fence_ack(s: &mut Sim, t: u64, region: RegionId, epoch: u64) {
+    s.step(
+        t,
+        Event::CommandResult {
+            region,
+            kind: CommandKind::Fence,
+            epoch: Epoch(epoch),
+            ok: true,
+            detail: String::new(),
+        },
+    );
+}
+
+fn durable(epoch: u64, active: RegionId) -> Durable {
+    Durable {
+        epoch: Epoch(epoch),
+        active: Some(active),
+        ..Durable::default()
+    }
+}
+
+/// A switchover a -> b whose fence a acknowledged, with b lagging; then kill -9 of
+/// the controller and a restart at t=800.
+fn switchover_fenced_then_restart() -> Sim {
+    let mut s = Sim::new(params());
+    s.persisted.push(s.m.durable());
+    steady(&mut s, 0, 600, true);
+    s.report_full(650, b(), 1, false, false, None, false, None);
+    let r = s.step(700, Event::Switchover { to: b() });
+    assert!(matches!(r, Some(Reply::Move(Ok(_)))), "{r:?}");
+    assert_eq!(
+        s.persisted.last().and_then(|d| d.moving.clone()),
+        Some(DurableMove {
+            kind: MoveKind::Switchover,
+            from: Some(a()),
+            to: b(),
+            forced: false,
+            fence_known: false,
+        }),
+        "the move is on disk before its Fence leaves"
+    );
+    fence_ack(&mut s, 750, a(), 1);
+    assert!(
+        s.persisted
+            .last()
+            .and_then(|d| d.moving.as_ref())
+            .is_some_and(|m| m.fence_known),
+        "the acknowledged fence is on disk"
+    );
+    assert!(s.promotes().is_empty(), "b lags");
+    s.restart(800);
+    s
+}
+
+#[test]
+fn a_restart_after_a_switchover_fence_ack_still_waits_for_catch_up() {
+    let mut s = switchover_fenced_then_restart();
+    assert!(
+        matches!(s.m.phase, Phase::Moving(_)),
+        "{}",
+        s.m.phase.name()
+    );
+    assert_eq!(s.m.epoch, Epoch(1));
+    let fences_before = s.fences().len();
+    s.step(800, Event::Tick);
+    assert_eq!(
+        s.fences().len(),
+        fences_before + 1,
+        "the Fence is sent again at once"
+    );
+    assert!(matches!(
+        s.sent.last(),
+        Some((
+            800,
+            Action::Send {
+                epoch: Epoch(1),
+                command: CommandKind::Fence,
+                ..
+            }
+        ))
+    ));
+    // Long past ttl + margin + hold-down, b still lagging, a asking for its lease:
+    // no lease-lapse failover that would skip the catch-up.
+    let mut t = 900;
+    while t <= 10_600 {
+        s.health(t, HealthStatus::Healthy, HealthStatus::Healthy);
+        s.report_full(t, b(), 1, false, false, None, false, None);
+        if t % 600 == 0 {
+            assert!(!s.lease(t, a(), 1), "a's lease is not renewed mid-move");
+        }
+        t += 100;
+    }
+    assert!(s.promotes().is_empty(), "{:?}", s.notes);
+    assert!(s.first(JournalKind::Detected).is_none());
+    s.report_full(10_650, b(), 1, false, true, None, false, None);
+    assert_eq!(s.promotes(), vec![(10_650, b(), Epoch(2))]);
+    assert!(s.order_ok && s.fence_order_ok);
+}
+
+#[test]
+fn a_restarted_switchover_times_out_from_the_restart_and_gives_a_its_role_back() {
+    let mut s = switchover_fenced_then_restart();
+    // A catch-up reported before the restart does not count either: it must be new.
+    let mut t = 900;
+    while t <= 10_700 {
+        s.report_full(t, b(), 1, false, false, None, false, None);
+        t += 100;
+    }
+    assert!(
+        s.promotes().is_empty(),
+        "timeout counts from the restart (800)"
+    );
+    s.report_full(10_800, b(), 1, false, false, None, false, None);
+    assert_eq!(
+        s.promotes(),
+        vec![(10_800, a(), Epoch(2))],
+        "aborted: a again"
+    );
+}
+
+#[test]
+fn a_crash_between_persisting_a_move_and_sending_its_fence_resumes_the_move() {
+    let mut s = Sim::new(params());
+    s.persisted.push(s.m.durable());
+    steady(&mut s, 0, 600, true);
+    // The switchover's actions: journal, Persist, Send Fence. Crash after the Persist.
+    s.step_crashing(700, Event::Switchover { to: b() }, 2);
+    assert!(s.fences().is_empty(), "the Fence never left");
+    assert!(matches!(&s.m.phase, Phase::Moving(m) if m.to == b() && m.fenced_at.is_none()));
+    s.step(750, Event::Tick);
+    assert_eq!(s.fences(), vec![(750, a())]);
+    fence_ack(&mut s, 800, a(), 1);
+    s.report_full(900, b(), 1, false, true, None, false, None);
+    assert_eq!(s.promotes(), vec![(900, b(), Epoch(2))]);
+    assert!(s.order_ok && s.fence_order_ok);
+}
+
+#[test]
+fn a_restarted_failover_whose_fence_was_not_known_waits_for_the_lease_from_the_restart() {
+    let mut s = Sim::new(params());
+    s.persisted.push(s.m.durable());
+    steady(&mut s, 0, 600, true);
+    let r = s.step(
+        700,
+        Event::Failover {
+            to: b(),
+            force: false,
+        },
+    );
+    assert!(matches!(r, Some(Reply::Move(Ok(_)))));
+    s.restart(1000);
+    let mut t = 1000;
+    while t <= 4000 {
+        s.report_full(t, b(), 1, false, true, None, false, None);
+        t += 100;
+    }
+    // a's agent never answers the Fence: the lease the restarted controller must
+    // assume (granted at 1000) has certainly expired at 1000 + 2500.
+    assert_eq!(s.promotes().first().map(|p| p.0), Some(3500));
+    assert_eq!(s.m.epoch, Epoch(2));
+}
+
+#[test]
+fn a_controller_with_no_state_adopts_the_agents_epoch_and_active_region_before_any_grant() {
+    // After a -> b (epoch 2) the controller's state directory was deleted.
+    let mut s = Sim::started(params(), None);
+    assert_eq!(s.m.condition(), "recovering: waiting for reports from a, b");
+    assert_eq!(s.m.active, None);
+    s.report_full(0, b(), 2, true, true, None, false, Some(b()));
+    assert!(
+        !s.lease(50, b(), 2),
+        "nothing granted before every agent reported"
+    );
+    assert_eq!(s.m.condition(), "recovering: waiting for reports from a");
+    assert!(s.persisted.is_empty() && s.sent.is_empty());
+    s.report_full(100, a(), 2, false, true, None, false, Some(b()));
+    assert_eq!(s.m.epoch, Epoch(3), "one above every epoch seen");
+    assert_eq!(s.m.active, Some(b()));
+    assert_eq!(
+        s.persisted.last(),
+        Some(&durable(3, b())),
+        "persisted first"
+    );
+    assert_eq!(s.m.condition(), "steady");
+    let info = s.notes_of(JournalKind::Info).join("\n");
+    assert!(info.contains("adopting epoch 2"), "{info}");
+    assert!(info.contains("b reports active at epoch 2"), "{info}");
+    assert!(info.contains("epoch 3 persisted"), "{info}");
+    // b renews at the old epoch: refused (the answer carries 3); at 3: granted.
+    assert!(!s.lease(150, b(), 2));
+    assert!(s.lease(200, b(), 3));
+    assert!(!s.lease(250, a(), 3), "a stays a standby");
+    assert!(s.promotes().is_empty() && s.fences().is_empty());
+    assert!(s.order_ok);
+}
+
+#[test]
+fn recovery_takes_the_active_region_from_the_agents_views_then_the_config() {
+    // Nobody active (b's lease lapsed while the controller was gone): the agents at
+    // the highest epoch say b.
+    let mut s = Sim::started(params(), None);
+    s.report_full(0, a(), 4, false, true, None, false, Some(b()));
+    s.report_full(10, b(), 4, false, true, None, false, Some(b()));
+    assert_eq!((s.m.epoch, s.m.active.clone()), (Epoch(5), Some(b())));
+    assert!(
+        s.notes_of(JournalKind::Info)
+            .iter()
+            .any(|n| n.contains("(a, b) last learned b to be active")),
+        "{:?}",
+        s.notes
+    );
+    // An agent at a lower epoch has no say.
+    let mut s = Sim::started(params(), None);
+    s.report_full(0, a(), 3, false, true, None, false, Some(a()));
+    s.report_full(10, b(), 4, false, true, None, false, Some(b()));
+    assert_eq!((s.m.epoch, s.m.active.clone()), (Epoch(5), Some(b())));
+    // A brand-new deployment: every agent at 0, nobody knows: the config's region.
+    let mut s = Sim::started(params(), None);
+    s.report_full(0, a(), 0, false, true, None, false, None);
+    s.report_full(10, b(), 0, false, true, None, false, None);
+    assert_eq!((s.m.epoch, s.m.active.clone()), (Epoch(1), Some(a())));
+    assert!(s.lease(20, a(), 1));
+}
+
+#[test]
+fn no_wait_for_agents_acts_on_the_config_or_the_disk_at_once() {
+    let m = Machine::start(
+        params(),
+        &[a(), b()],
+        None,
+        Some(a()),
+        Instant::now(),
+        false,
+    );
+    assert!(m.recovery.is_none());
+    assert_eq!((m.epoch, m.active.clone()), (Epoch(1), Some(a())));
+    let m = Machine::start(
+        params(),
+        &[a(), b()],
+        Some(durable(7, b())),
+        Some(a()),
+        Instant::now(),
+        false,
+    );
+    assert!(m.recovery.is_none());
+    assert_eq!((m.epoch, m.active), (Epoch(7), Some(b())));
+}
+
+#[test]
+fn a_normal_restart_renews_the_active_lease_at_once_and_keeps_the_epoch() {
+    let mut s = Sim::started(params(), Some(durable(2, a())));
+    // a still holds its lease and says so: renewed at once, though b is silent.
+    s.report_full(10, a(), 2, true, true, None, false, Some(a()));
+    assert!(s.lease(20, a(), 2), "no outage across a controller restart");
+    assert!(
+        s.m.condition().contains("confirming"),
+        "{}",
+        s.m.condition()
+    );
+    s.report_full(30, b(), 2, false, true, None, false, Some(a()));
+    assert!(s.m.recovery.is_none());
+    assert_eq!(s.m.condition(), "steady");
+    assert_eq!(s.m.epoch, Epoch(2), "state current: no bump");
+    assert_eq!(s.persisted.len(), 1, "nothing new to persist");
+    assert!(
+        s.notes_of(JournalKind::Info)
+            .iter()
+            .any(|n| n.contains("state on disk is current"))
+    );
+    assert!(s.lease(600, a(), 2));
+}
+
+#[test]
+fn after_a_normal_restart_nothing_new_is_granted_or_moved_before_every_report() {
+    let mut s = Sim::started(params(), Some(durable(2, a())));
+    // a's lease lapsed while the controller was down; b is silent.
+    s.report_full(10, a(), 2, false, true, None, false, Some(a()));
+    assert!(!s.lease(20, a(), 2), "not a lease a holds: wait");
+    let r = s.step(30, Event::Switchover { to: a() });
+    assert!(matches!(r, Some(Reply::Move(Err(_)))));
+    s.step(2400, Event::Tick);
+    assert!(!s.lease(2400, a(), 2));
+    // ttl + margin after the restart every older lease has expired: act on the disk.
+    s.step(2500, Event::Tick);
+    assert!(s.m.recovery.is_none());
+    assert!(
+        s.notes_of(JournalKind::Info)
+            .iter()
+            .any(|n| n.contains("no report from b"))
+    );
+    assert!(s.lease(2600, a(), 2));
+    assert_eq!(s.m.epoch, Epoch(2));
+}
+
+#[test]
+fn a_disk_older_than_an_agent_is_recovered_from_and_a_stale_active_region_fenced_first() {
+    // The state directory was restored from an old copy: epoch 2, a active. In truth
+    // b was promoted at epoch 3, and a (never told) still thinks it is active.
+    let mut s = Sim::started(params(), Some(durable(2, a())));
+    s.report_full(0, a(), 2, true, true, None, false, Some(a()));
+    assert!(
+        s.lease(10, a(), 2),
+        "a lease a holds, renewed while confirming"
+    );
+    s.report_full(20, b(), 3, true, true, None, false, Some(b()));
+    assert!(
+        s.notes_of(JournalKind::Alert)
+            .iter()
+            .any(|n| n.contains("older than the agents'")),
+        "{:?}",
+        s.notes
+    );
+    // Both have reported: adopted epoch 3 with b active, bumped to 4; a is told to
+    // fence at 4 and b gets no lease before a acknowledged.
+    assert_eq!((s.m.epoch, s.m.active.clone()), (Epoch(4), Some(b())));
+    assert_eq!(s.fences(), vec![(20, a())]);
+    assert!(
+        s.fence_order_ok,
+        "the fence left after the adoption was on disk"
+    );
+    assert!(!s.lease(30, a(), 2));
+    assert!(!s.lease(40, b(), 4), "a may still be taking writes");
+    fence_ack(&mut s, 50, a(), 4);
+    assert!(s.lease(60, b(), 4));
+    assert!(s.order_ok);
+    // Without the acknowledgement the hold lasts ttl + margin.
+    let mut s = Sim::started(params(), Some(durable(2, a())));
+    s.report_full(0, a(), 2, true, true, None, false, Some(a()));
+    s.report_full(20, b(), 3, true, true, None, false, Some(b()));
+    assert!(!s.lease(2500, b(), 4));
+    s.step(2520, Event::Tick);
+    assert!(s.lease(2530, b(), 4));
+}
+
+#[test]
+fn an_epoch_the_controller_never_issued_is_refused_and_alerted_not_adopted() {
+    let mut s = Sim::new(params());
+    steady(&mut s, 0, 600, true);
+    for t in [700, 800, 900] {
+        s.report_full(t, b(), u64::MAX, false, true, None, false, None);
+    }
+    assert_eq!(s.m.epoch, Epoch(1), "not adopted");
+    let alerts = s.notes_of(JournalKind::Alert);
+    assert_eq!(alerts.len(), 1, "alerted once: {alerts:?}");
+    assert!(alerts[0].contains("never issued"), "{}", alerts[0]);
+    assert!(!s.lease(1000, a(), 9));
+    assert_eq!(s.notes_of(JournalKind::Alert).len(), 2);
+    assert!(!s.lease(1100, a(), 9));
+    assert_eq!(s.notes_of(JournalKind::Alert).len(), 2, "once per epoch");
+    assert!(s.persisted.iter().all(|d| d.epoch == Epoch(1)));
+    assert!(s.lease(1200, a(), 1), "the real holder is unaffected");
+}
+
+#[test]
+fn recovery_never_adopts_an_epoch_without_a_successor() {
+    let mut s = Sim::started(params(), None);
+    s.report_full(0, a(), u64::MAX, false, true, None, false, None);
+    s.report_full(10, b(), 1, true, true, None, false, None);
+    assert!(s.m.recovery.is_some(), "stuck, not wrapped");
+    assert!(
+        s.m.condition().contains("no successor"),
+        "{}",
+        s.m.condition()
+    );
+    assert_eq!(s.m.epoch, Epoch::ZERO);
+    assert!(!s.lease(20, b(), 1));
+    assert!(s.persisted.is_empty());
+    s.step(30, Event::Tick);
+    assert_eq!(s.notes_of(JournalKind::Alert).len(), 1, "said once");
+}
+
+#[test]
+fn a_standby_that_promised_is_never_promoted_and_the_journal_says_why() {
+    let mut s = Sim::new(params());
+    steady(&mut s, 0, 1200, true);
+    // The controller loses a (a holds its lease on b's promise): no renewals, no
+    // reports from a; b reports its promise, refreshed each time.
+    let promise = lifeboat_api::types::PromiseView {
+        to: a(),
+        epoch: Epoch(1),
+        remaining_ms: 1800,
+    };
+    let mut t = 1300;
+    while t <= 6000 {
+        s.health(t, HealthStatus::Healthy, HealthStatus::Healthy);
+        s.report_full(t, b(), 1, false, true, Some(promise.clone()), false, None);
+        t += 100;
+    }
+    assert!(
+        s.first(JournalKind::Detected).is_some(),
+        "detection goes on"
+    );
+    assert!(s.first(JournalKind::Confirmed).is_some());
+    assert!(s.promotes().is_empty());
+    let blocked = s.notes_of(JournalKind::PromotionBlocked);
+    assert_eq!(blocked.len(), 1, "once per failure: {blocked:?}");
+    assert!(
+        blocked[0].contains("b promised a not to activate for")
+            && blocked[0].contains("ms: a may be serving without the witness"),
+        "{}",
+        blocked[0]
+    );
+    // Not even an operator's forced failover.
+    let r = s.step(
+        6050,
+        Event::Failover {
+            to: b(),
+            force: true,
+        },
+    );
+    assert!(
+        matches!(&r, Some(Reply::Move(Err(e))) if e.contains("b promised a not to activate for 1750 ms")),
+        "{r:?}"
+    );
+    // a reaches the controller again: the failure clears.
+    assert!(s.lease(6100, a(), 1));
+    assert!(s.first(JournalKind::Recovered).is_some());
+    // A promise that ran out (its last report is old) holds nothing back.
+    let mut t = 6200;
+    while t <= 12_000 {
+        s.health(t, HealthStatus::Healthy, HealthStatus::Healthy);
+        t += 100;
+    }
+    s.report_full(12_000, b(), 1, false, true, None, false, None);
+    assert_eq!(s.promotes().first().map(|p| p.1.clone()), Some(b()));
+}
+
+#[test]
+fn witness_loss_mode_is_journaled_on_entry_and_exit() {
+    let mut s = Sim::new(params());
+    for (t, lost) in [
+        (0, false),
+        (100, true),
+        (200, true),
+        (300, false),
+        (400, false),
+    ] {
+        s.report_full(t, a(), 1, true, true, None, lost, Some(a()));
+    }
+    let alerts = s.notes_of(JournalKind::Alert);
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert!(alerts[0].contains("a entered witness-loss mode"));
+    assert!(alerts[1].contains("a left witness-loss mode"));
+}
+
+/// Randomised schedules with controller restarts (from the last persisted state, at
+/// random points, including between a Persist and the Send after it), operator
+/// moves, never-issued epochs and lagging standbys: epochs never decrease or wrap,
+/// nothing is promoted while the old lease may be live, a switchover never promotes
+/// before a catch-up reported after the last restart, and Persist precedes every
+/// Send that depends on it.
+#[test]
+fn random_schedules_with_restarts_keep_every_guarantee() {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut restarts = 0;
+    let mut switchovers_promoted = 0;
+    for _run in 0..300 {
+        let mut s = Sim::new(params());
+        s.persisted.push(s.m.durable());
+        let mut last_grant: BTreeMap<RegionId, (u64, Epoch)> = BTreeMap::new();
+        // Every (region, epoch) whose fence an agent acknowledged: it never takes
+        // writes under that epoch again.
+        let mut fence_acked: std::collections::BTreeSet<(RegionId, Epoch)> =
+            std::collections::BTreeSet::new();
+        let mut t = 0;
+        // Per region: its latest report since the last restart said caught up.
+        let mut caught_up: BTreeMap<RegionId, bool> = BTreeMap::new();
+        let mut max_out = Epoch(1);
+        for _ in 0..400 {
+            t += 50 + rnd(200);
+            let r = if rnd(2) == 0 { a() } else { b() };
+            let pre_phase = s.m.phase.clone();
+            let strict = s.m.recovery.as_ref().is_some_and(|r| r.strict);
+            let sent_before = s.sent.len();
+            let crash = rnd(12) == 0;
+            let restarts_before = s.restarts;
+            let keep = if crash { rnd(4) as usize } else { usize::MAX };
+            let ev = match rnd(10) {
+                0 | 1 => {
+                    let hs = [
+                        HealthStatus::Healthy,
+                        HealthStatus::Unhealthy,
+                        HealthStatus::Unknown,
+                    ];
+                    let mut h = BTreeMap::new();
+                    h.insert(a(), hs[rnd(3) as usize]);
+                    h.insert(b(), hs[rnd(3) as usize]);
+                    Event::Health(h)
+                }
+                2 | 3 => {
+                    // Mostly the controller's epoch; now and then one it never issued.
+                    let e = if rnd(25) == 0 {
+                        Epoch(s.m.epoch.0 + 1 + rnd(2))
+                    } else {
+                        s.m.epoch
+                    };
+                    let ok = rnd(3) != 0;
+                    Event::Report {
+                        region: r,
+                        epoch: e,
+                        active: false,
+                        fenced: true,
+                        ready: ok,
+                        caught_up: ok && rnd(3) != 0,
+                        detail: String::new(),
+                        promised: None,
+                        witness_lost: false,
+                        view_active: None,
+                    }
+                }
+                4 => Event::LeaseRequest {
+                    region: r,
+                    epoch: s.m.epoch,
+                },
+                5 => match s.sent.last().cloned() {
+                    Some((
+                        _,
+                        Action::Send {
+                            region,
+                            command: CommandKind::Fence,
+                            epoch,
+                            ..
+                        },
+                    )) => {
+                        fence_acked.insert((region.clone(), epoch));
+                        Event::CommandResult {
+                            region,
+                            kind: CommandKind::Fence,
+                            epoch,
+                            ok: true,
+                            detail: String::new(),
+                        }
+                    }
+                    _ => Event::Tick,
+                },
+                6 => Event::Failover {
+                    to: r,
+                    force: rnd(2) == 0,
+                },
+                7 => Event::Switchover { to: r },
+                _ => Event::Tick,
+            };
+            if let Event::Report {
+                region,
+                epoch,
+                caught_up: c,
+                ..
+            } = &ev
+                && (*epoch <= s.m.epoch || s.m.recovery.is_some())
+            {
+                caught_up.insert(region.clone(), *c);
+            }
+            let lease_req = match &ev {
+                Event::LeaseRequest { region, epoch } => Some((region.clone(), *epoch)),
+                _ => None,
+            };
+            let reply = s.step_crashing(t, ev, keep);
+            let restarted = s.restarts > restarts_before;
+            if let (Some((region, epoch)), Some(Reply::Lease { granted: true, .. })) =
+                (lease_req, &reply)
+            {
+                assert!(!strict, "a lease granted while recovering");
+                max_out = max_out.max(epoch);
+                if !fence_acked.contains(&(region.clone(), epoch)) {
+                    last_grant.insert(region, (t, epoch));
+                }
+            }
+            for (_, act) in &s.sent[sent_before..] {
+                if let Action::Send {
+                    region,
+                    command: CommandKind::Promote,
+                    ..
+                } = act
+                    && let Phase::Moving(m) = &pre_phase
+                    && m.planned()
+                    && &m.to == region
+                {
+                    assert!(
+                        caught_up.get(region) == Some(&true),
+                        "a switchover promoted {region} before a catch-up reported after the restart"
+                    );
+                    switchovers_promoted += 1;
+                }
+                if let Action::Send { epoch, .. } = act {
+                    max_out = max_out.max(*epoch);
+                }
+            }
+            if restarted {
+                restarts += 1;
+                caught_up.clear();
+            }
+            assert!(s.m.epoch >= Epoch(1), "wrapped");
+            assert!(
+                s.m.epoch >= max_out,
+                "epoch {} below {max_out}, which already left",
+                s.m.epoch
+            );
+            assert!(
+                s.persisted.windows(2).all(|w| w[0].epoch <= w[1].epoch),
+                "a persisted epoch went backwards"
+            );
+        }
+        assert!(s.order_ok, "a command left before its epoch was persisted");
+        assert!(
+            s.fence_order_ok,
+            "a Fence left before its move was persisted"
+        );
+        for (pt, to, epoch) in s.promotes() {
+            for (holder, (gt, ge)) in &last_grant {
+                if holder == &to || *ge >= epoch || *gt > pt {
+                    continue;
+                }
+                let acked = fence_acked.contains(&(holder.clone(), *ge));
+                let expired = pt >= gt + 2500;
+                assert!(
+                    acked || expired,
+                    "promoted {to} at {pt} (epoch {epoch}) while {holder}'s lease from {gt} (epoch {ge}) was live"
+                );
+            }
+        }
+    }
+    assert!(
+        restarts > 100,
+        "the schedules restart the controller: {restarts}"
+    );
+    assert!(
+        switchovers_promoted > 10,
+        "and complete switchovers: {switchovers_promoted}"
+    );
 }
