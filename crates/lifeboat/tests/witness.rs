@@ -170,3 +170,116 @@ async fn without_every_promise_the_active_region_fences() {
     })
     .await;
 }
+
+/// Issue 10: "Controller cut off from a only (nftables), a↔b link up: a keeps serving;
+/// the controller does not promote b while b's promise to a stands; the journal says
+/// why." Region a lives in a network namespace; b and the controller share the host
+/// side of its link, so a reaches both until nftables inside the namespace drops a's
+/// traffic with the controller's API (leases, reports, commands). The controller's and
+/// b's health probes of a's app come from the same host address and still pass: what
+/// is cut is the witness link, which is what the lease depends on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_cut_off_from_the_active_region_promotes_nobody_while_b_promised() {
+    assert!(
+        is_root(),
+        "this test creates network namespaces: run the test command as root (CI does)"
+    );
+    let ns = NetNs::create();
+    let mut fixed = std::collections::BTreeMap::new();
+    fixed.insert("a".to_owned(), (7701, 8080));
+    let mut d = Deployment::new(Options {
+        ctrl_ip: ns.host_ip.clone(),
+        regions: vec![
+            ("a".into(), ns.ns_ip.clone()),
+            ("b".into(), ns.host_ip.clone()),
+        ],
+        fixed_ports: fixed,
+        ..Options::default()
+    });
+    d.start_controller().await;
+    d.start_agent("a", Some(&ns.name)).await;
+    d.start_agent("b", None).await;
+    let st = d.wait_active("a", Duration::from_secs(30)).await;
+    d.wait_all_reporting(Duration::from_secs(10)).await;
+    let url = d.app_url("a");
+    d.wait_for("a's app to answer", Duration::from_secs(20), || async {
+        http_get(&url).await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let before = d.journal().await.last().map_or(0, |e| e.seq);
+    let ctrl_port = d.ctrl_addr.rsplit_once(':').unwrap().1.to_owned();
+    let a_agent_port = d.region("a").agent_port;
+    nft_in(
+        &ns.name,
+        &format!(
+            "table inet lbcut {{\n chain out {{ type filter hook output priority 0; ip daddr {host} tcp dport {ctrl_port} drop; }}\n chain in {{ type filter hook input priority 0; ip saddr {host} tcp dport {a_agent_port} drop; }}\n}}\n",
+            host = ns.host_ip
+        ),
+    );
+    // 20 s: many times the ttl, hold-down and the lease's certain expiry.
+    let start = tokio::time::Instant::now();
+    let mut last_ok = start;
+    let mut longest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(20) {
+        let t = tokio::time::Instant::now();
+        if matches!(http_get(&url).await, Some((200, _))) {
+            longest = longest.max(t.duration_since(last_ok));
+            last_ok = t;
+        }
+        let s = d.status().await.unwrap();
+        assert_eq!(s.epoch, st.epoch, "nothing promoted while b promised a");
+        tokio::time::sleep_until(t + Duration::from_millis(100)).await;
+    }
+    longest = longest.max(last_ok.elapsed());
+    assert!(longest <= Duration::from_secs(1), "a stopped serving for {longest:?}");
+    let j = d.journal().await;
+    let why = j
+        .iter()
+        .filter(|e| e.seq > before)
+        .find(|e| e.kind == JournalKind::PromotionBlocked && e.detail.contains("promised"))
+        .unwrap_or_else(|| panic!("the controller never said why it waits: {j:#?}"));
+    assert_eq!(why.region.as_ref().map(|r| r.as_str()), Some("a"), "{why:?}");
+    let status = d.status().await.unwrap();
+    let b = status
+        .regions
+        .iter()
+        .find(|r| r.name.as_str() == "b")
+        .unwrap();
+    assert!(
+        b.promised.as_ref().is_some_and(|p| p.to.as_str() == "a"),
+        "status shows b's promise: {b:?}"
+    );
+    // Heal: a renews with the controller again, the failure clears, nothing moved.
+    nft_in(&ns.name, "delete table inet lbcut\n");
+    let st2 = d.wait_active("a", Duration::from_secs(20)).await;
+    assert_eq!(st2.epoch, st.epoch);
+    d.wait_for("a to leave witness-loss mode", Duration::from_secs(10), || async {
+        let s = d.status().await?;
+        let a = s.regions.iter().find(|r| r.name.as_str() == "a")?;
+        (!a.witness_lost && a.agent_active).then_some(())
+    })
+    .await;
+}
+
+/// Run an nftables script inside a network namespace.
+fn nft_in(ns: &str, script: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft is installed by scripts/test (Debian package nftables)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
