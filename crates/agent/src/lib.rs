@@ -14,7 +14,7 @@
 //! writes must stop, so the database's fence never waits for a service's graceful stop
 //! (the controller promotes another region only lease_margin after the lease lapsed).
 
-mod guard;
+pub mod guard;
 pub mod lease;
 mod persist;
 pub mod routes;
@@ -93,6 +93,8 @@ pub struct Agent {
     wake: Notify,
     activation: Mutex<Option<(u64, tokio::task::AbortHandle)>>,
     follow: Mutex<FollowState>,
+    /// The region last learned to be active, at which epoch (persisted).
+    view: Mutex<Option<(Epoch, Option<RegionId>)>>,
     /// Serialises fence / activate / follow across tasks.
     role_lock: tokio::sync::Mutex<()>,
     /// The instant by which the region must be fenced: Some while a lease is held (or
@@ -122,6 +124,7 @@ impl Agent {
         );
         let store = AgentStore::open(&cfg.agent_state_dir(&region))?;
         let (epoch, fenced_epoch) = store.load_epoch()?;
+        let view = store.load_view()?;
         let controller = ApiClient::new(
             format!("http://{}", cfg.controller.api_addr),
             Some(token.as_str().to_owned()),
@@ -159,6 +162,7 @@ impl Agent {
             wake: Notify::new(),
             activation: Mutex::new(None),
             follow: Mutex::new(FollowState::default()),
+            view: Mutex::new(view),
             role_lock: tokio::sync::Mutex::new(()),
             guard_tx: watch::channel(None).0,
             checks,
@@ -433,6 +437,7 @@ impl Agent {
         if epoch < self.machine().epoch {
             return; // an older answer that crossed a newer one
         }
+        self.remember_view(epoch, active.as_ref());
         self.drive(lease::Event::View {
             epoch,
             active: active.clone(),
@@ -454,6 +459,22 @@ impl Agent {
                 let me = self.clone();
                 tokio::spawn(async move { me.follow_all(epoch, active).await });
             }
+        }
+    }
+
+    /// Persist the controller's view when it changed: a controller that lost its
+    /// state learns the active region from the agents (DESIGN rule 8).
+    fn remember_view(&self, epoch: Epoch, active: Option<&RegionId>) {
+        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = view
+            .as_ref()
+            .is_none_or(|(e, a)| epoch > *e || (epoch == *e && a.as_ref() != active));
+        if !newer {
+            return;
+        }
+        match self.store.save_view(epoch, active) {
+            Ok(()) => *view = Some((epoch, active.cloned())),
+            Err(e) => tracing::warn!("cannot persist the controller's view: {e:#}"),
         }
     }
 
@@ -739,7 +760,13 @@ impl Agent {
                     roles: self.role_statuses(),
                     promised: s.promised,
                     witness_lost: s.witness_lost,
-                    view_active: None,
+                    view_active: self
+                        .view
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                        .filter(|(e, _)| *e == s.epoch)
+                        .and_then(|(_, a)| a.clone()),
                 }
             };
             if let Ok(resp) = self.controller.report(&report).await {

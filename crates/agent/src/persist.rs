@@ -17,6 +17,13 @@ struct EpochFile {
     fenced_epoch: Option<Epoch>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ViewFile {
+    version: u32,
+    epoch: Epoch,
+    active: Option<RegionId>,
+}
+
 pub struct AgentStore {
     dir: PathBuf,
     journal: Mutex<(std::fs::File, u64)>,
@@ -64,19 +71,47 @@ impl AgentStore {
         }
     }
 
-    /// temp file + fsync + rename + fsync of the directory: all or nothing on disk.
     pub fn save_epoch(&self, epoch: Epoch, fenced_epoch: Option<Epoch>) -> Result<()> {
-        let path = self.dir.join("epoch.json");
-        let tmp = self.dir.join("epoch.json.tmp");
         let body = serde_json::to_vec(&EpochFile {
             version: 1,
             epoch,
             fenced_epoch,
         })?;
+        self.write_atomically("epoch.json", &body)
+    }
+
+    /// The region this agent last learned to be active, and at which epoch (a
+    /// controller that lost its state adopts it: DESIGN rule 8).
+    pub fn load_view(&self) -> Result<Option<(Epoch, Option<RegionId>)>> {
+        let path = self.dir.join("view.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let f: ViewFile = serde_json::from_str(&text)
+                    .with_context(|| format!("decoding {}", path.display()))?;
+                Ok(Some((f.epoch, f.active)))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save_view(&self, epoch: Epoch, active: Option<&RegionId>) -> Result<()> {
+        let body = serde_json::to_vec(&ViewFile {
+            version: 1,
+            epoch,
+            active: active.cloned(),
+        })?;
+        self.write_atomically("view.json", &body)
+    }
+
+    /// temp file + fsync + rename + fsync of the directory: all or nothing on disk.
+    fn write_atomically(&self, name: &str, body: &[u8]) -> Result<()> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
         {
             let mut f = std::fs::File::create(&tmp)
                 .with_context(|| format!("writing {}", tmp.display()))?;
-            f.write_all(&body)?;
+            f.write_all(body)?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;

@@ -198,16 +198,38 @@ async fn agent_dns(
         Some(token),
         std::time::Duration::from_secs(2),
     );
-    let initial = client
-        .routing()
-        .await
-        .unwrap_or_else(|_| lifeboat_core::RoutingTable {
-            version: 1,
-            epoch: lifeboat_core::Epoch::ZERO,
-            active: cfg.initial_active(),
-            regions: BTreeMap::new(),
-            checks: BTreeMap::new(),
-        });
+    // The last table this agent served, kept on disk: an agent restarted while the
+    // witness is unreachable answers with the region the controller last chose, not
+    // the config's initial one (which may be the fenced region after a failover).
+    let saved = cfg
+        .agent_state_dir(&RegionId::new(region))
+        .join("routing.json");
+    let initial = match client.routing().await {
+        Ok(rt) => rt,
+        Err(e) => match load_routing(&saved) {
+            Some(rt) => {
+                tracing::warn!(
+                    "controller unreachable ({e}): serving the routing table saved in {} (epoch {})",
+                    saved.display(),
+                    rt.epoch
+                );
+                rt
+            }
+            None => lifeboat_core::RoutingTable {
+                version: 1,
+                epoch: lifeboat_core::Epoch::ZERO,
+                active: cfg.initial_active(),
+                regions: BTreeMap::new(),
+                checks: BTreeMap::new(),
+            },
+        },
+    };
+    if let Err(e) = save_routing(&saved, &initial) {
+        tracing::warn!(
+            "cannot save the routing table to {}: {e:#}",
+            saved.display()
+        );
+    }
     let (tx, rx) = watch::channel(initial);
     let server = lifeboat_dns::DnsServer::new(&cfg, rx).context("building the DNS zone")?;
     tasks.spawn(server.run(udp, tcp, cancel.clone()));
@@ -218,16 +240,49 @@ async fn agent_dns(
                 _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
             }
             if let Ok(rt) = client.routing().await {
-                tx.send_if_modified(|cur| {
+                let changed = tx.send_if_modified(|cur| {
                     let changed = *cur != rt;
                     if changed {
-                        *cur = rt;
+                        *cur = rt.clone();
                     }
                     changed
                 });
+                if changed && let Err(e) = save_routing(&saved, &rt) {
+                    tracing::warn!(
+                        "cannot save the routing table to {}: {e:#}",
+                        saved.display()
+                    );
+                }
             }
         }
     });
+    Ok(())
+}
+
+/// The routing table saved by [`agent_dns`], if it can be read.
+fn load_routing(path: &Path) -> Option<lifeboat_core::RoutingTable> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// temp file + fsync + rename: a crash leaves the old table or the new one.
+fn save_routing(path: &Path, rt: &lifeboat_core::RoutingTable) -> Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(rt)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 
@@ -267,7 +322,12 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
 
     // Data roles in activation order: data first, services last.
     let service_cancel = CancellationToken::new();
-    let services = Services::new(region, &rc.services, service_cancel.clone());
+    let services = Services::new(
+        region,
+        &rc.services,
+        &cfg.agent_state_dir(&region_id),
+        service_cancel.clone(),
+    );
     let data_cancel = CancellationToken::new();
     let (mut roles, extra_metrics) =
         crate::wiring::data_roles(&cfg, &region_id, &tasks, data_cancel.clone()).await?;
