@@ -25,14 +25,13 @@
 //!   that doubles with every refusal (a move away from this region is normal; asking
 //!   again at once made thousands of requests a second).
 //!
-//! Why the promise is safe (the argument in full is in `docs/architecture.md`): the
+//! Why the promise is safe (in full in `docs/architecture.md`, "Witness loss"): the
 //! active agent A sends its question at S on its clock and extends its deadline to
 //! S + ttl; peer B receives it at R ≥ S (real time) and refuses to activate before
-//! R + ttl + margin on its own clock. A fences by S + ttl + (fence time); B activates no
-//! sooner than S + ttl + margin. With clock rates within ρ of each other, the two never
-//! overlap while fence time + 2ρ·ttl < margin: with the defaults (ttl 2 s, margin 500 ms)
-//! that tolerates clocks 10 % apart. The region guard (`guard.rs`) bounds the fence time
-//! even when this agent is frozen.
+//! R + ttl + margin on its own clock. A fences by S + ttl + f (f: its fence time, bounded
+//! by the region guard at margin/2 even when A is frozen); B activates no sooner than
+//! S + ttl + margin. With clock rates within ρ of each other the two never overlap while
+//! f + 2ρ·(ttl + margin) < margin.
 
 use lifeboat_core::{Epoch, JournalKind, RegionId};
 use std::time::Duration;
