@@ -777,12 +777,15 @@ impl Machine {
         }
         if self.recovery.is_some() {
             // Confirming the state on disk: renew a lease the region holds right now,
-            // grant no new one (an unheard agent may know a newer epoch).
+            // or complete a promotion decided (old region fenced, epoch persisted)
+            // before the restart; grant no other (an unheard agent may know a newer
+            // epoch, and an earlier incarnation may have granted a lease it forgot).
             let holds = self
                 .agents
                 .get(region)
                 .is_some_and(|v| v.last_report.is_some() && v.active && v.epoch == epoch);
-            if !holds {
+            let promoting = matches!(&self.phase, Phase::Promoting { to, .. } if to == region);
+            if !holds && !promoting {
                 return refuse(format!(
                     "{}: only a lease {region} already holds is renewed (its report says it is not active at epoch {epoch})",
                     self.condition()

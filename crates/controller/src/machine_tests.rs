@@ -1706,3 +1706,29 @@ fn random_schedules_with_restarts_keep_every_guarantee() {
         "and complete switchovers: {switchovers_promoted}"
     );
 }
+
+#[test]
+fn a_promotion_persisted_before_a_restart_completes_while_the_state_is_confirmed() {
+    // Region a is gone (its agent silent); the controller died right after
+    // persisting epoch 3 and telling b to promote.
+    let disk = Durable {
+        promoting: Some(b()),
+        ..durable(3, b())
+    };
+    let mut s = Sim::started(params(), Some(disk));
+    s.step(0, Event::Tick);
+    assert_eq!(
+        s.promotes(),
+        vec![(0, b(), Epoch(3))],
+        "sent again, same epoch"
+    );
+    s.report_full(50, b(), 3, false, true, None, false, Some(b()));
+    assert!(s.m.recovery.is_some(), "a has not reported");
+    assert!(
+        s.lease(100, b(), 3),
+        "b takes the lease of the promotion at once"
+    );
+    s.report_full(200, b(), 3, true, true, None, false, Some(b()));
+    assert!(matches!(s.m.phase, Phase::Steady));
+    assert_eq!(s.m.epoch, Epoch(3));
+}

@@ -605,6 +605,12 @@ async fn lease(
         Some(Reply::Lease { granted, reason }) => (granted, reason),
         _ => (false, "no reply from the state machine".into()),
     };
+    if !granted && m.recovery.as_ref().is_some_and(|r| r.strict) {
+        // Not a decision: a recovering controller cannot judge yet. 503 makes the
+        // active agent treat it as a lost witness (promises, DESIGN rule 7) instead
+        // of letting its lease run out on a refusal.
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason));
+    }
     Ok(Json(LeaseResponse {
         granted,
         epoch: m.epoch,
@@ -866,7 +872,7 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
     let mut rows = String::new();
     for r in &s.regions {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{:?}\">{:?}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"{:?}\">{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(r.name.as_str()),
             if r.active { "<b>active</b>" } else { "standby" },
             r.health,
@@ -874,6 +880,12 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
             r.agent_epoch.map_or("-".into(), |e| e.to_string()),
             r.last_report_ms.map_or("never".into(), |m| format!("{m} ms ago")),
             esc(&r.roles.iter().map(|x| format!("{}: {:?} {}", x.name, x.role, x.detail)).collect::<Vec<_>>().join("<br>")),
+            // DESIGN rule 7: why a standby cannot be promoted, and who serves on promises.
+            esc(&match (&r.promised, r.witness_lost) {
+                (Some(p), _) => format!("promised {} not to activate for {} ms", p.to, p.remaining_ms),
+                (None, true) => "witness lost: holds its lease on promises".to_owned(),
+                (None, false) => "-".to_owned(),
+            }),
         ));
     }
     let mut jrows = String::new();
@@ -895,7 +907,7 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>lifeboat — {dep}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.Healthy{{color:green}}.Unhealthy{{color:red}}</style></head>\
 <body><h1>lifeboat — {dep}</h1><p>epoch <b>{epoch}</b> · active <b>{active}</b> · phase {phase} · mode {mode} · failovers {fo}</p>\
-<h2>Regions</h2><table><tr><th>region</th><th>role</th><th>health</th><th>agent epoch</th><th>last report</th><th>data roles</th></tr>{rows}</table>\
+<h2>Regions</h2><table><tr><th>region</th><th>role</th><th>health</th><th>agent epoch</th><th>last report</th><th>data roles</th><th>witness</th></tr>{rows}</table>\
 <h2>Journal (newest first)</h2><table><tr><th>#</th><th>unix ms</th><th>epoch</th><th>step</th><th>detail</th></tr>{jrows}</table></body></html>",
         dep = esc(&s.deployment),
         epoch = s.epoch,

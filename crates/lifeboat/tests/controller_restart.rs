@@ -103,6 +103,21 @@ async fn a_controller_that_lost_its_state_keeps_b_active_at_a_higher_epoch() {
     );
     let st = d.status().await.unwrap();
     assert_eq!(st.failovers, 0, "the counter was lost with the state");
+    // Nobody holds a lease on promises, nobody promised: the gauges say so.
+    let m = d.client().get_text("/metrics").await.unwrap();
+    for r in ["a", "b"] {
+        assert!(
+            m.contains(&format!("lifeboat_region_witness_lost{{region=\"{r}\"}} 0")),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!(
+                "lifeboat_region_promise_remaining_ms{{region=\"{r}\"}} 0"
+            )),
+            "{m}"
+        );
+    }
+    assert!(m.contains("lifeboat_epoch 3"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
