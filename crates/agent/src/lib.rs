@@ -104,6 +104,9 @@ pub struct Agent {
     checks: ChecksRx,
     role_cache: Mutex<Vec<RoleStatus>>,
     extra_metrics: Mutex<Vec<MetricsFn>>,
+    /// False only in tests that run an agent inside a test binary (which cannot be
+    /// re-executed as the guard process).
+    guard_enabled: std::sync::atomic::AtomicBool,
     pub report_interval: Duration,
 }
 
@@ -168,6 +171,7 @@ impl Agent {
             checks,
             role_cache: Mutex::new(Vec::new()),
             extra_metrics: Mutex::new(Vec::new()),
+            guard_enabled: std::sync::atomic::AtomicBool::new(true),
             report_interval,
         }))
     }
@@ -189,6 +193,13 @@ impl Agent {
         {
             f(out);
         }
+    }
+
+    /// Run without the region guard process: for tests that run an agent inside a
+    /// test binary only. A real agent always has its guard (DESIGN rule 2).
+    pub fn disable_guard(&self) {
+        self.guard_enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// See the `guard_tx` field: what the guard process must enforce.
@@ -693,7 +704,7 @@ impl Agent {
         let ok = self.fence_roles("agent start: no lease held").await;
         self.drive(lease::Event::FenceDone { ok }).await;
         let tasks = tokio_util::task::TaskTracker::new();
-        {
+        if self.guard_enabled.load(std::sync::atomic::Ordering::SeqCst) {
             let me = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
@@ -824,6 +835,10 @@ pub fn load_token(cfg: &Config) -> Result<Token> {
 pub fn share<R: DataRole + 'static>(role: R) -> SharedRole {
     Arc::new(role)
 }
+
+#[cfg(test)]
+#[path = "lifecycle_tests.rs"]
+mod lifecycle_tests;
 
 #[cfg(test)]
 mod tests {
