@@ -59,16 +59,99 @@ pub fn validate(path: &Path) -> Result<ExitCode> {
 pub async fn status(path: &Path, json: bool) -> Result<ExitCode> {
     let cfg = crate::run::load_config(path)?;
     let c = client(&cfg, false)?;
-    let st = c
-        .status()
-        .await
-        .context("asking the controller for its status")?;
+    let st = match c.status().await {
+        Ok(st) => st,
+        Err(e) => {
+            // The witness is what an operator most needs to see past when it is gone:
+            // ask every agent directly what it holds.
+            return agents_status(&cfg, &e.to_string(), json).await;
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
         print!("{}", render_status(&st));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lifeboat status` without a controller: each agent's own view, so an operator sees
+/// whether the active region still serves on promises (DESIGN rule 7).
+async fn agents_status(cfg: &Config, why: &str, json: bool) -> Result<ExitCode> {
+    let token = cfg.auth.secret().load().ok();
+    let mut views = Vec::new();
+    for (name, rc) in &cfg.regions {
+        let c = ApiClient::new(
+            format!("http://{}", rc.agent_addr),
+            token.clone(),
+            Duration::from_secs(3),
+        );
+        views.push((
+            name.clone(),
+            c.agent_status().await.map_err(|e| e.to_string()),
+        ));
+    }
+    if json {
+        let body: serde_json::Map<String, serde_json::Value> = views
+            .iter()
+            .map(|(n, v)| {
+                let v = match v {
+                    Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                (n.clone(), v)
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "controller_error": why,
+                "agents": body,
+            }))?
+        );
+    } else {
+        print!("{}", render_agents_status(why, &views));
+    }
+    // The controller is what status asks about: not reaching it is a failure.
+    Ok(ExitCode::FAILURE)
+}
+
+pub fn render_agents_status(
+    why: &str,
+    views: &[(String, Result<lifeboat_api::types::AgentStatus, String>)],
+) -> String {
+    let mut out = format!(
+        "controller unreachable ({why}): nothing fails over automatically until it is back.\nwhat each agent says:\n\n{:<10} {:<8} {:<8} {:<8} {:<14} {}\n",
+        "REGION", "EPOCH", "ACTIVE", "FENCED", "LEASE LEFT", "WITNESS LOSS"
+    );
+    for (name, v) in views {
+        match v {
+            Ok(s) => {
+                let mode = if s.witness_lost {
+                    "holding the lease on promises".to_owned()
+                } else if let Some(p) = &s.promised {
+                    format!(
+                        "promised {} not to activate for {} ms",
+                        p.to, p.remaining_ms
+                    )
+                } else {
+                    "-".to_owned()
+                };
+                out.push_str(&format!(
+                    "{:<10} {:<8} {:<8} {:<8} {:<14} {}\n",
+                    name,
+                    s.epoch,
+                    if s.active { "yes" } else { "no" },
+                    if s.fenced { "yes" } else { "no" },
+                    s.lease_remaining_ms
+                        .map_or("-".into(), |ms| format!("{ms} ms")),
+                    mode
+                ));
+            }
+            Err(e) => out.push_str(&format!("{name:<10} agent unreachable: {e}\n")),
+        }
+    }
+    out
 }
 
 pub fn render_status(st: &ControllerStatus) -> String {
@@ -119,6 +202,20 @@ pub fn render_status(st: &ControllerStatus) -> String {
                 .map_or("never".into(), |m| format!("{m}ms ago")),
             roles
         ));
+    }
+    for r in &st.regions {
+        if r.witness_lost {
+            out.push_str(&format!(
+                "{} last reported holding its lease on promises (the witness was unreachable)\n",
+                r.name
+            ));
+        }
+        if let Some(p) = &r.promised {
+            out.push_str(&format!(
+                "{} promised {} (epoch {}) not to activate for {} ms: it cannot be promoted until then\n",
+                r.name, p.to, p.epoch, p.remaining_ms
+            ));
+        }
     }
     out
 }

@@ -79,7 +79,10 @@ async fn nothing_moved(d: &Deployment, epoch: lifeboat_core::Epoch, served: &Ser
         served.saw_witness_lost,
         "a's agent never reported holding its lease on promises: {served:?}"
     );
-    assert!(served.saw_promise, "b never reported its promise to a: {served:?}");
+    assert!(
+        served.saw_promise,
+        "b never reported its promise to a: {served:?}"
+    );
     assert!(!served.saw_inactive, "a's agent went inactive: {served:?}");
     assert!(
         served.longest_gap <= Duration::from_secs(1),
@@ -89,7 +92,10 @@ async fn nothing_moved(d: &Deployment, epoch: lifeboat_core::Epoch, served: &Ser
         served.samples
     );
     let st = d.wait_active("a", Duration::from_secs(20)).await;
-    assert_eq!(st.epoch, epoch, "the controller came back to the same epoch");
+    assert_eq!(
+        st.epoch, epoch,
+        "the controller came back to the same epoch"
+    );
     let j = d.journal().await;
     assert!(
         !j.iter()
@@ -123,6 +129,25 @@ async fn a_killed_controller_is_not_an_outage() {
     let (mut d, epoch) = deployment_with_a_serving().await;
     d.proc("controller").kill9();
     let served = watch_a(&d, Duration::from_secs(60)).await;
+    // What an operator sees meanwhile: each agent's own word.
+    let out = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "status fails without its controller");
+    assert!(text.contains("controller unreachable"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("a ") && l.contains("holding the lease on promises")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("b ") && l.contains("promised a")),
+        "{text}"
+    );
     d.start_controller().await;
     nothing_moved(&d, epoch, &served).await;
 }
@@ -152,12 +177,16 @@ async fn without_every_promise_the_active_region_fences() {
     assert_eq!(st.epoch, epoch);
     // The lapse is journaled once the fence is done (the fence never waits for it).
     let aj = d
-        .wait_for("a to journal its lapse", Duration::from_secs(10), || async {
-            let aj = a.journal(0).await.ok()?;
-            aj.iter()
-                .any(|e| e.kind == JournalKind::LeaseExpired)
-                .then_some(aj)
-        })
+        .wait_for(
+            "a to journal its lapse",
+            Duration::from_secs(10),
+            || async {
+                let aj = a.journal(0).await.ok()?;
+                aj.iter()
+                    .any(|e| e.kind == JournalKind::LeaseExpired)
+                    .then_some(aj)
+            },
+        )
         .await;
     assert!(
         aj.iter().any(|e| e.kind == JournalKind::Alert
@@ -231,14 +260,21 @@ async fn a_controller_cut_off_from_the_active_region_promotes_nobody_while_b_pro
         tokio::time::sleep_until(t + Duration::from_millis(100)).await;
     }
     longest = longest.max(last_ok.elapsed());
-    assert!(longest <= Duration::from_secs(1), "a stopped serving for {longest:?}");
+    assert!(
+        longest <= Duration::from_secs(1),
+        "a stopped serving for {longest:?}"
+    );
     let j = d.journal().await;
     let why = j
         .iter()
         .filter(|e| e.seq > before)
         .find(|e| e.kind == JournalKind::PromotionBlocked && e.detail.contains("promised"))
         .unwrap_or_else(|| panic!("the controller never said why it waits: {j:#?}"));
-    assert_eq!(why.region.as_ref().map(|r| r.as_str()), Some("a"), "{why:?}");
+    assert_eq!(
+        why.region.as_ref().map(|r| r.as_str()),
+        Some("a"),
+        "{why:?}"
+    );
     let status = d.status().await.unwrap();
     let b = status
         .regions
@@ -253,11 +289,15 @@ async fn a_controller_cut_off_from_the_active_region_promotes_nobody_while_b_pro
     nft_in(&ns.name, "delete table inet lbcut\n");
     let st2 = d.wait_active("a", Duration::from_secs(20)).await;
     assert_eq!(st2.epoch, st.epoch);
-    d.wait_for("a to leave witness-loss mode", Duration::from_secs(10), || async {
-        let s = d.status().await?;
-        let a = s.regions.iter().find(|r| r.name.as_str() == "a")?;
-        (!a.witness_lost && a.agent_active).then_some(())
-    })
+    d.wait_for(
+        "a to leave witness-loss mode",
+        Duration::from_secs(10),
+        || async {
+            let s = d.status().await?;
+            let a = s.regions.iter().find(|r| r.name.as_str() == "a")?;
+            (!a.witness_lost && a.agent_active).then_some(())
+        },
+    )
     .await;
 }
 
