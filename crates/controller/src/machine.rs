@@ -1442,6 +1442,13 @@ impl Machine {
             active.as_ref(),
             format!("recovery: active region {name}, because {why}"),
         );
+        // The lease this controller granted (while confirming its state) or assumed
+        // at its start may still be live, whatever its holder last reported.
+        let prior_holder = self
+            .lease
+            .as_ref()
+            .filter(|_| !self.lease_expired(now))
+            .map(|l| l.holder.clone());
         self.epoch = next;
         self.active = active.clone();
         self.phase = Phase::Steady;
@@ -1472,17 +1479,20 @@ impl Machine {
         // A region still active under an older view must stop before the adopted one
         // takes writes: told to fence at the new epoch, and no grant until it
         // acknowledged or its old lease has certainly expired.
-        let stale: Vec<RegionId> = self
+        let stale: BTreeSet<RegionId> = self
             .agents
             .iter()
-            .filter(|(region, v)| v.active && Some(*region) != active.as_ref())
+            .filter(|(region, v)| {
+                (v.active || prior_holder.as_ref() == Some(*region))
+                    && Some(*region) != active.as_ref()
+            })
             .map(|(region, _)| region.clone())
             .collect();
         for region in stale {
             out.journal(
                 JournalKind::Info,
                 Some(&region),
-                format!("recovery: {region} reports active but {name} was adopted: fencing it at epoch {next} first"),
+                format!("recovery: {region} may hold a lease but {name} was adopted: fencing it at epoch {next} first"),
             );
             out.actions.push(Action::Send {
                 region: region.clone(),

@@ -1537,9 +1537,13 @@ fn random_schedules_with_restarts_keep_every_guarantee() {
         s.persisted.push(s.m.durable());
         let mut last_grant: BTreeMap<RegionId, (u64, Epoch)> = BTreeMap::new();
         // Every (region, epoch) whose fence an agent acknowledged: it never takes
-        // writes under that epoch again.
+        // writes under that epoch, or any older one, again.
         let mut fence_acked: std::collections::BTreeSet<(RegionId, Epoch)> =
             std::collections::BTreeSet::new();
+        let fenced =
+            |acked: &std::collections::BTreeSet<(RegionId, Epoch)>, r: &RegionId, e: Epoch| {
+                acked.iter().any(|(ar, ae)| ar == r && *ae >= e)
+            };
         let mut t = 0;
         // Per region: its latest report since the last restart said caught up.
         let mut caught_up: BTreeMap<RegionId, bool> = BTreeMap::new();
@@ -1573,11 +1577,16 @@ fn random_schedules_with_restarts_keep_every_guarantee() {
                         s.m.epoch
                     };
                     let ok = rnd(3) != 0;
+                    // An agent reports active while it holds a grant at the current
+                    // epoch that it did not fence (as a real agent does).
+                    let holds = last_grant.get(&r).is_some_and(|(gt, ge)| {
+                        t < gt + 2000 && *ge == e && !fenced(&fence_acked, &r, *ge)
+                    });
                     Event::Report {
                         region: r,
                         epoch: e,
-                        active: false,
-                        fenced: true,
+                        active: holds,
+                        fenced: !holds,
                         ready: ok,
                         caught_up: ok && rnd(3) != 0,
                         detail: String::new(),
@@ -1638,8 +1647,20 @@ fn random_schedules_with_restarts_keep_every_guarantee() {
                 (lease_req, &reply)
             {
                 assert!(!strict, "a lease granted while recovering");
+                // Never two live leases: every other region's grant has certainly
+                // expired, or its fence at that epoch was acknowledged — whatever the
+                // restarts made the controller forget.
+                for (other, (gt, ge)) in &last_grant {
+                    if other == &region || *ge > epoch {
+                        continue;
+                    }
+                    assert!(
+                        fenced(&fence_acked, other, *ge) || t >= gt + 2500,
+                        "granted {region} at {t} (epoch {epoch}) while {other}'s lease from {gt} (epoch {ge}) was live"
+                    );
+                }
                 max_out = max_out.max(epoch);
-                if !fence_acked.contains(&(region.clone(), epoch)) {
+                if !fenced(&fence_acked, &region, epoch) {
                     last_grant.insert(region, (t, epoch));
                 }
             }
@@ -1688,7 +1709,7 @@ fn random_schedules_with_restarts_keep_every_guarantee() {
                 if holder == &to || *ge >= epoch || *gt > pt {
                     continue;
                 }
-                let acked = fence_acked.contains(&(holder.clone(), *ge));
+                let acked = fenced(&fence_acked, holder, *ge);
                 let expired = pt >= gt + 2500;
                 assert!(
                     acked || expired,
@@ -1731,4 +1752,25 @@ fn a_promotion_persisted_before_a_restart_completes_while_the_state_is_confirmed
     s.report_full(200, b(), 3, true, true, None, false, Some(b()));
     assert!(matches!(s.m.phase, Phase::Steady));
     assert_eq!(s.m.epoch, Epoch(3));
+}
+
+#[test]
+fn a_lease_granted_while_confirming_is_honoured_by_the_adoption_that_follows() {
+    // Found by the randomized schedule: b took the lease of a promotion resumed after
+    // a restart, its last report still saying "not active"; then a reported an epoch
+    // above the disk's and the adoption picked a. b's live lease must be fenced
+    // first, whatever b last reported.
+    let disk = Durable {
+        promoting: Some(b()),
+        ..durable(3, b())
+    };
+    let mut s = Sim::started(params(), Some(disk));
+    s.report_full(0, b(), 3, false, true, None, false, None);
+    assert!(s.lease(10, b(), 3));
+    s.report_full(20, a(), 4, false, true, None, false, None);
+    assert_eq!((s.m.epoch, s.m.active.clone()), (Epoch(5), Some(a())));
+    assert_eq!(s.fences(), vec![(20, b())]);
+    assert!(!s.lease(30, a(), 5), "b's lease from t=10 may be live");
+    fence_ack(&mut s, 40, b(), 5);
+    assert!(s.lease(50, a(), 5));
 }
