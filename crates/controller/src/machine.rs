@@ -64,6 +64,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The longest promise the controller takes at its word (a day): promises last about
+/// a lease ttl plus the margin; anything longer is clamped, not trusted to the clock.
+const MAX_PROMISE_MS: u64 = 86_400_000;
+
 /// Timing and policy, from the config's `[failover]`.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -606,9 +610,11 @@ impl Machine {
                     ready,
                     caught_up,
                     ready_detail: detail,
-                    promised_until: promised
-                        .as_ref()
-                        .map(|p| now + Duration::from_millis(p.remaining_ms)),
+                    // From the network: clamped, so an absurd remaining time cannot
+                    // overflow the clock (a real promise is about ttl + margin).
+                    promised_until: promised.as_ref().and_then(|p| {
+                        now.checked_add(Duration::from_millis(p.remaining_ms.min(MAX_PROMISE_MS)))
+                    }),
                     promised,
                     witness_lost,
                     view_active,

@@ -1774,3 +1774,19 @@ fn a_lease_granted_while_confirming_is_honoured_by_the_adoption_that_follows() {
     fence_ack(&mut s, 40, b(), 5);
     assert!(s.lease(50, a(), 5));
 }
+
+#[test]
+fn an_absurd_promise_is_clamped_not_a_clock_overflow() {
+    let mut s = Sim::new(params());
+    let promise = lifeboat_api::types::PromiseView {
+        to: a(),
+        epoch: Epoch(1),
+        remaining_ms: u64::MAX,
+    };
+    s.report_full(0, b(), 1, false, true, Some(promise), false, None);
+    let r = s.step(10, Event::Switchover { to: b() });
+    assert!(
+        matches!(&r, Some(Reply::Move(Err(e))) if e.contains("b promised a")),
+        "{r:?}"
+    );
+}
