@@ -38,17 +38,24 @@
 //!   reported, and as the active region the one reporting active at that epoch, else
 //!   the `view_active` the agents at that epoch report, else the config's initial
 //!   active region; it bumps the epoch (checked), persists, and only then grants.
-//!   Regions still reporting active under an older view are fenced at the new epoch
-//!   first. The active agent's renewal at the old epoch is refused with the new epoch
-//!   and active region in the answer, and it asks again at once at the new one: one
-//!   round trip, well inside the lease ttl.
+//!   Any other region that may hold a lease (it reports active, or this controller
+//!   granted or assumed its lease) is told to fence at the new epoch first, and no
+//!   grant goes out before it acknowledged or ttl + margin passed. The active agent's
+//!   renewal at the old epoch is refused with the new epoch and active region in the
+//!   answer, and it asks again at once at the new one (its refusal backoff is per
+//!   epoch): one round trip, well inside the lease ttl. While recovering the
+//!   controller answers at epoch 0 with no active region, which every agent that
+//!   has seen an epoch ignores.
 //! - **State on disk** (a normal restart): *confirming*, but with no epoch bump and no
 //!   wait for the application. The disk's active region renews the lease it already
 //!   holds (its report says active at the disk's epoch) exactly as before the restart,
-//!   so a restart never causes an outage, even with another region down. Nothing else
-//!   is granted and no move starts until every agent has reported or ttl + margin has
-//!   passed since the restart (by then any lease an earlier incarnation granted has
-//!   certainly expired). Bumping here would buy nothing — no agent knows an epoch above
+//!   so a restart never causes an outage, even with another region down; so does
+//!   the target of a promotion persisted before the restart (its old region's fence
+//!   was settled then). Nothing else is granted and no move starts until every agent
+//!   has reported or ttl + margin has passed since the restart (by then any lease an
+//!   earlier incarnation granted has certainly expired). A lease request that comes
+//!   before the holder's first report is refused once; the agent asks again after
+//!   its short backoff, by when its report has arrived. Bumping here would buy nothing — no agent knows an epoch above
 //!   the disk's — and would cost every active agent a refused renewal on every
 //!   restart. If any agent reports an epoch above the disk's during this time, the
 //!   state on disk is older than the agents': the controller switches to recovering
