@@ -43,9 +43,11 @@
 //!   grant goes out before it acknowledged or ttl + margin passed. The active agent's
 //!   renewal at the old epoch is refused with the new epoch and active region in the
 //!   answer, and it asks again at once at the new one (its refusal backoff is per
-//!   epoch): one round trip, well inside the lease ttl. While recovering the
-//!   controller answers at epoch 0 with no active region, which every agent that
-//!   has seen an epoch ignores.
+//!   epoch): one round trip, well inside the lease ttl. Until then a controller
+//!   with no state answers at epoch 0 with no active region, which every agent that
+//!   has seen an epoch ignores. The price: with one region's agent down, a stateless
+//!   controller grants nothing (the active region fences at its deadline) until that
+//!   agent is back or an operator restarts it with `--no-wait-for-agents`.
 //! - **State on disk** (a normal restart): *confirming*, but with no epoch bump and no
 //!   wait for the application. The disk's active region renews the lease it already
 //!   holds (its report says active at the disk's epoch) exactly as before the restart,

@@ -164,3 +164,66 @@ async fn a_restart_with_its_state_keeps_the_epoch_and_a_serving() {
         "a's lease lapsed across the restart: {aj:?}"
     );
 }
+
+/// `lifeboat controller --no-wait-for-agents`, as the harness starts the controller.
+async fn start_controller_not_waiting(d: &mut Deployment) {
+    let mut cmd = d.command(None);
+    cmd.args(["controller", "--no-wait-for-agents", "--config"])
+        .arg(&d.config)
+        .env("LIFEBOAT_LOG", "info");
+    let mut p = Proc::spawn("controller", cmd, &d.log("controller"));
+    p.wait_line("listening api ", Duration::from_secs(30)).await;
+    d.dns_addr = Some(p.wait_line("listening dns ", Duration::from_secs(5)).await);
+    d.procs.insert("controller".into(), p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_controller_grants_nothing_until_every_agent_reported_unless_told() {
+    let mut d = Deployment::new(Options::default());
+    d.start_controller().await;
+    d.start_agent("a", None).await;
+    // b's agent never comes: the controller says what it waits for, and grants nothing.
+    let st = d
+        .wait_for(
+            "the recovering condition",
+            Duration::from_secs(10),
+            || async {
+                let st = d.status().await?;
+                st.regions
+                    .iter()
+                    .any(|r| r.name.as_str() == "a" && r.last_report_ms.is_some())
+                    .then_some(st)
+            },
+        )
+        .await;
+    assert_eq!(st.phase, "recovering: waiting for reports from b");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let st = d.status().await.unwrap();
+    assert_eq!(st.phase, "recovering: waiting for reports from b");
+    assert!(st.lease.is_none() && st.active.is_none(), "{st:?}");
+    let a = d.agent_client("a");
+    assert!(!a.agent_status().await.unwrap().active);
+    assert!(
+        http_get(&d.app_url("a")).await.is_none(),
+        "a's app sleeps until a lease is granted"
+    );
+
+    // The operator knows b is gone: the config's initial region starts at once.
+    d.proc("controller").kill9();
+    d.procs.remove("controller");
+    start_controller_not_waiting(&mut d).await;
+    let st = d
+        .wait_for("a active", Duration::from_secs(30), || async {
+            let st = d.status().await?;
+            let ra = st.regions.iter().find(|r| r.name.as_str() == "a")?;
+            (st.active.as_ref().map(|r| r.as_str()) == Some("a") && ra.agent_active).then_some(st)
+        })
+        .await;
+    assert_eq!(st.epoch, Epoch(1));
+    let j = d.journal().await;
+    assert!(
+        j.iter().any(|e| e.kind == JournalKind::ControllerStarted
+            && e.detail.contains("--no-wait-for-agents")),
+        "{j:?}"
+    );
+}
