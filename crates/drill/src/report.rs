@@ -285,16 +285,19 @@ pub fn analyze(r: RunRecord) -> RunReport {
     let timed = r.timed.as_ref();
     let active_before = timed.map_or(Some(r.target.clone()), |t| t.active_before.clone());
     let failed_over = promotions > 0 || (r.new_active.is_some() && r.new_active != active_before);
-    let end_ms = timed
-        .and_then(|t| t.converged_at_ms)
-        .or(r.restored_at_ms)
-        .unwrap_or_else(|| {
-            r.ops
-                .iter()
-                .map(|o| o.end_ms)
-                .max()
-                .unwrap_or(r.fault_at_ms)
-        });
+    // The window in which failures count: a timed fault's to its last write (through
+    // the wait for convergence and the cool-down: a stuck deployment is unavailable
+    // throughout); a classic run's until the undo.
+    let last_op_ms = r
+        .ops
+        .iter()
+        .map(|o| o.end_ms)
+        .max()
+        .unwrap_or(r.fault_at_ms);
+    let end_ms = match timed {
+        Some(_) => last_op_ms,
+        None => r.restored_at_ms.unwrap_or(last_op_ms),
+    };
     let unavailability_ms = history::longest_unavailability(&r.ops, r.fault_at_ms, end_ms);
     let fault_target = timed.map_or_else(|| r.target.to_string(), |t| t.fault_target.clone());
     let mut writes = Counts::default();

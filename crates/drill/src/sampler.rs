@@ -106,8 +106,14 @@ impl Probe {
                 let Ok((client, conn)) = cfg.connect(tokio_postgres::NoTls).await else {
                     return Writable::Unreachable;
                 };
+                // Drive the connection ourselves and drop its notices: polled as a
+                // future, tokio-postgres logs every server notice ("terminating
+                // connection due to immediate shutdown" on each fence) at info.
                 let task = tokio::spawn(async move {
-                    let _ = conn.await;
+                    let mut conn = conn;
+                    while let Some(Ok(_)) =
+                        std::future::poll_fn(|cx| conn.poll_message(cx)).await
+                    {}
                 });
                 let answer = client
                     .query_one("select not pg_is_in_recovery()", &[])

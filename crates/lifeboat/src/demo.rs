@@ -10,8 +10,15 @@
 //! `failover`, `drill` and `objects` can be pointed at it — and stays up until Ctrl-C,
 //! then stops everything and removes the directory. `--drill` runs a drill instead.
 //!
-//! A region whose agent was killed (a drill's region outage) is started again only
-//! when asked: the drill's `outage_stop` command touches `control/restore-<region>`.
+//! A region whose agent was killed (a drill's region outage or agent kill) is started
+//! again only when asked: the drill's `outage_stop` / `agent_start` command touches
+//! `control/restore-<region>`, and the agent is started with the same command line.
+//!
+//! The controller is supervised the way systemd's `Restart=always` would: when it
+//! exits (a kill -9 included) it is started again after [`CONTROLLER_RESTART_DELAY`],
+//! unless `--no-restart-controller` was given or `control/hold-controller` exists (the
+//! drill's controller-kill creates it so that the witness stays down for the fault's
+//! length, like `systemctl stop`); `control/start-controller` starts it at once.
 
 use crate::cli::DrillArgs;
 use anyhow::{Context, Result, bail};
@@ -38,11 +45,19 @@ pub struct DemoArgs {
     /// Run a drill against the demo, print its report and exit.
     #[arg(long)]
     pub drill: bool,
+    /// Leave a controller that exited down (by default it is started again after a
+    /// second, as systemd's Restart=always would).
+    #[arg(long)]
+    pub no_restart_controller: bool,
     #[command(flatten)]
     pub drill_args: DrillArgs,
 }
 
 const REGIONS: [(&str, &str); 2] = [("a", "127.0.1.1"), ("b", "127.0.2.1")];
+
+/// How long a controller that exited stays down before the demo starts it again
+/// (systemd's RestartSec): long enough not to spin on a controller that cannot start.
+const CONTROLLER_RESTART_DELAY: Duration = Duration::from_secs(1);
 
 /// Ports chosen once, free on every address that binds them.
 struct Ports {
@@ -255,8 +270,9 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
             app = p.app,
             db_kill = db_kill_command(args, l, r),
         );
+        let agent_pid = format!("$(cat {}/agent-{r}.pid)", l.control.display());
         c.push_str(&format!(
-            "[drill.regions.{r}]\noutage_start = {}\noutage_stop = {}\ndb_crash = {}\ndb_restore = \"true\"\napp_crash = {}\napp_restore = {}\n\n",
+            "[drill.regions.{r}]\noutage_start = {}\noutage_stop = {}\ndb_crash = {}\ndb_restore = \"true\"\napp_crash = {}\napp_restore = {}\nagent_kill = {}\nagent_start = {}\nagent_pause = {}\nagent_resume = {}\n\n",
             toml_str(&kill_region),
             toml_str(&format!("touch {}/restore-{r}", l.control.display())),
             toml_str(&format!("{}; true", db_kill_command(args, l, r))),
@@ -266,6 +282,12 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
                 p.app
             )),
             toml_str(&format!("rm -f {}/poison-app-{r}", l.control.display())),
+            // The agent alone: its database, app and guard are left running.
+            toml_str(&format!("kill -9 {agent_pid}")),
+            // Started again by the demo's supervisor, with the same command line.
+            toml_str(&format!("touch {}/restore-{r}", l.control.display())),
+            toml_str(&format!("kill -STOP {agent_pid}")),
+            toml_str(&format!("kill -CONT {agent_pid}")),
         ));
         if let Some(table) = partition_table(r) {
             // A real cut on loopback: drop every packet to or from the region's address.
@@ -278,6 +300,20 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
             ));
         }
     }
+    let ctl = l.control.display();
+    let controller_pid = format!("$(cat {ctl}/controller.pid)");
+    c.push_str(&format!(
+        "[drill.controller]\nkill = {}\nstart = {}\npause = {}\nresume = {}\n",
+        // Held down for the fault's length: the supervisor would restart it in a second.
+        toml_str(&format!(
+            "touch {ctl}/hold-controller && kill -9 {controller_pid}"
+        )),
+        toml_str(&format!(
+            "rm -f {ctl}/hold-controller && touch {ctl}/start-controller"
+        )),
+        toml_str(&format!("kill -STOP {controller_pid}")),
+        toml_str(&format!("kill -CONT {controller_pid}")),
+    ));
     std::fs::write(&l.config, c).with_context(|| format!("writing {}", l.config.display()))
 }
 
@@ -381,6 +417,15 @@ impl Children {
             })?;
         self.procs.insert(name.to_owned(), child);
         Ok(addr)
+    }
+
+    /// The process is there and has not exited (a stopped, SIGSTOPped one counts as
+    /// running). An exited one is reaped here.
+    fn running(&mut self, name: &str) -> bool {
+        match self.procs.get_mut(name) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     async fn stop(&mut self, name: &str) {
@@ -626,20 +671,29 @@ async fn run_inner(
     }
     print_banner(args, cfg, l, p);
 
+    let restart_controller = !args.no_restart_controller;
     if args.drill {
-        let supervisor = tokio::spawn(supervise_restores(
-            l.control.clone(),
-            l.config.clone(),
-            l.logs.clone(),
-            cancel.clone(),
-        ));
-        let code = tokio::select! {
-            r = crate::extra::run_drill(cfg, args.drill_args.clone()) => r?,
-            _ = cancel.cancelled() => ExitCode::FAILURE,
+        // The supervisor runs beside the drill (a drill's faults need it: restores,
+        // the controller's restart) and stops when the drill is done.
+        let supervising = cancel.child_token();
+        let drill = async {
+            let code = tokio::select! {
+                r = crate::extra::run_drill(cfg, args.drill_args.clone()) => r,
+                _ = cancel.cancelled() => Ok(ExitCode::FAILURE),
+            };
+            supervising.cancel();
+            code
         };
-        cancel.cancel();
-        let _ = supervisor.await;
-        return Ok(code);
+        let (code, ()) = tokio::join!(
+            drill,
+            supervise(
+                children,
+                &l.control,
+                restart_controller,
+                supervising.clone()
+            )
+        );
+        return code;
     }
     println!(
         "Ctrl-C stops everything{}.",
@@ -649,13 +703,7 @@ async fn run_inner(
             ""
         }
     );
-    supervise_restores(
-        l.control.clone(),
-        l.config.clone(),
-        l.logs.clone(),
-        cancel.clone(),
-    )
-    .await;
+    supervise(children, &l.control, restart_controller, cancel.clone()).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -729,18 +777,23 @@ async fn wait_ready(
     }
 }
 
-/// Start a region's agent again when `control/restore-<region>` appears (the drill's
-/// `outage_stop`), if it is not running.
-async fn supervise_restores(
-    control: PathBuf,
-    config: PathBuf,
-    logs: PathBuf,
-    cancel: CancellationToken,
+/// Keep the demo's processes up: start a region's agent again when
+/// `control/restore-<region>` appears (the drill's `outage_stop` / `agent_start`) if it
+/// is not running, and restart the controller the way systemd's `Restart=always` would
+/// (see the module doc). Every process started stays in `children`, so the demo's
+/// shutdown stops it.
+async fn supervise(
+    children: &mut Children,
+    control: &Path,
+    restart_controller: bool,
+    stop: CancellationToken,
 ) {
-    let mut restarted: BTreeMap<String, Child> = BTreeMap::new();
+    let hold = control.join("hold-controller");
+    let start = control.join("start-controller");
+    let mut controller_down_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
         for (r, _) in REGIONS {
@@ -749,36 +802,48 @@ async fn supervise_restores(
                 continue;
             }
             let _ = std::fs::remove_file(&flag);
-            let mut c = Children {
-                layout: control.parent().map(Path::to_path_buf).unwrap_or_default(),
-                config: config.clone(),
-                logs: logs.clone(),
-                procs: BTreeMap::new(),
-            };
-            match c
-                .spawn(
-                    &format!("agent-{r}"),
-                    &["agent", "--region", r],
-                    "listening agent ",
-                )
+            let name = format!("agent-{r}");
+            if children.running(&name) {
+                continue;
+            }
+            match children
+                .spawn(&name, &["agent", "--region", r], "listening agent ")
                 .await
             {
-                Ok(_) => {
-                    eprintln!("lifeboat demo: region {r} restored (agent restarted)");
-                    restarted.extend(c.procs);
-                }
+                Ok(_) => eprintln!("lifeboat demo: region {r} restored (agent restarted)"),
                 Err(e) => eprintln!("lifeboat demo: cannot restore region {r}: {e:#}"),
             }
         }
-    }
-    for (_, mut child) in restarted {
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+        let asked = start.exists();
+        if asked {
+            let _ = std::fs::remove_file(&start);
+            let _ = std::fs::remove_file(&hold);
         }
-        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        if children.running("controller") {
+            controller_down_since = None;
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        let since = *controller_down_since.get_or_insert(now);
+        let due = restart_controller
+            && !hold.exists()
+            && now.duration_since(since) >= CONTROLLER_RESTART_DELAY;
+        if asked || due {
+            match children
+                .spawn("controller", &["controller"], "listening api ")
+                .await
+            {
+                Ok(_) => {
+                    eprintln!("lifeboat demo: controller started again");
+                    controller_down_since = None;
+                }
+                Err(e) => {
+                    eprintln!("lifeboat demo: cannot start the controller again: {e:#}");
+                    // Wait another delay before the next try, as systemd would.
+                    controller_down_since = Some(tokio::time::Instant::now());
+                }
+            }
+        }
     }
 }
 
@@ -842,7 +907,7 @@ fn print_banner(args: &DemoArgs, cfg: &Config, l: &Layout, p: &Ports) {
         "\n  config      {cfgp}\n  logs        {}\n\n",
         l.logs.display()
     ));
-    s.push_str(&format!("Try:\n  lifeboat status --config {cfgp}\n  lifeboat failover --config {cfgp} --to b\n  lifeboat drill --config {cfgp} --scenario region-outage\n  lifeboat objects status --config {cfgp} --region a\n"));
+    s.push_str(&format!("Try:\n  lifeboat status --config {cfgp}\n  lifeboat failover --config {cfgp} --to b\n  lifeboat drill --config {cfgp} --scenario region-outage\n  lifeboat drill --config {cfgp} --schedule random --faults 8 --fault-seconds 1-10\n  lifeboat objects status --config {cfgp} --region a\n"));
     println!("{s}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
