@@ -9,15 +9,22 @@
 //! backoff if it exits while it should run, and is stopped with SIGTERM, then SIGKILL
 //! after `stop_timeout`. A shell-command service (`start` / `stop`) is started and
 //! stopped by running those commands.
+//!
+//! While a pilot-light process runs, its process group is recorded in
+//! `<agent state dir>/services/<name>.pgid` ("PGID STARTTIME"), removed once it has
+//! stopped: the region guard (`guard.rs`) kills that group if the agent dies or freezes
+//! with its lease outstanding, since a service must not outlive its agent's lease.
 
 use async_trait::async_trait;
 use lifeboat_config::{ServiceConfig, ServiceMode};
 use lifeboat_core::{
-    Activation, DataRole, Epoch, FollowTarget, HealthStatus, RoleError, RoleHealth, RoleStatus,
+    Activation, DataRole, Epoch, FollowTarget, GuardTarget, HealthStatus, RoleError, RoleHealth,
+    RoleStatus,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -36,6 +43,8 @@ struct Supervised {
 
 pub struct Services {
     region: String,
+    /// Where pilot-light services' process groups are recorded for the guard.
+    pgid_dir: PathBuf,
     services: Vec<Supervised>,
     cancel: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
@@ -43,8 +52,15 @@ pub struct Services {
 
 impl Services {
     /// Start supervising the region's services. Warm-standby services start now;
-    /// pilot-light ones wait for `activate`.
-    pub fn new(region: &str, cfgs: &[ServiceConfig], cancel: CancellationToken) -> Arc<Self> {
+    /// pilot-light ones wait for `activate`. `state_dir` is the agent's state directory
+    /// (`Config::agent_state_dir`): the region guard reads the process groups there.
+    pub fn new(
+        region: &str,
+        cfgs: &[ServiceConfig],
+        state_dir: &Path,
+        cancel: CancellationToken,
+    ) -> Arc<Self> {
+        let pgid_dir = state_dir.join("services");
         let tasks = tokio_util::task::TaskTracker::new();
         let mut services = Vec::new();
         for cfg in cfgs {
@@ -56,9 +72,12 @@ impl Services {
                 restarts: Arc::new(Mutex::new(0)),
                 last_error: Arc::new(Mutex::new(String::new())),
             };
+            let pgid_file = (cfg.mode == ServiceMode::PilotLight && cfg.command.is_some())
+                .then(|| pgid_dir.join(format!("{}.pgid", cfg.name)));
             tasks.spawn(supervise(
                 region.to_owned(),
                 cfg.clone(),
+                pgid_file,
                 want_rx,
                 s.running.clone(),
                 s.restarts.clone(),
@@ -70,6 +89,7 @@ impl Services {
         tasks.close();
         Arc::new(Self {
             region: region.to_owned(),
+            pgid_dir,
             services,
             cancel,
             tasks,
@@ -212,11 +232,52 @@ impl DataRole for Services {
         self.set_pilot_light(false);
         Ok(())
     }
+
+    /// The pilot-light processes (what a fence stops). Warm-standby services run in
+    /// every region anyway; shell-command services have no process lifeboat owns.
+    fn guard_targets(&self) -> Vec<GuardTarget> {
+        self.services
+            .iter()
+            .filter(|s| s.cfg.mode == ServiceMode::PilotLight && s.cfg.command.is_some())
+            .map(|s| GuardTarget::ProcessGroup {
+                pgid_file: self.pgid_dir.join(format!("{}.pgid", s.cfg.name)),
+            })
+            .collect()
+    }
 }
 
+/// Record a running service's process group for the guard (its leader is `pid`).
+fn record_pgid(file: Option<&Path>, pid: Option<u32>) {
+    let (Some(file), Some(pid)) = (file, pid.and_then(|p| i32::try_from(p).ok())) else {
+        return;
+    };
+    let Some(start) = crate::guard::proc_start(pid) else {
+        return; // already gone: nothing to record
+    };
+    let write = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(file, format!("{pid} {start}\n")));
+    if let Err(e) = write {
+        // The service runs unguarded against a frozen agent: say so loudly.
+        tracing::error!(
+            "cannot record process group {pid} in {} for the region guard: {e}",
+            file.display()
+        );
+    }
+}
+
+fn forget_pgid(file: Option<&Path>) {
+    if let Some(file) = file {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     region: String,
     cfg: ServiceConfig,
+    pgid_file: Option<PathBuf>,
     mut want: watch::Receiver<bool>,
     running: Arc<Mutex<Option<u32>>>,
     restarts: Arc<Mutex<u64>>,
@@ -260,6 +321,7 @@ async fn supervise(
                     }
                 };
                 *lock(&running) = child.id();
+                record_pgid(pgid_file.as_deref(), child.id());
                 tracing::info!(service = %cfg.name, pid = ?child.id(), "started");
                 let started = tokio::time::Instant::now();
                 // Run until it exits or it should stop.
@@ -275,6 +337,9 @@ async fn supervise(
                 match exit {
                     Some(status) => {
                         *lock(&running) = None;
+                        // The record stays: children of the leader may live on in
+                        // its group (the guard checks the leader's start time, so a
+                        // reused pid is never taken for it); a restart replaces it.
                         let msg = match status {
                             Ok(s) => format!("exited: {s}"),
                             Err(e) => format!("wait failed: {e}"),
@@ -292,6 +357,7 @@ async fn supervise(
                     }
                     None => {
                         stop_child(&mut child, cfg.stop_timeout).await;
+                        forget_pgid(pgid_file.as_deref());
                         *lock(&running) = None;
                         tracing::info!(service = %cfg.name, "stopped");
                     }

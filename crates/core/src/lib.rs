@@ -14,5 +14,7 @@ mod routing;
 
 pub use ids::{Epoch, RegionId, VantageId};
 pub use journal::{JournalEntry, JournalKind};
-pub use role::{Activation, DataRole, FollowTarget, RoleError, RoleHealth, RoleStatus, SharedRole};
+pub use role::{
+    Activation, DataRole, FollowTarget, GuardTarget, RoleError, RoleHealth, RoleStatus, SharedRole,
+};
 pub use routing::{HealthStatus, RoutingTable};

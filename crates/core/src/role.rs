@@ -17,9 +17,14 @@
 //!   anything that would be discarded in the process is kept aside and reported.
 //! - [`DataRole::status`] is cheap and never blocks for long: it reports role, lag
 //!   and whether this standby is ready to be promoted.
+//! - [`DataRole::guard_targets`] names the processes the region guard kills when the
+//!   agent stops feeding it (DESIGN rule 2: a dead or frozen agent cannot leave its
+//!   region writable). Files, not pids: the guard reads them when it fires, so a server
+//!   restarted since the guard started is the one it kills.
 
 use crate::{Epoch, HealthStatus, RegionId};
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Errors a data role reports. Callers tell them apart: a stale epoch is not a timeout.
@@ -100,6 +105,26 @@ impl RoleStatus {
     }
 }
 
+/// What the region guard kills when it fires (read when it fires, never cached for
+/// long: a server restarted since is followed). Each names how to recognise the process,
+/// so a stale pid file whose pid was reused by an unrelated process kills nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GuardTarget {
+    /// A PostgreSQL postmaster: its pid is the first line of `<data_dir>/postmaster.pid`
+    /// and its working directory is `data_dir`. SIGQUIT (immediate shutdown: every
+    /// backend exits at once without committing more), then SIGKILL of the postmaster
+    /// and of the children it had, a moment later.
+    Postmaster { data_dir: PathBuf },
+    /// A server process SIGKILLed (MariaDB's `mariadbd`): its pid is the first word of
+    /// `pid_file`, its command name (`/proc/PID/comm`) is `comm`.
+    Process { pid_file: PathBuf, comm: String },
+    /// A process group SIGKILLed (a supervised service): `pgid_file` holds "PGID
+    /// STARTTIME" (the leader's start time in clock ticks, from /proc/PID/stat), written
+    /// by the supervisor while the service runs and removed when it stops.
+    ProcessGroup { pgid_file: PathBuf },
+}
+
 /// A data layer of one region that the agent fences, promotes and demotes.
 #[async_trait::async_trait]
 pub trait DataRole: Send + Sync {
@@ -113,6 +138,13 @@ pub trait DataRole: Send + Sync {
     async fn activate(&self, activation: &Activation) -> Result<(), RoleError>;
     /// Become (or stay) a standby of the active region.
     async fn follow(&self, target: &FollowTarget) -> Result<(), RoleError>;
+    /// The processes the region guard must kill to fence this role without the agent.
+    /// Empty (the default) for a role whose writes cannot outlive the agent: one that
+    /// runs inside the agent process, or a server lifeboat does not manage (the guard
+    /// never kills what lifeboat did not start).
+    fn guard_targets(&self) -> Vec<GuardTarget> {
+        Vec::new()
+    }
 }
 
 /// How roles are shared between the agent's tasks.

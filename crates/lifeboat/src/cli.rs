@@ -98,6 +98,15 @@ pub enum Command {
     /// The sample application (the demo runs it as each region's pilot-light service).
     #[command(name = "sample-app")]
     SampleApp(lifeboat_sample_app::Options),
+    /// Internal: the region guard an agent starts and feeds (fences the region if the
+    /// agent dies or freezes). Not for operators.
+    #[command(name = "region-guard", hide = true)]
+    RegionGuard {
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
     /// Check a config file without starting anything.
     Validate {
         /// The config file (also accepted as --config).
@@ -244,6 +253,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Drill { config, drill } => crate::extra::drill(&config, drill).await,
         Command::Demo(args) => crate::demo::run(args).await,
         Command::SampleApp(opts) => crate::extra::sample_app(opts).await,
+        Command::RegionGuard { region, state_dir } => {
+            // Blocking by design (threads and timeouts, no runtime in the fence path).
+            tokio::task::spawn_blocking(move || {
+                lifeboat_agent::guard::run_process(&region, &state_dir)
+            })
+            .await??;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { config, file } => match config.or(file) {
             Some(path) => crate::ops::validate(&path),
             None => anyhow::bail!("validate needs a config file: lifeboat validate FILE"),

@@ -9,7 +9,11 @@
 //!   (replaying, lag under `max_lag_bytes` / `max_lag`), caught-up.
 //! - `fence`: a managed server is stopped (`pg_ctl stop -m fast`, then immediate); an
 //!   adopted one gets a reject-all block at the top of its pg_hba.conf, a reload, and
-//!   every other session terminated. Never `default_transaction_read_only`.
+//!   every other session terminated. Never `default_transaction_read_only`. The hba
+//!   fence is recorded in the agent's state directory (`postgres-hba-fence.json`)
+//!   before the file is changed, so an agent restarted later still lifts it.
+//! - `guard_targets`: a managed server's postmaster, for the region guard to kill if
+//!   the agent dies or freezes with its lease outstanding.
 //! - `activate`: `pg_promote(wait => true)`, refused with [`RoleError::NotReady`] when
 //!   the standby is not ready unless the activation is forced. A data directory whose
 //!   rejoin was interrupted before it became a standby is never started (it would come
@@ -32,9 +36,10 @@ use crate::server::{self, ServerSettings};
 use anyhow::{Context, anyhow};
 use lifeboat_config::database::ReplicationMode;
 use lifeboat_core::{
-    Activation, DataRole, Epoch, FollowTarget, HealthStatus, RegionId, RoleError, RoleHealth,
-    RoleStatus,
+    Activation, DataRole, Epoch, FollowTarget, GuardTarget, HealthStatus, RegionId, RoleError,
+    RoleHealth, RoleStatus,
 };
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -48,11 +53,49 @@ const STANDBY_CHECK_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long a fence lets a fast stop take before it stops the server immediately.
 pub const FENCE_FAST_STOP_SECS: u32 = 2;
 
-/// An adopted server fenced through its pg_hba.conf.
-#[derive(Debug, Clone)]
+/// An adopted server fenced through its pg_hba.conf. Persisted (the agent's state
+/// directory, `HBA_FENCE_FILE`): an agent that restarts must lift the fence its
+/// predecessor put there, or the region could never be promoted again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct HbaFence {
+    #[serde(default = "one")]
+    version: u32,
     hba_file: PathBuf,
     data_directory: PathBuf,
+    epoch: Epoch,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The record of an adopted server's hba fence, in the agent's state directory.
+pub const HBA_FENCE_FILE: &str = "postgres-hba-fence.json";
+
+fn load_hba_fence(path: &Path) -> anyhow::Result<Option<HbaFence>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("decoding {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// temp file, fsync, rename: a restart finds the whole record or none.
+fn save_hba_fence(path: &Path, fence: &HbaFence) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(fence)?)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 /// One region's PostgreSQL as a [`DataRole`].
@@ -68,6 +111,8 @@ pub struct PostgresRole {
     keep_dir: Option<PathBuf>,
     seen_epoch: Mutex<Epoch>,
     hba_fence: Mutex<Option<HbaFence>>,
+    /// Where `hba_fence` is persisted.
+    hba_fence_file: PathBuf,
     last_rejoin: Mutex<Option<RejoinReport>>,
     rejoin_hook: Option<RejoinHook>,
     /// Fence, activate and follow never interleave.
@@ -105,6 +150,9 @@ impl PostgresRole {
             .filter(|(name, _)| name.as_str() != region.as_str())
             .map(|(name, c)| Instance::from_config(&RegionId::new(name), c, &pg.dbname))
             .collect();
+        let hba_fence_file = cfg.agent_state_dir(region).join(HBA_FENCE_FILE);
+        let hba_fence =
+            load_hba_fence(&hba_fence_file).context("the record of this region's pg_hba fence")?;
         let bin = match PgBin::locate(pg.bin_dir.as_deref()) {
             Ok(bin) => Some(bin),
             Err(e) if local.data_dir.is_some() => {
@@ -125,7 +173,8 @@ impl PostgresRole {
             max_lag: db.max_lag,
             keep_dir: pg.keep_dir.clone(),
             seen_epoch: Mutex::new(Epoch::ZERO),
-            hba_fence: Mutex::new(None),
+            hba_fence: Mutex::new(hba_fence),
+            hba_fence_file,
             last_rejoin: Mutex::new(None),
             rejoin_hook: None,
             op: tokio::sync::Mutex::new(()),
@@ -442,17 +491,22 @@ impl PostgresRole {
         let client = self.local.connect().await?;
         let hba_file: String = client.query_one("SHOW hba_file", &[]).await?.get(0);
         let data_directory: String = client.query_one("SHOW data_directory", &[]).await?.get(0);
-        let hba_file = PathBuf::from(hba_file);
-        server::close_hba(&hba_file, epoch.0).with_context(|| {
+        let fence = HbaFence {
+            version: 1,
+            hba_file: PathBuf::from(hba_file),
+            data_directory: PathBuf::from(data_directory),
+            epoch,
+        };
+        // Recorded before the file changes: if the agent dies in between, the next one
+        // finds the record and lifts a fence that may or may not be there.
+        save_hba_fence(&self.hba_fence_file, &fence)?;
+        server::close_hba(&fence.hba_file, epoch.0).with_context(|| {
             format!(
                 "close {} (fencing needs local access to the server's files)",
-                hba_file.display()
+                fence.hba_file.display()
             )
         })?;
-        *lock(&self.hba_fence) = Some(HbaFence {
-            hba_file,
-            data_directory: PathBuf::from(data_directory),
-        });
+        *lock(&self.hba_fence) = Some(fence);
         // Wait until the postmaster has reloaded (our own backend sees the new load
         // time only after the postmaster re-read the files and signalled it).
         let before: f64 = client
@@ -542,6 +596,16 @@ impl PostgresRole {
                         .context("the server still refuses connections after removing the fence"));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            match std::fs::remove_file(&self.hba_fence_file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!(
+                        "removing {} after lifting the fence",
+                        self.hba_fence_file.display()
+                    )));
+                }
             }
             *lock(&self.hba_fence) = None;
         }
@@ -808,6 +872,17 @@ impl DataRole for PostgresRole {
         let _op = self.op.lock().await;
         self.check_epoch(target.epoch)?;
         self.follow_inner(target).await
+    }
+
+    /// Only a server lifeboat manages: an adopted one is someone else's process (its
+    /// hba fence needs the agent).
+    fn guard_targets(&self) -> Vec<GuardTarget> {
+        self.managed_dir()
+            .map(|d| GuardTarget::Postmaster {
+                data_dir: d.to_path_buf(),
+            })
+            .into_iter()
+            .collect()
     }
 }
 
