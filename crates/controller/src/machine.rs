@@ -1224,7 +1224,9 @@ impl Machine {
                     if let Some(from) = m.from.clone() {
                         self.promote(now, from, false, out);
                     } else {
+                        // Off the disk too: a restart must not resume an aborted move.
                         self.phase = Phase::Steady;
+                        out.actions.push(Action::Persist);
                     }
                     return;
                 }
