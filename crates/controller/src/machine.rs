@@ -1256,14 +1256,17 @@ impl Machine {
             self.phase = Phase::Moving(m);
             return;
         }
-        self.failovers += 1;
-        if self.home.is_none() {
-            self.home = m.from.clone();
+        if self.promote(now, m.to.clone(), m.forced, out) {
+            // Read by the Persist above when the actions run, after this step.
+            self.failovers += 1;
+            if self.home.is_none() {
+                self.home = m.from.clone();
+            }
         }
-        self.promote(now, m.to.clone(), m.forced, out);
     }
 
-    fn promote(&mut self, now: Instant, to: RegionId, forced: bool, out: &mut Output) {
+    /// Promote `to` under the next epoch. False (and nothing changed) if there is none.
+    fn promote(&mut self, now: Instant, to: RegionId, forced: bool, out: &mut Output) -> bool {
         let Some(next) = self.epoch.checked_next() else {
             // Unreachable in practice (epochs above the controller's are never
             // adopted outside recovery, and recovery needs a successor), but a
@@ -1276,7 +1279,7 @@ impl Machine {
                     format!("cannot promote {to}: epoch {} has no successor", self.epoch),
                 );
             }
-            return;
+            return false;
         };
         self.epoch = next;
         self.active = Some(to.clone());
@@ -1308,6 +1311,7 @@ impl Machine {
             Some(&to),
             format!("DNS and discovery now answer {to}"),
         );
+        true
     }
 
     /// Begin a move. Persisted at once: the Fence that follows depends on it, and a
