@@ -260,8 +260,22 @@ pub fn analyze(r: RunRecord) -> RunReport {
             (e.at_unix_ms, addr)
         })
         .collect();
-    let mut evidence =
-        history::dual_primary_from_ops(&r.ops, new_addr, promotion.map(|p| p.0), &later);
+    let from_ops = history::dual_primary_from_ops(&r.ops, new_addr, promotion.map(|p| p.0), &later);
+    let mut notes = r.notes.clone();
+    // The writes' evidence assumes a region's app writes to its own region's database.
+    // After a timed fault the old region is back (or never went: a killed agent), and
+    // its app — reached through a cached DNS answer — writes to whichever database the
+    // discovery names: not two primaries. With the databases sampled, they decide.
+    let mut evidence = if r.timed.is_some() && !r.samples.is_empty() {
+        notes.extend(from_ops.into_iter().map(|e| {
+            format!(
+                "{e}: the old region's app still answered; the database samples, not the answering address, judge dual primaries"
+            )
+        }));
+        Vec::new()
+    } else {
+        from_ops
+    };
     evidence.extend(history::dual_primary_from_journal(&window, Some(&r.target)));
     let dual_samples = sampler::dual_primary(&r.samples);
     if let (Some(first), Some(last)) = (dual_samples.first(), dual_samples.last()) {
@@ -339,7 +353,7 @@ pub fn analyze(r: RunRecord) -> RunReport {
         dual_primary_evidence: evidence,
         steps: history::steps(&window, r.fault_at_ms),
         acknowledged_by,
-        notes: r.notes,
+        notes,
         ops: r.ops,
         scenario: r.scenario,
         fault_target,
@@ -786,6 +800,24 @@ mod tests {
                 .any(|e| e.contains("2 database sample(s)")),
             "{:?}",
             breach.dual_primary_evidence
+        );
+        // a's app kept answering after b's promotion (all writes went to a): with the
+        // databases sampled, that is a note, not dual-primary evidence.
+        assert!(
+            !breach
+                .dual_primary_evidence
+                .iter()
+                .any(|e| e.contains("acknowledged")),
+            "{:?}",
+            breach.dual_primary_evidence
+        );
+        assert!(
+            breach
+                .notes
+                .iter()
+                .any(|n| n.contains("the database samples")),
+            "{:?}",
+            breach.notes
         );
         let per = summarize_scenarios(&[clean.clone(), breach.clone()]);
         assert_eq!(per.len(), 1);
