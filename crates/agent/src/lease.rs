@@ -423,6 +423,8 @@ impl Machine {
             }
             Event::PromisesRefused { epoch, detail } => {
                 self.promise_round_in_flight = false;
+                // A lost answer may be a blip: the next failed renewal asks again.
+                self.next_promise_round_at = now;
                 if self.lease.as_ref().is_some_and(|l| l.epoch == epoch)
                     && !self.promise_refusal_journaled
                 {

@@ -61,6 +61,16 @@ pub struct State {
     pub last_activation_error: Option<String>,
 }
 
+/// A journal entry stamped when it happened, waiting to be written.
+#[derive(Debug)]
+struct PendingEntry {
+    at_unix_ms: u64,
+    mono_ms: u64,
+    epoch: Epoch,
+    kind: JournalKind,
+    detail: String,
+}
+
 /// Standby-side bookkeeping that is not part of the lease machine.
 #[derive(Debug, Default)]
 struct FollowState {
@@ -78,6 +88,8 @@ pub struct Agent {
     pub token: Token,
     pub controller: ApiClient,
     store: AgentStore,
+    journal_queue: Mutex<std::collections::VecDeque<PendingEntry>>,
+    journal_wake: Notify,
     started: Instant,
     roles: Vec<SharedRole>,
     /// The lease and role lifecycle (`lease.rs`): every decision is made there.
@@ -156,6 +168,8 @@ impl Agent {
             token,
             controller,
             store,
+            journal_queue: Mutex::new(std::collections::VecDeque::new()),
+            journal_wake: Notify::new(),
             started,
             roles,
             machine: Mutex::new(machine),
@@ -259,16 +273,71 @@ impl Agent {
     }
 
     pub fn journal(&self, since: u64) -> Result<Vec<lifeboat_core::JournalEntry>> {
+        // What happened is readable at once, even if the writer has not caught up.
+        self.flush_journal();
         self.store.journal(since)
     }
 
+    /// Record a step. The entry is stamped now and written (with fsync) by the journal
+    /// writer task: a fence, a lease renewal or a promise never waits for the disk,
+    /// which is often the slow part of a region in trouble (DESIGN rule 2).
     pub(crate) fn journal_step(&self, kind: JournalKind, detail: &str) {
         let epoch = self.machine().epoch;
         let mono = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Err(e) = self.store.append(mono, epoch, kind, &self.region, detail) {
-            tracing::error!("cannot write the agent journal: {e:#}");
-        }
         tracing::info!(region = %self.region, epoch = %epoch, kind = kind.as_str(), "{detail}");
+        self.journal_queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(PendingEntry {
+                at_unix_ms: persist::unix_ms(),
+                mono_ms: mono,
+                epoch,
+                kind,
+                detail: detail.to_owned(),
+            });
+        self.journal_wake.notify_one();
+    }
+
+    /// Write every queued journal entry, in order.
+    fn flush_journal(&self) {
+        loop {
+            let Some(e) = self
+                .journal_queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            else {
+                return;
+            };
+            if let Err(err) = self.store.append(
+                e.at_unix_ms,
+                e.mono_ms,
+                e.epoch,
+                e.kind,
+                &self.region,
+                &e.detail,
+            ) {
+                tracing::error!("cannot write the agent journal: {err:#}");
+            }
+        }
+    }
+
+    /// Writes queued journal entries until `cancel`, then what is left.
+    async fn journal_writer(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let me = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || me.flush_journal()).await {
+                tracing::error!("the agent's journal writer failed: {e}");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || me.flush_journal()).await;
+                    return;
+                }
+                _ = self.journal_wake.notified() => {}
+            }
+        }
     }
 
     /// Step the machine with `event` and execute what it decides, in order.
@@ -396,7 +465,12 @@ impl Agent {
     async fn ask_promises(self: Arc<Self>, epoch: Epoch, duration: Duration) {
         use lease::Event;
         let sent_at = Instant::now();
-        let timeout = (self.cfg.failover.lease_ttl / 3).max(Duration::from_millis(200));
+        // A round is worth waiting for until the lease it would extend runs out: under
+        // load an answer can take longer than a renewal's timeout.
+        let remaining = self.machine().lease.as_ref().map_or(Duration::ZERO, |l| {
+            l.deadline.saturating_duration_since(sent_at)
+        });
+        let timeout = remaining.max(Duration::from_millis(100));
         let req = lifeboat_api::types::PromiseRequest {
             region: self.region.clone(),
             epoch,
@@ -716,6 +790,9 @@ impl Agent {
                 }
             });
         }
+        // The journal writer outlives the other loops: it stops last (below).
+        let journal_cancel = CancellationToken::new();
+        let writer = tokio::spawn(self.clone().journal_writer(journal_cancel.clone()));
         tasks.spawn(self.clone().driver(cancel.clone()));
         tasks.spawn(self.clone().report_loop(cancel.clone()));
         tasks.spawn(self.clone().status_loop(cancel.clone()));
@@ -723,6 +800,8 @@ impl Agent {
         cancel.cancelled().await;
         tasks.wait().await;
         self.fence_all("agent shutting down").await;
+        journal_cancel.cancel();
+        writer.await.context("the agent's journal writer")?;
         Ok(())
     }
 

@@ -119,8 +119,11 @@ impl AgentStore {
         Ok(())
     }
 
+    /// Append one entry (fsync). `at_unix_ms` is when it happened, which may be a
+    /// little before it is written: the agent queues its journal off its decision path.
     pub fn append(
         &self,
+        at_unix_ms: u64,
         mono_ms: u64,
         epoch: Epoch,
         kind: JournalKind,
@@ -131,7 +134,7 @@ impl AgentStore {
         guard.1 += 1;
         let entry = JournalEntry {
             seq: guard.1,
-            at_unix_ms: unix_ms(),
+            at_unix_ms,
             mono_ms,
             epoch,
             kind,
