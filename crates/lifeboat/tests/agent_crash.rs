@@ -180,7 +180,8 @@ impl Demo {
         match self.engine {
             Engine::Postgres => text.trim() == "t",
             Engine::Mariadb => {
-                text.contains("read_only=1")
+                // concat() renders the boolean as ON / OFF.
+                (text.contains("read_only=1") || text.contains("read_only=ON"))
                     && text.contains("Slave_IO_Running: Yes")
                     && text.contains("Slave_SQL_Running: Yes")
             }

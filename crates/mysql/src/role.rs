@@ -3,8 +3,9 @@
 //!
 //! Guarantees:
 //! - `activate` promotes a replica only when it is ready (replication threads healthy,
-//!   lag within `[database] max_lag` / `max_lag_bytes`) unless the activation is
-//!   forced, and it never throws away a transaction the replica already received: the
+//!   lag within `[database] max_lag` / `max_lag_bytes`) and no other region's server
+//!   still takes writes (reachable, not a replica, `read_only` off) unless the
+//!   activation is forced, and it never throws away a transaction the replica already received: the
 //!   relay log is applied (waiting up to `apply_timeout`) before `RESET SLAVE ALL`.
 //! - `fence` is a real fence: a managed server is stopped; an adopted server has its
 //!   client accounts locked and every client session killed (`read_only` alone does not
@@ -13,6 +14,11 @@
 //!   primary lacks (errant GTIDs) are saved (`mariadb-binlog` output, replayable, plus a
 //!   JSON report with their count) before they are undone, never silently dropped.
 //! - activations and follows older than the highest epoch seen are refused.
+//! - a managed server lifeboat starts is read-only (its option file says so, and it is
+//!   checked once it answers): it takes no writes until an activation under a lease.
+//! - `guard_targets`: a managed server's `mariadbd`, for the region guard to kill if
+//!   the agent dies or freezes with its lease outstanding. The account locks of an
+//!   adopted server's fence are recorded in `keep_dir`, so a restarted agent lifts them.
 
 use crate::conn::{ConnectError, Instance, lit, mysql_config};
 use crate::gtid::split_errant;
@@ -22,8 +28,8 @@ use anyhow::Context as _;
 use lifeboat_config::Config;
 use lifeboat_config::database::ReplicationMode;
 use lifeboat_core::{
-    Activation, DataRole, Epoch, FollowTarget, HealthStatus, RegionId, RoleError, RoleHealth,
-    RoleStatus,
+    Activation, DataRole, Epoch, FollowTarget, GuardTarget, HealthStatus, RegionId, RoleError,
+    RoleHealth, RoleStatus,
 };
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -191,17 +197,59 @@ impl MysqlRole {
             .map_err(ConnectError::into_role_error)
     }
 
-    /// Connect, starting a managed server first if it is not running.
+    /// Connect, starting a managed server first if it is not running. A server this
+    /// starts is read-only until an activation opens it: one coming back after an
+    /// outage must not take writes while another region is the primary.
     async fn connect_starting(&self) -> Result<Conn, RoleError> {
         if let Some(files) = self.files()
             && files.running_pid().is_none()
         {
             files.start(None).await.map_err(failed_chain)?;
-            return wait_connect(&self.inst, Duration::from_secs(60))
+            let mut conn = wait_connect(&self.inst, Duration::from_secs(60))
                 .await
-                .map_err(failed_chain);
+                .map_err(failed_chain)?;
+            let read_only: Option<i64> = conn
+                .query_first("SELECT @@GLOBAL.read_only")
+                .await
+                .map_err(failed)?;
+            if read_only != Some(1) {
+                // The option file says read-only=ON; someone changed it by hand.
+                tracing::warn!(region = %self.inst.region, "a managed MariaDB came up writable: setting read_only");
+                conn.query_drop("SET GLOBAL read_only=1")
+                    .await
+                    .map_err(failed)?;
+            }
+            return Ok(conn);
         }
         self.connect().await
+    }
+
+    /// Another region's server that still takes writes: it answers, replicates from
+    /// nobody and is not read-only. Promoting beside it makes two primaries (the
+    /// controller fences first; this catches a fence that did not happen, such as the
+    /// server of a region whose agent died).
+    async fn writable_elsewhere(&self) -> Option<Instance> {
+        let m = mysql_config(&self.cfg).ok()?;
+        for name in m.regions.keys() {
+            if name.as_str() == self.inst.region.as_str() {
+                continue;
+            }
+            let Ok(other) = Instance::from_config(&self.cfg, &RegionId::new(name)) else {
+                continue;
+            };
+            let Ok(mut conn) = other.connect_within(Duration::from_millis(1500)).await else {
+                continue;
+            };
+            let view = tokio::time::timeout(Duration::from_secs(2), repl::observe(&mut conn)).await;
+            let _ = conn.disconnect().await;
+            if let Ok(Ok(v)) = view
+                && v.replica.is_none()
+                && !v.read_only
+            {
+                return Some(other);
+            }
+        }
+        None
     }
 
     fn fenced_accounts_file(&self) -> PathBuf {
@@ -316,6 +364,21 @@ impl MysqlRole {
     async fn do_activate(&self, act: &Activation) -> Result<(), RoleError> {
         let mut conn = self.connect_starting().await?;
         let view = repl::observe(&mut conn).await.map_err(failed_chain)?;
+        if let Some(other) = self.writable_elsewhere().await {
+            if !act.forced {
+                let _ = conn.disconnect().await;
+                return Err(RoleError::NotReady {
+                    role: format!("{ROLE} ({})", self.inst.region),
+                    reason: format!(
+                        "{other} still takes writes (read_only off, replicating from nobody): fence it first (or force the promotion)"
+                    ),
+                });
+            }
+            tracing::warn!(
+                region = %self.inst.region, epoch = %act.epoch, old_primary = %other.region,
+                "forced promotion while the old primary still takes writes: split brain until it is fenced"
+            );
+        }
         if let Some(rs) = &view.replica {
             self.check_ready(&view, rs, act.forced)?;
             self.apply_received(&mut conn, act.forced).await?;
@@ -779,6 +842,18 @@ impl DataRole for MysqlRole {
         let _op = self.op.lock().await;
         self.check_epoch(target.epoch)?;
         self.do_follow(target).await
+    }
+
+    /// Only a server lifeboat manages (an adopted one is someone else's process; its
+    /// fence locks accounts, which needs the agent).
+    fn guard_targets(&self) -> Vec<GuardTarget> {
+        self.files()
+            .map(|f| GuardTarget::Process {
+                pid_file: f.pid_file(),
+                comm: "mariadbd".into(),
+            })
+            .into_iter()
+            .collect()
     }
 }
 
