@@ -20,7 +20,8 @@
 //! `--schedule random`) replaces step 3: the fault lasts its length, is healed (the
 //! undo command), and the drill waits until the deployment has converged — one active
 //! region, phase steady, every agent reporting and agreeing on the epoch, the standby
-//! following, exactly one database taking writes — before the next fault.
+//! following, exactly one database taking writes — for a lease's ttl plus its margin
+//! before the next fault.
 //!
 //! Throughout, a sampler ([`sampler`]) asks every region's database directly at least
 //! every 200 ms whether it takes writes; a round in which two do is a dual primary,
@@ -1048,15 +1049,21 @@ async fn run_timed(
     })
 }
 
-/// Wait (at most `steady_timeout`) until the deployment has converged; the instant it
-/// was seen so and the status, or why it has not.
+/// Wait (at most `steady_timeout`) until the deployment has converged and stayed so
+/// for a lease's ttl plus its margin — a region whose agent came back may still lose
+/// its lease, and a controller back from a pause may still act on what it missed: an
+/// instant's agreement is not convergence. Returns when the stretch began (and the
+/// status at its end), or why it has not converged.
 async fn wait_converged(
     ctx: &RunCtx<'_>,
     show: &(dyn Fn(&str) + Sync),
 ) -> Result<(u64, ControllerStatus), String> {
     let deadline = tokio::time::Instant::now() + ctx.dc.steady_timeout;
     let fresh_ms = ctx.cfg.failover.report_ttl.as_millis() as u64;
+    let settle_ms = (ctx.cfg.failover.lease_ttl + ctx.cfg.failover.lease_margin).as_millis() as u64;
     let sampled = !ctx.sampler.regions().is_empty();
+    // (when the conditions first held in the current stretch, the active region then)
+    let mut stretch: Option<(u64, Option<RegionId>)> = None;
     let mut why;
     loop {
         let asked_ms = ctx.clock.now_ms();
@@ -1068,17 +1075,29 @@ async fn wait_converged(
                 } else {
                     None
                 };
-                match convergence(
-                    &s,
-                    fresh_ms,
-                    sampled.then_some(sample.as_ref()).flatten(),
-                    sampled,
-                ) {
-                    Ok(()) => return Ok((ctx.clock.now_ms(), s)),
-                    Err(w) => w,
+                match convergence(&s, fresh_ms, sample.as_ref(), sampled) {
+                    Ok(()) => {
+                        let (since, active) = match &stretch {
+                            // A move in the middle starts the stretch again.
+                            Some((t, a)) if *a == s.active => (*t, a.clone()),
+                            _ => (asked_ms, s.active.clone()),
+                        };
+                        stretch = Some((since, active));
+                        if ctx.clock.now_ms().saturating_sub(since) >= settle_ms {
+                            return Ok((since, s));
+                        }
+                        format!("converged; holding for {settle_ms} ms")
+                    }
+                    Err(w) => {
+                        stretch = None;
+                        w
+                    }
                 }
             }
-            Err(e) => format!("the controller does not answer: {e}"),
+            Err(e) => {
+                stretch = None;
+                format!("the controller does not answer: {e}")
+            }
         };
         show(&format!("waiting to converge: {why}"));
         if tokio::time::Instant::now() >= deadline {
