@@ -342,8 +342,10 @@ fn remove_partitions() {
 
 fn db_kill_command(args: &DemoArgs, l: &Layout, r: &str) -> String {
     if args.database.starts_with("maria") || args.database == "mysql" {
+        // lifeboat-mysql keeps the pid file beside the data directory
+        // (`<datadir>.pid`), not inside it.
         format!(
-            "kill -9 $(cat {}/mariadb-{r}/mariadbd.pid 2>/dev/null) 2>/dev/null",
+            "kill -9 $(cat {}/mariadb-{r}.pid 2>/dev/null) 2>/dev/null",
             l.dir.display()
         )
     } else {
@@ -604,7 +606,7 @@ async fn stop_databases(cfg: &Config) {
     if let Some(my) = &db.mysql {
         for inst in my.regions.values() {
             if let Some(dir) = &inst.datadir
-                && let Ok(pid) = std::fs::read_to_string(dir.join("mariadbd.pid"))
+                && let Ok(pid) = std::fs::read_to_string(format!("{}.pid", dir.display()))
                 && let Ok(pid) = pid.trim().parse::<i32>()
             {
                 let _ = nix::sys::signal::kill(
