@@ -501,11 +501,28 @@ async fn journal(
         .map_err(internal)
 }
 
-async fn routing(State(c): State<Arc<Controller>>) -> Json<RoutingTable> {
-    Json(c.routing.borrow().clone())
+/// While recovering (no state, or state older than the agents') the controller does
+/// not know the active region: it says so (503) rather than answer "none", so that
+/// agents' secondary DNS and applications keep the last answer they had (the region
+/// that is in fact still serving) instead of dropping it.
+async fn unknown_while_recovering(c: &Controller) -> Result<(), ApiError> {
+    let m = c.machine.lock().await;
+    if m.recovery.as_ref().is_some_and(|r| r.strict) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}: the active region is not known yet", m.condition()),
+        ));
+    }
+    Ok(())
 }
 
-async fn discovery(State(c): State<Arc<Controller>>) -> Json<Discovery> {
+async fn routing(State(c): State<Arc<Controller>>) -> Result<Json<RoutingTable>, ApiError> {
+    unknown_while_recovering(&c).await?;
+    Ok(Json(c.routing.borrow().clone()))
+}
+
+async fn discovery(State(c): State<Arc<Controller>>) -> Result<Json<Discovery>, ApiError> {
+    unknown_while_recovering(&c).await?;
     let rt = c.routing.borrow().clone();
     let address = rt
         .active
@@ -517,12 +534,12 @@ async fn discovery(State(c): State<Arc<Controller>>) -> Json<Discovery> {
         (Some(f), Some(active)) => f(&c.cfg, active),
         _ => BTreeMap::new(),
     };
-    Json(Discovery {
+    Ok(Json(Discovery {
         epoch: rt.epoch,
         active: rt.active,
         address,
         endpoints,
-    })
+    }))
 }
 
 async fn operator_move(

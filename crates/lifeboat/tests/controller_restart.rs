@@ -200,6 +200,14 @@ async fn a_stateless_controller_grants_nothing_until_every_agent_reported_unless
         )
         .await;
     assert_eq!(st.phase, "recovering: waiting for reports from b");
+    // It does not claim to know the active region: agents' DNS and applications keep
+    // their last answer.
+    for path in ["/v1/routing", "/v1/discovery"] {
+        let r = reqwest::get(format!("http://{}{path}", d.ctrl_addr))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503, "{path}");
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let st = d.status().await.unwrap();
     assert_eq!(st.phase, "recovering: waiting for reports from b");
