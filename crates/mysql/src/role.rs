@@ -364,6 +364,10 @@ impl MysqlRole {
     async fn do_activate(&self, act: &Activation) -> Result<(), RoleError> {
         let mut conn = self.connect_starting().await?;
         let view = repl::observe(&mut conn).await.map_err(failed_chain)?;
+        if let Some(rs) = &view.replica {
+            self.check_ready(&view, rs, act.forced)?;
+        }
+        // After readiness (a lagging replica says so first), before anything changes.
         if let Some(other) = self.writable_elsewhere().await {
             if !act.forced {
                 let _ = conn.disconnect().await;
@@ -379,8 +383,7 @@ impl MysqlRole {
                 "forced promotion while the old primary still takes writes: split brain until it is fenced"
             );
         }
-        if let Some(rs) = &view.replica {
-            self.check_ready(&view, rs, act.forced)?;
+        if view.replica.is_some() {
             self.apply_received(&mut conn, act.forced).await?;
         }
         repl::open_as_primary(&mut conn, self.settings.semi_sync)
