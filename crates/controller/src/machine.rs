@@ -56,14 +56,21 @@
 //!   was settled then). Nothing else is granted and no move starts until every agent
 //!   has reported or ttl + margin has passed since the restart (by then any lease an
 //!   earlier incarnation granted has certainly expired). A lease request that comes
-//!   before the holder's first report is refused once; the agent asks again after
-//!   its short backoff, by when its report has arrived. Bumping here would buy nothing — no agent knows an epoch above
+//!   before the holder's first report is answered "undecided" (below); the agent
+//!   asks again shortly, by when its report has arrived. Bumping here would buy nothing — no agent knows an epoch above
 //!   the disk's — and would cost every active agent a refused renewal on every
 //!   restart. If any agent reports an epoch above the disk's during this time, the
 //!   state on disk is older than the agents': the controller switches to recovering
 //!   as above (grants nothing, adopts, bumps).
 //! - `--no-wait-for-agents` (an operator's decision) skips both: the state on disk, or
 //!   the config's initial active region at epoch 1, is acted on at once.
+//!
+//! While the controller cannot judge yet — recovering, confirming, or waiting for a
+//! stale region's fence — a lease request gets [`Reply::LeaseUndecided`], not a
+//! refusal: the server answers 503, and the active agent treats it like a lost
+//! witness (it may hold its lease on promises from every other region, DESIGN rule
+//! 7) instead of letting its lease run out as after a refusal. What the disk does
+//! decide (a stale epoch, a region not active at the disk's epoch) is refused.
 
 use lifeboat_api::types::{CommandKind, PromiseView};
 use lifeboat_config::{FailbackPolicy, FailoverMode};
@@ -324,7 +331,17 @@ pub enum Action {
 /// The answer to a request-like event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply {
-    Lease { granted: bool, reason: String },
+    Lease {
+        granted: bool,
+        reason: String,
+    },
+    /// Not a decision: the controller cannot judge yet (recovering, confirming its
+    /// state, or waiting for a stale region's fence). The server answers 503, which
+    /// an active agent treats like a lost witness (it may hold its lease on promises,
+    /// DESIGN rule 7) instead of letting its lease run out as after a refusal.
+    LeaseUndecided {
+        reason: String,
+    },
     Move(Result<String, String>),
 }
 
@@ -737,8 +754,9 @@ impl Machine {
             granted: false,
             reason,
         };
+        let undecided = |reason: String| Reply::LeaseUndecided { reason };
         if self.recovery.as_ref().is_some_and(|r| r.strict) {
-            return refuse(format!(
+            return undecided(format!(
                 "{}: no lease is granted before every agent has reported",
                 self.condition()
             ));
@@ -770,10 +788,15 @@ impl Machine {
                         ),
                     );
                 }
-                None => self.never_issued(region, epoch, "lease request", out),
+                None => {
+                    self.never_issued(region, epoch, "lease request", out);
+                    return refuse(format!(
+                        "epoch {epoch} was never issued by this controller (current {current})"
+                    ));
+                }
             }
-            return refuse(format!(
-                "epoch {epoch} was never issued by this controller (current {current})"
+            return undecided(format!(
+                "epoch {epoch} is above the {current} on disk: recovering the deployment's state from the agents"
             ));
         }
         if self.active.as_ref() != Some(region) {
@@ -801,14 +824,14 @@ impl Machine {
                 .is_some_and(|v| v.last_report.is_some() && v.active && v.epoch == epoch);
             let promoting = matches!(&self.phase, Phase::Promoting { to, .. } if to == region);
             if !holds && !promoting {
-                return refuse(format!(
+                return undecided(format!(
                     "{}: only a lease {region} already holds is renewed (its report says it is not active at epoch {epoch})",
                     self.condition()
                 ));
             }
         }
         if !self.pending_fences.is_empty() && self.fence_hold_until.is_some_and(|t| now < t) {
-            return refuse(format!(
+            return undecided(format!(
                 "waiting for {} to acknowledge its fence at epoch {} (or its old lease to expire)",
                 self.pending_fences
                     .iter()

@@ -237,6 +237,7 @@ impl Sim {
             },
         ) {
             Some(Reply::Lease { granted, .. }) => granted,
+            Some(Reply::LeaseUndecided { .. }) => false,
             other => panic!("unexpected reply {other:?}"),
         }
     }
@@ -1789,4 +1790,47 @@ fn an_absurd_promise_is_clamped_not_a_clock_overflow() {
         matches!(&r, Some(Reply::Move(Err(e))) if e.contains("b promised a")),
         "{r:?}"
     );
+}
+
+#[test]
+fn a_controller_that_cannot_judge_yet_says_so_instead_of_refusing() {
+    // A refusal is a decision (the agent's lease then runs out); "undecided" lets an
+    // active agent hold on, on promises, until the controller can judge.
+    let lease = |s: &mut Sim, t: u64, r: RegionId, e: u64| {
+        s.step(
+            t,
+            Event::LeaseRequest {
+                region: r,
+                epoch: Epoch(e),
+            },
+        )
+    };
+    // Recovering with no state.
+    let mut s = Sim::started(params(), None);
+    assert!(matches!(
+        lease(&mut s, 0, a(), 1),
+        Some(Reply::LeaseUndecided { .. })
+    ));
+    // Confirming the state on disk, before the holder's first report.
+    let mut s = Sim::started(params(), Some(durable(2, a())));
+    assert!(matches!(
+        lease(&mut s, 0, a(), 2),
+        Some(Reply::LeaseUndecided { .. })
+    ));
+    // ...but what the disk decides is still a decision: b is not active at 2, and
+    // epoch 1 is stale.
+    assert!(matches!(
+        lease(&mut s, 10, b(), 2),
+        Some(Reply::Lease { granted: false, .. })
+    ));
+    assert!(matches!(
+        lease(&mut s, 20, a(), 1),
+        Some(Reply::Lease { granted: false, .. })
+    ));
+    // Outside recovery, a never-issued epoch is refused: a decision.
+    let mut s = Sim::new(params());
+    assert!(matches!(
+        lease(&mut s, 0, a(), 9),
+        Some(Reply::Lease { granted: false, .. })
+    ));
 }

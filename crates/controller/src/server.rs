@@ -620,14 +620,14 @@ async fn lease(
     let m = c.machine.lock().await;
     let (granted, reason) = match reply {
         Some(Reply::Lease { granted, reason }) => (granted, reason),
+        Some(Reply::LeaseUndecided { reason }) => {
+            // Not a decision: the controller cannot judge yet. 503 makes the active
+            // agent treat it as a lost witness (promises, DESIGN rule 7) instead of
+            // letting its lease run out on a refusal.
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason));
+        }
         _ => (false, "no reply from the state machine".into()),
     };
-    if !granted && m.recovery.as_ref().is_some_and(|r| r.strict) {
-        // Not a decision: a recovering controller cannot judge yet. 503 makes the
-        // active agent treat it as a lost witness (promises, DESIGN rule 7) instead
-        // of letting its lease run out on a refusal.
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason));
-    }
     Ok(Json(LeaseResponse {
         granted,
         epoch: m.epoch,

@@ -208,6 +208,17 @@ async fn a_stateless_controller_grants_nothing_until_every_agent_reported_unless
             .unwrap();
         assert_eq!(r.status().as_u16(), 503, "{path}");
     }
+    // Nor does it refuse a lease (a decision, after which an agent lets its lease run
+    // out): it cannot judge yet, and says so.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/lease", d.ctrl_addr))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"region": "a", "epoch": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.text().await.unwrap().contains("recovering"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let st = d.status().await.unwrap();
     assert_eq!(st.phase, "recovering: waiting for reports from b");
