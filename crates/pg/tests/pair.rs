@@ -407,7 +407,7 @@ async fn the_fence_completes_while_the_standby_does_not_answer() {
 }
 
 #[tokio::test]
-async fn hba_fence_of_an_adopted_server_closes_it_and_activation_reopens_it() {
+async fn hba_fence_of_an_adopted_server_closes_it_and_activation_reopens_it_after_a_restart() {
     let pair = pair(PairOptions::default()).await;
     // The same server, adopted: lifeboat does not manage its data directory.
     let a_dir = pair.data_dir("a").display().to_string();
@@ -436,6 +436,14 @@ async fn hba_fence_of_an_adopted_server_closes_it_and_activation_reopens_it() {
     let err = pair.client("a").await.expect_err("new sessions refused");
     assert!(err.to_string().contains("pg_hba.conf"), "{err}");
     assert_eq!(ra.status().await.role, RoleHealth::Fenced);
+    // The agent restarts: the new one knows the fence from its state directory (it
+    // cannot ask the server, which refuses it too), reports it and lifts it.
+    drop(ra);
+    let ra = PostgresRole::new(&cfg, &RegionId::new("a")).expect("role after a restart");
+    assert_eq!(ra.status().await.role, RoleHealth::Fenced);
+    ra.fence(Epoch(1))
+        .await
+        .expect("the start-up fence is a no-op");
     // The standby's walsender was terminated too and cannot come back.
     ra.activate(&activation(2, "a", false))
         .await
