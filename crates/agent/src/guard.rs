@@ -402,6 +402,11 @@ pub fn run_process(region: &str, state_dir: &Path) -> Result<()> {
         return Ok(()); // the agent went away before saying anything: nothing to guard
     }
     let plan: Plan = serde_json::from_str(&first).context("decoding the guard's plan")?;
+    // The agent runs its own image as the guard (see `guard_program`), so the versions
+    // match; a mismatch is a bug, refused loudly (the agent then fences and retries).
+    if plan.version != 1 {
+        bail!("plan version {} (this guard reads version 1)", plan.version);
+    }
     if plan.region != region {
         bail!(
             "plan for region {} given to the guard of {region}",
@@ -763,41 +768,40 @@ pub(crate) async fn supervise(agent: Arc<Agent>, cancel: CancellationToken) -> R
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut guard = Guard::start(&agent, &dir, &plan).await?;
         let started = tokio::time::Instant::now();
-        match guard.feed(&agent, &cancel).await {
-            Ended::Cancelled => {
-                // Fence before letting the guard go: the region is never writable
-                // without one (the agent fences again on its way out; that is a no-op).
-                agent.fence_all("agent shutting down").await;
-                guard.stop(&agent, &dir).await;
-                return Ok(());
-            }
-            Ended::Died(why) => {
-                // Without a guard a frozen agent would leave the region writable: fence
-                // first, journal after (the fence never waits on a disk write).
-                agent
-                    .fence_all(&format!("region guard (pid {}) {why}", guard.pid))
-                    .await;
-                journal_report(&agent, &dir, "while the agent was not feeding it");
-                agent.journal_step(
-                    JournalKind::Alert,
-                    &format!(
-                        "region guard (pid {}) {why}: region fenced, starting a new guard",
-                        guard.pid
-                    ),
-                );
-                // A guard that dies at once again and again must not spin the agent.
-                if started.elapsed() > Duration::from_secs(10) {
-                    backoff = Duration::from_millis(100);
-                } else {
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+        let lost = match Guard::start(&agent, &dir, &plan).await {
+            Ok(mut guard) => match guard.feed(&agent, &cancel).await {
+                Ended::Cancelled => {
+                    // Fence before letting the guard go: the region is never writable
+                    // without one (the agent fences again on its way out: a no-op).
+                    agent.fence_all("agent shutting down").await;
+                    guard.stop(&agent, &dir).await;
+                    return Ok(());
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-            }
+                Ended::Died(why) => format!("region guard (pid {}) {why}", guard.pid),
+            },
+            Err(_) if cancel.is_cancelled() => return Ok(()),
+            // Not given up on: an agent without a guard must not stay writable, and a
+            // cause such as a full process table may pass.
+            Err(e) => format!("region guard could not start: {e:#}"),
+        };
+        // Without a guard a frozen agent would leave the region writable: fence first,
+        // journal after (the fence never waits on a disk write).
+        agent.fence_all(&lost).await;
+        journal_report(&agent, &dir, "while the agent was not feeding it");
+        agent.journal_step(
+            JournalKind::Alert,
+            &format!("{lost}: region fenced, starting a new guard"),
+        );
+        // A guard that dies at once again and again must not spin the agent.
+        backoff = if started.elapsed() > Duration::from_secs(10) {
+            Duration::from_millis(100)
+        } else {
+            (backoff * 2).min(Duration::from_secs(2))
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
         }
     }
 }
