@@ -472,6 +472,10 @@ fn check_prerequisites(args: &DemoArgs) -> Result<()> {
 }
 
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    if args.drill {
+        // Before minutes of setting up: a bad combination of drill flags.
+        crate::extra::drill_options(args.drill_args.clone())?;
+    }
     check_prerequisites(&args)?;
     let (tempdir, dir) = match &args.dir {
         Some(d) => (None, d.clone()),

@@ -88,6 +88,8 @@ pub(crate) async fn bootstrap(cfg: &lifeboat_config::Config, r: &RegionId) -> Re
 }
 
 pub async fn drill(config: &Path, args: DrillArgs) -> Result<ExitCode> {
+    // A bad combination of flags is reported before anything is read or started.
+    drill_options(args.clone())?;
     let cfg = load_config(config)?;
     run_drill(&cfg, args).await
 }
@@ -112,7 +114,7 @@ pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) ->
 }
 
 /// The flags, checked together: a random schedule draws its own scenarios and count.
-fn drill_options(args: DrillArgs) -> Result<lifeboat_drill::DrillOptions> {
+pub(crate) fn drill_options(args: DrillArgs) -> Result<lifeboat_drill::DrillOptions> {
     use crate::cli::DrillSchedule;
     let random = match args.schedule {
         Some(DrillSchedule::Random) => {
