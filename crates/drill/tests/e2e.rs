@@ -902,3 +902,62 @@ async fn the_resolver_keeps_an_answer_for_its_ttl() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A random schedule against a deployment that configures only the region outage:
+/// the other scenarios are left out (and said so), each fault lasts its drawn length,
+/// is healed, and the deployment converges before the next; the seed is in the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_schedule_heals_each_fault_and_waits_for_convergence() {
+    let s = setup(Behaviour::FAILS_OVER, true, 1).await;
+    let out = tempfile::tempdir().unwrap();
+    let options = DrillOptions {
+        fault_length: Some("0.8-1.5".parse().unwrap()),
+        random: Some(lifeboat_drill::RandomSchedule {
+            seed: 77,
+            faults: 2,
+        }),
+        ..opts(Scenario::RegionOutage, 1, out.path())
+    };
+    let report = lifeboat_drill::run(&s.cfg, options, CancellationToken::new())
+        .await
+        .unwrap_or_else(|e| panic!("drill failed: {e:#}"));
+    assert_eq!(report.scenario, "random");
+    let schedule = report.schedule.as_ref().expect("the schedule is reported");
+    assert_eq!(schedule.seed, 77);
+    assert_eq!(schedule.skipped.len(), Scenario::ALL.len() - 1);
+    assert!(
+        schedule
+            .skipped
+            .iter()
+            .any(|(sc, why)| *sc == Scenario::AgentKill && why.contains("agent_kill")),
+        "{:?}",
+        schedule.skipped
+    );
+    assert_eq!(report.runs.len(), 2, "{:?}", report.error);
+    for r in &report.runs {
+        assert_eq!(r.scenario, Scenario::RegionOutage);
+        let len = r.fault_length_ms.expect("a timed fault");
+        assert!((800..=1500).contains(&len), "{len}");
+        assert_eq!(r.converged, Some(true), "{:?}", r.notes);
+        assert!(r.failed_over, "the fake fails over after 300 ms down");
+        assert!(r.unavailability_ms > 0);
+        // Healed after its length, not after the recovery.
+        let healed = r.healed_at_unix_ms.unwrap();
+        assert!(healed >= r.fault_effective_at_unix_ms + len, "{r:?}");
+        assert_eq!(r.lost_acknowledged_writes, 0);
+    }
+    // The second fault hit the region that was active then.
+    assert_eq!(report.runs[0].fault_target, "a");
+    assert_eq!(report.runs[1].fault_target, "b");
+    let final_read = report.final_read.as_ref().expect("a final read");
+    assert_eq!((final_read.lost, &final_read.error), (0, &None));
+    assert!(final_read.acknowledged > 0);
+    let per = &report.per_scenario;
+    assert_eq!(per.len(), 1);
+    assert_eq!(
+        (per[0].count, per[0].converged, per[0].failovers),
+        (2, 2, 2)
+    );
+    let text = lifeboat_drill::render_summary(&report);
+    assert!(text.contains("seed 77"), "{text}");
+}
