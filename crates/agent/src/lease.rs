@@ -751,6 +751,10 @@ impl Machine {
             && now >= l.deadline
         {
             let source = l.source;
+            // Journaled first, stamped with the lapse instant: the driver only queues
+            // journal entries (written by a task of their own), so the fence below
+            // never waits for the disk.
+            out.journal(JournalKind::LeaseExpired, "lease lapsed: fencing every role now");
             self.fence_now(
                 match source {
                     LeaseSource::Controller => {
@@ -762,8 +766,6 @@ impl Machine {
                 },
                 out,
             );
-            // Journaled after the fence action: the fence never waits for the disk.
-            out.journal(JournalKind::LeaseExpired, "lease lapsed: every role fenced");
         }
         if let Some(p) = &self.promise
             && now >= p.until

@@ -290,11 +290,15 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
             toml_str(&format!("kill -CONT {agent_pid}")),
         ));
         if let Some(table) = partition_table(r) {
-            // A real cut on loopback: drop every packet to or from the region's address.
+            // A real cut on loopback: drop every packet to or from this demo's ports on
+            // the region's address. Only this demo's ports: other deployments on the
+            // same machine (tests running side by side) use the same addresses.
+            let db = p.db.get(r).copied().unwrap_or(p.app);
+            let ports = format!("{}, {}, {db}, {}", p.app, p.agent, p.dns);
             c.push_str(&format!(
                 "partition_start = {}\npartition_stop = {}\n\n",
                 toml_str(&format!(
-                    "nft add table inet {table} && nft add chain inet {table} out '{{ type filter hook output priority 0; }}' && nft add rule inet {table} out ip saddr {ip} drop && nft add rule inet {table} out ip daddr {ip} drop"
+                    "nft add table inet {table} && nft add chain inet {table} out '{{ type filter hook output priority 0; }}' && nft add rule inet {table} out ip saddr {ip} th sport '{{ {ports} }}' drop && nft add rule inet {table} out ip daddr {ip} th dport '{{ {ports} }}' drop"
                 )),
                 toml_str(&format!("nft delete table inet {table} 2>/dev/null; true")),
             ));
