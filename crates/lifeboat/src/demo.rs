@@ -370,7 +370,12 @@ struct Children {
 
 impl Children {
     async fn spawn(&mut self, name: &str, args: &[&str], wait_for: &str) -> Result<String> {
-        let log = std::fs::File::create(self.logs.join(format!("{name}.log")))?;
+        // Appended to: a process started again (a restored agent, a restarted
+        // controller) must not erase what its predecessor logged before it died.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))?;
         let mut cmd = Command::new(exe()?);
         cmd.args(args)
             .arg("--config")
