@@ -190,8 +190,10 @@ async fn random_schedule(database: &str) {
         &seed_arg,
         "--faults",
         "8",
+        // Past the demo's 2 s lease at the top (the guard and the witness-loss
+        // promises are exercised), short enough for a few minutes in all.
         "--fault-seconds",
-        "1-4",
+        "1-6",
     ]);
     assert_eq!(r["schedule"]["seed"], seed, "{text}");
     assert!(
