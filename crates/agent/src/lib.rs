@@ -30,6 +30,7 @@ use lifeboat_core::{
 };
 pub use persist::AgentStore;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -104,6 +105,9 @@ pub struct Agent {
     /// Wakes the driver when an event changed when it must next look at the clock.
     wake: Notify,
     activation: Mutex<Option<(u64, tokio::task::AbortHandle)>>,
+    /// Fences asked for, and the highest one that has run (see `fences_settled`).
+    fences_requested: AtomicU64,
+    fences_done: watch::Sender<u64>,
     follow: Mutex<FollowState>,
     /// The region last learned to be active, at which epoch (persisted).
     view: Mutex<Option<(Epoch, Option<RegionId>)>>,
@@ -178,6 +182,8 @@ impl Agent {
             events_rx: Mutex::new(Some(events_rx)),
             wake: Notify::new(),
             activation: Mutex::new(None),
+            fences_requested: AtomicU64::new(0),
+            fences_done: watch::channel(0).0,
             follow: Mutex::new(FollowState::default()),
             view: Mutex::new(view),
             role_lock: tokio::sync::Mutex::new(()),
@@ -412,8 +418,12 @@ impl Agent {
                 None
             }
             Action::FenceAll { reason } => {
-                let ok = self.fence_roles(&reason).await;
-                Some(Event::FenceDone { ok })
+                // A task of its own: a fence may wait for the role lock (a rejoin in
+                // progress holds it for seconds), and nothing else the machine does —
+                // answering a promise, a promote, a lease — may wait behind it.
+                let generation = self.fences_requested.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(self.clone().fence_task(reason, generation));
+                None
             }
             Action::Guard(deadline) => {
                 self.guard_tx.send_replace(deadline);
@@ -571,6 +581,30 @@ impl Agent {
                 reason: reason.to_owned(),
             })
             .await;
+        self.fences_settled().await;
+    }
+
+    /// Run one fence and tell the machine. Boxed: it drives the machine, whose actions
+    /// may start another fence (a recursive future needs a named type).
+    fn fence_task(
+        self: Arc<Self>,
+        reason: String,
+        generation: u64,
+    ) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let ok = self.fence_roles(&reason).await;
+            self.drive(lease::Event::FenceDone { ok }).await;
+            self.fences_done
+                .send_modify(|done| *done = (*done).max(generation));
+        })
+    }
+
+    /// Wait until every fence requested so far has run.
+    async fn fences_settled(&self) {
+        let wanted = self.fences_requested.load(Ordering::SeqCst);
+        let mut done = self.fences_done.subscribe();
+        // Err only if the sender is gone, which cannot happen while `self` lives.
+        let _ = done.wait_for(|d| *d >= wanted).await;
     }
 
     /// Fence every role, all at once, now. True when every role reported fenced.
@@ -710,7 +744,12 @@ impl Agent {
                     .drive(lease::Event::FenceCommand { epoch: cmd.epoch })
                     .await
                 {
-                    Some(lease::Reply::Ok(msg)) => Ok(msg),
+                    Some(lease::Reply::Ok(msg)) => {
+                        // The acknowledgement lets the controller promote another
+                        // region at once: it leaves only once the fence has run.
+                        self.fences_settled().await;
+                        Ok(msg)
+                    }
                     Some(lease::Reply::Refused(msg)) => Err(CommandError::Failed(msg)),
                     None => Err(CommandError::Failed("no answer".into())),
                 }
