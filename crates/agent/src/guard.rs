@@ -669,8 +669,14 @@ impl Guard {
             .context("the region guard exited at once")?;
         let mut stdin = child.stdin.take().context("the guard's stdin")?;
         let stdout = child.stdout.take().context("the guard's stdout")?;
-        std::fs::write(dir.join(PID_FILE), format!("{pid}\n"))
-            .with_context(|| format!("writing {}", dir.join(PID_FILE).display()))?;
+        // On the blocking pool: a stalled write must not stall the agent's renewals.
+        let pid_file = dir.join(PID_FILE);
+        tokio::task::spawn_blocking(move || {
+            std::fs::write(&pid_file, format!("{pid}\n"))
+                .with_context(|| format!("writing {}", pid_file.display()))
+        })
+        .await
+        .context("writing the guard's pid file")??;
         let mut first = serde_json::to_vec(plan)?;
         first.push(b'\n');
         first.extend(feed_line(*agent.guard_deadline().borrow())?);

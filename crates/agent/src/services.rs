@@ -267,6 +267,15 @@ fn record_pgid(file: Option<&Path>, pid: Option<u32>) {
     }
 }
 
+/// Run a small file operation on the blocking pool: under writeback pressure even a
+/// tiny write can stall, and it must not stall the agent's lease renewals.
+async fn off_runtime(file: Option<PathBuf>, op: impl FnOnce(Option<&Path>) + Send + 'static) {
+    if file.is_none() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || op(file.as_deref())).await;
+}
+
 fn forget_pgid(file: Option<&Path>) {
     if let Some(file) = file {
         let _ = std::fs::remove_file(file);
@@ -321,7 +330,8 @@ async fn supervise(
                     }
                 };
                 *lock(&running) = child.id();
-                record_pgid(pgid_file.as_deref(), child.id());
+                let child_pid = child.id();
+                off_runtime(pgid_file.clone(), move |f| record_pgid(f, child_pid)).await;
                 tracing::info!(service = %cfg.name, pid = ?child.id(), "started");
                 let started = tokio::time::Instant::now();
                 // Run until it exits or it should stop.
@@ -357,7 +367,7 @@ async fn supervise(
                     }
                     None => {
                         stop_child(&mut child, cfg.stop_timeout).await;
-                        forget_pgid(pgid_file.as_deref());
+                        off_runtime(pgid_file.clone(), forget_pgid).await;
                         *lock(&running) = None;
                         tracing::info!(service = %cfg.name, "stopped");
                     }
