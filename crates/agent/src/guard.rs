@@ -253,11 +253,13 @@ fn resolve(target: &GuardTarget) -> Option<Victim> {
                 return None;
             }
             let start = proc_start(pid)?;
+            // Its children are listed when firing (a scan of all of /proc every 500 ms
+            // would cost more than it saves).
             Some(Victim {
                 what: format!("PostgreSQL postmaster {} (pid {pid})", data_dir.display()),
                 pid,
                 start,
-                kind: VictimKind::Postmaster(children_of(pid)),
+                kind: VictimKind::Postmaster(Vec::new()),
             })
         }
         GuardTarget::Process { pid_file, comm } => {
@@ -299,10 +301,18 @@ fn fire(victims: &[Victim]) -> Vec<String> {
     let mut postmasters = Vec::new();
     // The databases first: they are what takes writes.
     for v in victims {
-        if let VictimKind::Postmaster(children) = &v.kind {
+        if let VictimKind::Postmaster(known) = &v.kind {
             if same_process(v.pid, v.start) {
+                // Listed before the signal: once the postmaster is gone its children are
+                // reparented and can no longer be told apart.
+                let mut children = children_of(v.pid);
+                for c in known {
+                    if !children.contains(c) {
+                        children.push(*c);
+                    }
+                }
                 let _ = kill(Pid::from_raw(v.pid), Signal::SIGQUIT);
-                postmasters.push((v, children.clone()));
+                postmasters.push((v, children));
             } else {
                 done.push(format!("{}: already gone", v.what));
             }
