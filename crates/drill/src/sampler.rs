@@ -111,9 +111,8 @@ impl Probe {
                 // connection due to immediate shutdown" on each fence) at info.
                 let task = tokio::spawn(async move {
                     let mut conn = conn;
-                    while let Some(Ok(_)) =
-                        std::future::poll_fn(|cx| conn.poll_message(cx)).await
-                    {}
+                    // Until the connection ends or fails.
+                    while let Some(Ok(_)) = next_message(&mut conn).await {}
                 });
                 let answer = client
                     .query_one("select not pg_is_in_recovery()", &[])
@@ -144,6 +143,17 @@ impl Probe {
             }
         }
     }
+}
+
+/// The connection's next message (a notice, a notification), None at its end.
+async fn next_message<S, T>(
+    conn: &mut tokio_postgres::Connection<S, T>,
+) -> Option<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    std::future::poll_fn(|cx| conn.poll_message(cx)).await
 }
 
 /// How each region's database is reached, from `[database]`; empty when the deployment
