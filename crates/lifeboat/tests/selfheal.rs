@@ -46,7 +46,7 @@ impl Demo {
         );
         let config = config.replacen(
             "[drill]\n",
-            "[drill]\nsteady_timeout = \"40s\"\nwarmup = \"1s\"\n",
+            "[drill]\nsteady_timeout = \"40s\"\n",
             1,
         );
         std::fs::write(&config_path, config).unwrap();
