@@ -754,7 +754,10 @@ impl Machine {
             // Journaled first, stamped with the lapse instant: the driver only queues
             // journal entries (written by a task of their own), so the fence below
             // never waits for the disk.
-            out.journal(JournalKind::LeaseExpired, "lease lapsed: fencing every role now");
+            out.journal(
+                JournalKind::LeaseExpired,
+                "lease lapsed: fencing every role now",
+            );
             self.fence_now(
                 match source {
                     LeaseSource::Controller => {

@@ -217,6 +217,27 @@ impl DrillConfig {
         self.dns_server.or(cfg.controller.dns_addr)
     }
 
+    /// Every DNS server a client of the zone would ask: `dns_server` alone when set,
+    /// else the controller's DNS and every agent serving the zone as a secondary — as
+    /// a resolver would, given the zone's NS records, so that a drill sees what clients
+    /// see when the witness is lost.
+    pub fn dns_servers(&self, cfg: &crate::Config) -> Vec<SocketAddr> {
+        if let Some(one) = self.dns_server {
+            return vec![one];
+        }
+        let mut out: Vec<SocketAddr> = cfg.controller.dns_addr.into_iter().collect();
+        if let Some(dns) = &cfg.dns {
+            for region in cfg.regions.keys() {
+                if let Some(addr) = dns.agent_listen(region)
+                    && !out.contains(&addr)
+                {
+                    out.push(addr);
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn validate(&self, cfg: &crate::Config, v: &mut crate::Validator<'_>) {
         let name = self.app_name.trim_end_matches('.');
         if name.is_empty()

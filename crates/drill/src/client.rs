@@ -52,13 +52,22 @@ impl Default for Clock {
     }
 }
 
-/// A stub resolver that asks one DNS server.
-pub fn resolver(server: SocketAddr, timeout: Duration) -> anyhow::Result<TokioResolver> {
-    let mut conn = ConnectionConfig::udp();
-    conn.port = server.port();
-    let mut ns = NameServerConfig::udp(server.ip());
-    ns.connections = vec![conn];
-    let config = ResolverConfig::from_name_servers(vec![ns]);
+/// A stub resolver that asks the given DNS servers (the zone's nameservers: the
+/// controller and the agents' secondaries), failing over between them as a client's
+/// resolver does.
+pub fn resolver(servers: &[SocketAddr], timeout: Duration) -> anyhow::Result<TokioResolver> {
+    anyhow::ensure!(!servers.is_empty(), "no DNS server to ask");
+    let name_servers = servers
+        .iter()
+        .map(|server| {
+            let mut conn = ConnectionConfig::udp();
+            conn.port = server.port();
+            let mut ns = NameServerConfig::udp(server.ip());
+            ns.connections = vec![conn];
+            ns
+        })
+        .collect();
+    let config = ResolverConfig::from_name_servers(name_servers);
     let mut opts = ResolverOpts::default();
     opts.timeout = timeout;
     opts.attempts = 1;
@@ -68,7 +77,10 @@ pub fn resolver(server: SocketAddr, timeout: Duration) -> anyhow::Result<TokioRe
     Resolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(opts)
         .build()
-        .with_context(|| format!("building a DNS resolver for {server}"))
+        .with_context(|| {
+            let list: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
+            format!("building a DNS resolver for {}", list.join(", "))
+        })
 }
 
 /// The app as the drill sees it.
@@ -104,7 +116,7 @@ const MAX_LIST_PAGES: usize = 1000;
 
 impl AppClient {
     pub fn new(
-        dns_server: SocketAddr,
+        dns_servers: &[SocketAddr],
         name: &str,
         port: u16,
         path: &str,
@@ -124,7 +136,7 @@ impl AppClient {
             format!("{name}.")
         };
         Ok(Self {
-            resolver: resolver(dns_server, request_timeout)?,
+            resolver: resolver(dns_servers, request_timeout)?,
             name,
             port,
             path: path.trim_end_matches('/').to_owned(),

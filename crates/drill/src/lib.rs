@@ -336,16 +336,19 @@ pub async fn run(
         }
     };
     let total = planned.len() as u32;
-    let dns = dc
-        .dns_server(cfg)
-        .context("no DNS server: set drill.dns_server or controller.dns_addr")?;
+    let dns = dc.dns_servers(cfg);
+    anyhow::ensure!(
+        !dns.is_empty(),
+        "no DNS server: set drill.dns_server or controller.dns_addr in {}",
+        cfg.source.display()
+    );
     let regions: BTreeMap<_, _> = cfg
         .regions
         .iter()
         .filter_map(|(n, r)| r.address.map(|a| (a, RegionId::new(n))))
         .collect();
     let app = Arc::new(AppClient::new(
-        dns,
+        &dns,
         &dc.app_name,
         dc.app_port,
         &dc.app_path,

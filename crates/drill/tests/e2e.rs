@@ -848,7 +848,7 @@ async fn sigint_during_a_run_undoes_the_fault() {
 fn resolver_client(s: &Setup) -> lifeboat_drill::client::AppClient {
     let dc = s.cfg.drill.as_ref().unwrap();
     lifeboat_drill::client::AppClient::new(
-        dc.dns_server(&s.cfg).unwrap(),
+        &dc.dns_servers(&s.cfg),
         &dc.app_name,
         dc.app_port,
         &dc.app_path,

@@ -104,7 +104,8 @@ fn choose_ports() -> Result<Ports> {
         }
         let p = Ports {
             api: free_on_all(&["127.0.0.1"], false)?,
-            dns: free_on_all(&["127.0.0.1"], true)?,
+            // The controller's DNS and each agent's secondary use the same port.
+            dns: free_on_all(&["127.0.0.1", "127.0.1.1", "127.0.2.1"], true)?,
             app: free_on_all(&region_ips, false)?,
             agent: free_on_all(&region_ips, false)?,
             db,
@@ -243,6 +244,14 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
         ));
     }
     c.push_str("[dns]\nzone = \"demo.lifeboat.\"\nttl = \"1s\"\n\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n");
+    // Each agent serves the zone too, from the last routing table it saw: names
+    // resolve while the witness is lost (DESIGN rule 7 keeps the region serving).
+    for (r, ip) in REGIONS {
+        c.push_str(&format!(
+            "[[dns.nameservers]]\nname = \"ns-{r}\"\naddress = \"{ip}\"\nregion = \"{r}\"\nlisten = \"{ip}:{}\"\n\n",
+            p.dns
+        ));
+    }
     for name in ["app", "db"] {
         for (i, (r, _)) in REGIONS.iter().enumerate() {
             c.push_str(&format!(
