@@ -1,5 +1,5 @@
 //! The region guard: a small process that fences the region when the agent stops
-//! feeding it (DESIGN rule 2: a killed or frozen agent still leaves its region fenced
+//! feeding it (rule 2: a killed or frozen agent still leaves its region fenced
 //! by the deadline plus at most the margin).
 //!
 //! The managed servers are daemons, not children of the agent: a `kill -9` or a

@@ -6,7 +6,7 @@
 //! their outcome back as events, so nothing here ever waits for them.
 //!
 //! What this module guarantees (and its tests check, on randomized schedules):
-//! - **No role is active after the deadline** (DESIGN rule 2). The deadline is the send
+//! - **No role is active after the deadline** (rule 2, docs/architecture.md). The deadline is the send
 //!   instant of the last successful renewal plus the ttl; the first event at or past it
 //!   cancels any activation and fences every role. A fence command does the same.
 //! - **Renewals go on while roles activate.** An activation is a task of the driver's;
@@ -410,7 +410,7 @@ impl Machine {
                         out.journal(
                             JournalKind::Alert,
                             format!(
-                                "witness unreachable: holding the lease of epoch {epoch} on promises from {} (DESIGN rule 7); nothing fails over automatically until a controller answers",
+                                "witness unreachable: holding the lease of epoch {epoch} on promises from {} (rule 7, docs/architecture.md); nothing fails over automatically until a controller answers",
                                 if names.is_empty() {
                                     "no other region (there is none)".to_owned()
                                 } else {

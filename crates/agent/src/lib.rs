@@ -5,7 +5,7 @@
 //! ttl/3; it fences its region *itself* the moment a renewal has not succeeded by the
 //! deadline — measured on its own monotonic clock from when it *sent* the last
 //! successful renewal, so its deadline always falls before the controller's view of
-//! the same lease (DESIGN.md rule 2). It persists the highest epoch it has seen and
+//! the same lease (docs/architecture.md, rule 2). It persists the highest epoch it has seen and
 //! refuses any command older than it (rule 1); after acknowledging a fence at an
 //! epoch it never activates under that epoch again.
 //!
@@ -55,7 +55,7 @@ pub struct State {
     pub fenced_at_unix_ms: Option<u64>,
     pub lease_deadline: Option<Instant>,
     pub controller_reachable: bool,
-    /// Holding the lease on promises from every other region (DESIGN rule 7).
+    /// Holding the lease on promises from every other region (rule 7, docs/architecture.md).
     pub witness_lost: bool,
     /// The promise this region gave another (it refuses promotion until it ran out).
     pub promised: Option<lifeboat_api::types::PromiseView>,
@@ -216,7 +216,7 @@ impl Agent {
     }
 
     /// Run without the region guard process: for tests that run an agent inside a
-    /// test binary only. A real agent always has its guard (DESIGN rule 2).
+    /// test binary only. A real agent always has its guard (rule 2, docs/architecture.md).
     pub fn disable_guard(&self) {
         self.guard_enabled
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -286,7 +286,7 @@ impl Agent {
 
     /// Record a step. The entry is stamped now and written (with fsync) by the journal
     /// writer task: a fence, a lease renewal or a promise never waits for the disk,
-    /// which is often the slow part of a region in trouble (DESIGN rule 2).
+    /// which is often the slow part of a region in trouble (rule 2, docs/architecture.md).
     pub(crate) fn journal_step(&self, kind: JournalKind, detail: &str) {
         let epoch = self.machine().epoch;
         let mono = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -470,7 +470,7 @@ impl Agent {
         }
     }
 
-    /// Ask every other region's agent, directly, for a promise (DESIGN rule 7). All
+    /// Ask every other region's agent, directly, for a promise (rule 7, docs/architecture.md). All
     /// of them must grant it: one silent region may be the one being promoted.
     async fn ask_promises(self: Arc<Self>, epoch: Epoch, duration: Duration) {
         use lease::Event;
@@ -558,7 +558,7 @@ impl Agent {
     }
 
     /// Persist the controller's view when it changed: a controller that lost its
-    /// state learns the active region from the agents (DESIGN rule 8).
+    /// state learns the active region from the agents (rule 8, docs/architecture.md).
     fn remember_view(&self, epoch: Epoch, active: Option<&RegionId>) {
         let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         let newer = view
@@ -781,7 +781,7 @@ impl Agent {
         }
     }
 
-    /// Another region's agent asks for a witness-loss promise (DESIGN rule 7).
+    /// Another region's agent asks for a witness-loss promise (rule 7, docs/architecture.md).
     pub async fn promise(
         self: &Arc<Self>,
         req: &lifeboat_api::types::PromiseRequest,

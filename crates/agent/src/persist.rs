@@ -81,7 +81,7 @@ impl AgentStore {
     }
 
     /// The region this agent last learned to be active, and at which epoch (a
-    /// controller that lost its state adopts it: DESIGN rule 8).
+    /// controller that lost its state adopts it: rule 8).
     pub fn load_view(&self) -> Result<Option<(Epoch, Option<RegionId>)>> {
         let path = self.dir.join("view.json");
         match std::fs::read_to_string(&path) {

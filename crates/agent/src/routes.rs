@@ -70,7 +70,7 @@ async fn command(
     }
 }
 
-/// Agent -> agent: the active region asks for a witness-loss promise (DESIGN rule 7).
+/// Agent -> agent: the active region asks for a witness-loss promise (rule 7, docs/architecture.md).
 async fn promise(
     State(agent): State<Arc<Agent>>,
     headers: HeaderMap,
@@ -147,7 +147,7 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
         &mut out,
         "lifeboat_agent_witness_lost",
         "gauge",
-        "1 while this (active) region holds its lease on promises because no controller answers (DESIGN rule 7).",
+        "1 while this (active) region holds its lease on promises because no controller answers (rule 7, docs/architecture.md).",
     );
     sample(
         &mut out,

@@ -166,7 +166,7 @@ impl ApiClient {
     pub async fn command(&self, cmd: &AgentCommand) -> Result<CommandResponse, ClientError> {
         self.post("/v1/command", cmd).await
     }
-    /// Agent -> agent: ask for a witness-loss promise (DESIGN rule 7).
+    /// Agent -> agent: ask for a witness-loss promise (rule 7, docs/architecture.md).
     pub async fn promise(&self, req: &PromiseRequest) -> Result<PromiseResponse, ClientError> {
         self.post("/v1/promise", req).await
     }

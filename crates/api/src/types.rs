@@ -47,7 +47,7 @@ pub struct AgentReport {
     pub checks: BTreeMap<String, CheckReport>,
     pub roles: Vec<RoleStatus>,
     /// The promise this (standby) agent gave the active region while the witness was
-    /// unreachable (DESIGN rule 7): it refuses every promotion until it runs out.
+    /// unreachable (rule 7, docs/architecture.md): it refuses every promotion until it runs out.
     #[serde(default)]
     pub promised: Option<PromiseView>,
     /// This (active) agent holds its lease on promises from every other region, not
@@ -55,13 +55,13 @@ pub struct AgentReport {
     #[serde(default)]
     pub witness_lost: bool,
     /// The region this agent last learned to be active at `epoch` (persisted by the
-    /// agent), so a controller that lost its state can adopt it (DESIGN rule 8).
+    /// agent), so a controller that lost its state can adopt it (rule 8, docs/architecture.md).
     #[serde(default)]
     pub view_active: Option<RegionId>,
 }
 
 /// `POST /v1/promise` (active agent -> every other region's agent), asked when the
-/// active agent cannot renew its lease with any controller (DESIGN rule 7, Patroni's
+/// active agent cannot renew its lease with any controller (rule 7, Patroni's
 /// failsafe): "promise that you hold no epoch above `epoch`, are not active, and will
 /// not activate for `duration_ms` from when you receive this (plus the lease margin)".
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,7 +169,7 @@ pub struct RegionView {
     pub agent_active: bool,
     pub fenced: bool,
     pub roles: Vec<RoleStatus>,
-    /// The promise this region's agent last reported (DESIGN rule 7).
+    /// The promise this region's agent last reported (rule 7, docs/architecture.md).
     #[serde(default)]
     pub promised: Option<PromiseView>,
     /// The agent last reported holding its lease on promises (witness lost).

@@ -4,7 +4,7 @@
 //! monotonic clock), and the caller executes the returned actions *in order*. The
 //! order is part of the contract: an [`Action::Persist`] always precedes the first
 //! [`Action::Send`] that carries a new epoch, so a command never leaves with an
-//! epoch that a crash could take back (DESIGN.md safety rule 1).
+//! epoch that a crash could take back (docs/architecture.md, rule 1).
 //!
 //! Safety rules this module enforces (and its tests check):
 //! - Promotion happens only after the old active region is fenced: either its lease
@@ -19,10 +19,10 @@
 //!   the controller's own, in a report or a lease request, is one it never issued:
 //!   refused and alerted, never adopted (one bad report cannot raise it to `u64::MAX`).
 //! - A standby whose latest report shows an outstanding witness-loss promise
-//!   (DESIGN rule 7) is never a promotion target, automatic or by an operator: the
+//!   (rule 7, docs/architecture.md) is never a promotion target, automatic or by an operator: the
 //!   region it promised to may be serving without the witness.
 //!
-//! # Restarts (DESIGN rule 8)
+//! # Restarts (rule 8, docs/architecture.md)
 //!
 //! The move in progress (kind, from, to, forced, whether the old region's fence is
 //! known) is part of [`Durable`] and persisted when the move starts and when its fence
@@ -68,7 +68,7 @@
 //! While the controller cannot judge yet — recovering, confirming, or waiting for a
 //! stale region's fence — a lease request gets [`Reply::LeaseUndecided`], not a
 //! refusal: the server answers 503, and the active agent treats it like a lost
-//! witness (it may hold its lease on promises from every other region, DESIGN rule
+//! witness (it may hold its lease on promises from every other region, rule
 //! 7) instead of letting its lease run out as after a refusal. What the disk does
 //! decide (a stale epoch, a region not active at the disk's epoch) is refused.
 
@@ -114,7 +114,7 @@ pub struct AgentView {
     /// Every data role reports caught up with the primary.
     pub caught_up: bool,
     pub ready_detail: String,
-    /// The witness-loss promise of the latest report (DESIGN rule 7), and until when
+    /// The witness-loss promise of the latest report (rule 7, docs/architecture.md), and until when
     /// it binds on the controller's clock (report time + remaining).
     pub promised: Option<PromiseView>,
     pub promised_until: Option<Instant>,
@@ -243,7 +243,7 @@ pub struct Durable {
     pub moving: Option<DurableMove>,
 }
 
-/// The part of a [`Move`] a restart must not forget (DESIGN rule 8).
+/// The part of a [`Move`] a restart must not forget (rule 8, docs/architecture.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DurableMove {
     pub kind: MoveKind,
@@ -338,7 +338,7 @@ pub enum Reply {
     /// Not a decision: the controller cannot judge yet (recovering, confirming its
     /// state, or waiting for a stale region's fence). The server answers 503, which
     /// an active agent treats like a lost witness (it may hold its lease on promises,
-    /// DESIGN rule 7) instead of letting its lease run out as after a refusal.
+    /// rule 7) instead of letting its lease run out as after a refusal.
     LeaseUndecided {
         reason: String,
     },
@@ -1338,7 +1338,7 @@ impl Machine {
     }
 
     /// Begin a move. Persisted at once: the Fence that follows depends on it, and a
-    /// restart must resume the move as it started (DESIGN rule 8).
+    /// restart must resume the move as it started (rule 8, docs/architecture.md).
     fn start_move(&mut self, m: Move, out: &mut Output) {
         self.phase = Phase::Moving(m);
         out.actions.push(Action::Persist);
@@ -1397,7 +1397,7 @@ impl Machine {
     }
 
     /// Every agent has reported: adopt the highest epoch and its active region, bump
-    /// the epoch past it and persist before any grant (DESIGN rule 8).
+    /// the epoch past it and persist before any grant (rule 8, docs/architecture.md).
     fn adopt(&mut self, now: Instant, r: Recovery, out: &mut Output) {
         let mut best = r.disk.as_ref().map_or(Epoch::ZERO, |d| d.0);
         let mut source = if r.disk.is_some() {

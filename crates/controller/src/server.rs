@@ -43,7 +43,7 @@ pub struct ControllerOptions {
     pub tick: Option<Duration>,
     /// `lifeboat controller --no-wait-for-agents`: act on the state on disk (or the
     /// config's initial active region) at once, without waiting for every agent's
-    /// report first (see `machine`'s module doc, DESIGN rule 8).
+    /// report first (see `machine`'s module doc, rule 8).
     pub no_wait_for_agents: bool,
 }
 
@@ -622,7 +622,7 @@ async fn lease(
         Some(Reply::Lease { granted, reason }) => (granted, reason),
         Some(Reply::LeaseUndecided { reason }) => {
             // Not a decision: the controller cannot judge yet. 503 makes the active
-            // agent treat it as a lost witness (promises, DESIGN rule 7) instead of
+            // agent treat it as a lost witness (promises, rule 7) instead of
             // letting its lease run out on a refusal.
             return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason));
         }
@@ -771,7 +771,7 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
         "Promotions since the deployment started.",
     );
     sample(&mut out, "lifeboat_failovers_total", &[], failovers as f64);
-    // Witness-loss promises (DESIGN rule 7), from each region's latest report: what
+    // Witness-loss promises (rule 7, docs/architecture.md), from each region's latest report: what
     // holds a promotion back, and who serves on promises instead of a grant.
     let reports = lock(&c.reports).clone();
     let now = Instant::now();
@@ -897,7 +897,7 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
             r.agent_epoch.map_or("-".into(), |e| e.to_string()),
             r.last_report_ms.map_or("never".into(), |m| format!("{m} ms ago")),
             esc(&r.roles.iter().map(|x| format!("{}: {:?} {}", x.name, x.role, x.detail)).collect::<Vec<_>>().join("<br>")),
-            // DESIGN rule 7: why a standby cannot be promoted, and who serves on promises.
+            // rule 7: why a standby cannot be promoted, and who serves on promises.
             esc(&match (&r.promised, r.witness_lost) {
                 (Some(p), _) => format!("promised {} not to activate for {} ms", p.to, p.remaining_ms),
                 (None, true) => "witness lost: holds its lease on promises".to_owned(),

@@ -4,7 +4,7 @@
 //! at any instant leaves either the old or the new state, never a torn one. The state
 //! row carries a format version so a later release can migrate it.
 //!
-//! Formats: 1 had no move in progress; 2 adds `Durable::moving` (DESIGN rule 8). A
+//! Formats: 1 had no move in progress; 2 adds `Durable::moving` (rule 8, docs/architecture.md). A
 //! format-1 row reads as "no move in progress" (a serde default): a controller of
 //! format 1 persisted no move, so there is none to resume.
 

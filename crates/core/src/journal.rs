@@ -4,7 +4,7 @@
 use crate::{Epoch, RegionId};
 use serde::{Deserialize, Serialize};
 
-/// What happened. The failover steps of DESIGN.md come first, in their order.
+/// What happened. The failover steps of docs/architecture.md come first, in their order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JournalKind {

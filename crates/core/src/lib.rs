@@ -1,6 +1,6 @@
 //! Types shared by every lifeboat crate.
 //!
-//! Nothing here does I/O. The crate names the concepts of DESIGN.md once so that
+//! Nothing here does I/O. The crate names the concepts of docs/architecture.md once so that
 //! the controller, the agents and the data layers agree on them:
 //! [`RegionId`], [`Epoch`] (the fencing token), [`HealthStatus`], journal
 //! entries ([`JournalEntry`]), the live [`RoutingTable`] that DNS serves, and the

@@ -18,7 +18,7 @@
 //! - [`DataRole::status`] is cheap and never blocks for long: it reports role, lag
 //!   and whether this standby is ready to be promoted.
 //! - [`DataRole::guard_targets`] names the processes the region guard kills when the
-//!   agent stops feeding it (DESIGN rule 2: a dead or frozen agent cannot leave its
+//!   agent stops feeding it (rule 2: a dead or frozen agent cannot leave its
 //!   region writable). Files, not pids: the guard reads them when it fires, so a server
 //!   restarted since the guard started is the one it kills.
 

@@ -236,7 +236,7 @@ pub fn dual_primary_from_ops(
 }
 
 /// Evidence, from the journal, that a region was promoted while the previous holder's
-/// fence had not been journaled first (DESIGN.md rule 3). `holder` is the region that
+/// fence had not been journaled first (docs/architecture.md, rule 3). `holder` is the region that
 /// was active when the window starts; `window` is in sequence order.
 pub fn dual_primary_from_journal(
     window: &[JournalEntry],

@@ -38,7 +38,7 @@ pub struct FaultLength {
 }
 
 impl FaultLength {
-    /// The random schedule's default range (DESIGN: faults from a blip to a long outage).
+    /// The random schedule's default range (docs/architecture.md: faults from a blip to a long outage).
     pub const DEFAULT_RANDOM: FaultLength = FaultLength {
         min_ms: 1_000,
         max_ms: 45_000,

@@ -245,7 +245,7 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
     }
     c.push_str("[dns]\nzone = \"demo.lifeboat.\"\nttl = \"1s\"\n\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n");
     // Each agent serves the zone too, from the last routing table it saw: names
-    // resolve while the witness is lost (DESIGN rule 7 keeps the region serving).
+    // resolve while the witness is lost (rule 7 keeps the region serving).
     for (r, ip) in REGIONS {
         c.push_str(&format!(
             "[[dns.nameservers]]\nname = \"ns-{r}\"\naddress = \"{ip}\"\nregion = \"{r}\"\nlisten = \"{ip}:{}\"\n\n",

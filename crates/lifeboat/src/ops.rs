@@ -76,7 +76,7 @@ pub async fn status(path: &Path, json: bool) -> Result<ExitCode> {
 }
 
 /// `lifeboat status` without a controller: each agent's own view, so an operator sees
-/// whether the active region still serves on promises (DESIGN rule 7).
+/// whether the active region still serves on promises (rule 7, docs/architecture.md).
 async fn agents_status(cfg: &Config, why: &str, json: bool) -> Result<ExitCode> {
     let token = cfg.auth.secret().load().ok();
     let mut views = Vec::new();

@@ -1,4 +1,4 @@
-//! A dead or frozen agent cannot leave its region writable (DESIGN rule 2, issue 10).
+//! A dead or frozen agent cannot leave its region writable (rule 2, issue 10).
 //!
 //! `lifeboat demo` on PostgreSQL (synchronous) and on MariaDB (semi-synchronous); the
 //! agent of the active region a alone is killed with SIGKILL, or frozen with SIGSTOP for

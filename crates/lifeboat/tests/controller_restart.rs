@@ -1,4 +1,4 @@
-//! Controller restarts with real processes (DESIGN rule 8): a restart with its state
+//! Controller restarts with real processes (rule 8, docs/architecture.md): a restart with its state
 //! keeps the epoch and the active region without an outage; a controller that lost its
 //! state adopts the deployment's epoch and active region from the agents and bumps the
 //! epoch before its first grant, instead of reactivating the config's initial region.

@@ -351,7 +351,7 @@ async fn partition_drill_recovers_and_the_cut_off_region_stands_down() {
         "{a_journal}"
     );
     // Cut off, a stopped writing on its own when its lease lapsed, before the
-    // controller promoted b (DESIGN.md rule 2), and its fence completed (every role,
+    // controller promoted b (docs/architecture.md, rule 2), and its fence completed (every role,
     // PostgreSQL included, whose fast stop waits for the unreachable standby).
     let entries: Vec<lifeboat_core::JournalEntry> = a_journal
         .lines()

@@ -1,6 +1,6 @@
 //! Network partition with a real network namespace: region a's agent and app live
 //! in a namespace of their own; cutting its link must make a fence itself before the
-//! controller promotes b (DESIGN.md rules 2 and 3: never two writable regions).
+//! controller promotes b (docs/architecture.md, rules 2 and 3: never two writable regions).
 #![allow(clippy::unwrap_used)]
 
 mod common;

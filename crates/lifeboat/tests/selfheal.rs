@@ -44,11 +44,7 @@ impl Demo {
             config.contains("agent_kill") && config.contains("[drill.controller]"),
             "the demo configures lifeboat's own faults: {config}"
         );
-        let config = config.replacen(
-            "[drill]\n",
-            "[drill]\nsteady_timeout = \"40s\"\n",
-            1,
-        );
+        let config = config.replacen("[drill]\n", "[drill]\nsteady_timeout = \"40s\"\n", 1);
         std::fs::write(&config_path, config).unwrap();
         Demo {
             dir,
@@ -223,7 +219,7 @@ async fn random_schedule_on_mariadb_semisync_keeps_one_primary_and_every_write()
 
 /// The witness killed (kill -9) for 10 s: region a keeps acknowledging writes (no gap
 /// above 1 s), nothing fails over, and once the controller is back it reports the
-/// same epoch and active region (DESIGN rule 7: losing the witness is not an outage).
+/// same epoch and active region (rule 7: losing the witness is not an outage).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_controller_is_not_an_outage() {
     let demo = Demo::start("postgres").await;

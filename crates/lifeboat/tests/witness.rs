@@ -1,4 +1,4 @@
-//! Losing the witness is not an outage (DESIGN rule 7): with the controller killed or
+//! Losing the witness is not an outage (rule 7, docs/architecture.md): with the controller killed or
 //! frozen, the active region keeps serving on promises from the other region's agent,
 //! nothing fails over, and the controller finds the same epoch and active region when
 //! it comes back. Real processes, real signals.

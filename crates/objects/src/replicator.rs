@@ -375,7 +375,7 @@ impl DataRole for RegionRole {
         inner.wake.notify_waiters();
         // Writes this region took that no other region has yet: once another region is
         // active its copies may overwrite them here, so they are kept aside now
-        // (DESIGN.md rule 4); a commanded failover waits for this fence before promoting.
+        // (docs/architecture.md, rule 4); a commanded failover waits for this fence before promoting.
         // Replication has stopped already (the fence itself): a keep-aside that fails or
         // takes too long is an alert, and the writes stay listed as unsent.
         let kept = tokio::time::timeout(KEEP_ASIDE_TIMEOUT, inner.keep_unsent(epoch)).await;

@@ -457,7 +457,7 @@ async fn fencing_stops_replication_out_of_the_region() {
 
 /// A write region a acknowledged but had not copied when it was fenced is kept aside
 /// at the fence: the next active region's copy of the same key overwrites a's store
-/// later, and a's version must not be lost silently (DESIGN.md rule 4).
+/// later, and a's version must not be lost silently (docs/architecture.md, rule 4).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fence_keeps_unsent_writes_aside_before_the_new_region_overwrites_them() {
     let t = two();

@@ -21,7 +21,7 @@ pub fn bin() -> &'static str {
 }
 
 /// A port free on `ip` right now (the config must name ports before the processes
-/// start; DESIGN.md allows "a port found free"). Chosen below Linux's ephemeral range
+/// start; docs/architecture.md allows "a port found free"). Chosen below Linux's ephemeral range
 /// (32768+), so the many outgoing connections of tests running in parallel cannot take
 /// it between this check and the process's bind.
 pub fn free_port(ip: &str) -> u16 {
