@@ -786,24 +786,30 @@ pub(crate) async fn supervise(agent: Arc<Agent>, cancel: CancellationToken) -> R
     loop {
         let started = tokio::time::Instant::now();
         let lost = match Guard::start(&agent, &dir, &plan).await {
-            Ok(mut guard) => match guard.feed(&agent, &cancel).await {
-                Ended::Cancelled => {
-                    // Fence before letting the guard go: the region is never writable
-                    // without one (the agent fences again on its way out: a no-op).
-                    agent.fence_all("agent shutting down").await;
-                    guard.stop(&agent, &dir).await;
-                    return Ok(());
+            Ok(mut guard) => {
+                // Only now may the region activate (the lease machine waits for it).
+                agent.set_guard_running(true).await;
+                let ended = guard.feed(&agent, &cancel).await;
+                match ended {
+                    Ended::Cancelled => {
+                        // Fence before letting the guard go: the region is never writable
+                        // without one (the agent fences again on its way out: a no-op).
+                        agent.fence_all("agent shutting down").await;
+                        guard.stop(&agent, &dir).await;
+                        return Ok(());
+                    }
+                    Ended::Died(why) => format!("region guard (pid {}) {why}", guard.pid),
                 }
-                Ended::Died(why) => format!("region guard (pid {}) {why}", guard.pid),
-            },
+            }
             Err(_) if cancel.is_cancelled() => return Ok(()),
             // Not given up on: an agent without a guard must not stay writable, and a
             // cause such as a full process table may pass.
             Err(e) => format!("region guard could not start: {e:#}"),
         };
         // Without a guard a frozen agent would leave the region writable: fence first,
-        // journal after (the fence never waits on a disk write).
-        agent.fence_all(&lost).await;
+        // journal after (the fence never waits on a disk write). The lease is kept and
+        // renewed; the roles are activated again once a new guard runs.
+        agent.set_guard_running(false).await;
         journal_report(&agent, &dir, "while the agent was not feeding it");
         agent.journal_step(
             JournalKind::Alert,

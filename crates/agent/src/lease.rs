@@ -148,6 +148,12 @@ pub enum Event {
     LocalFence {
         reason: String,
     },
+    /// The region guard process is running (true) or was lost (false): nothing is
+    /// activated without one, and losing it fences (a frozen agent would otherwise
+    /// leave the region writable).
+    GuardRunning {
+        running: bool,
+    },
     /// Controller command: take the lease at `epoch`.
     PromoteCommand {
         epoch: Epoch,
@@ -237,6 +243,8 @@ pub struct Machine {
     pub promise: Option<Promise>,
     /// No activation before this: the agent may have promised just before it started.
     start_hold_until: Instant,
+    /// The region guard runs (see [`Event::GuardRunning`]).
+    pub guard_running: bool,
     pub controller_reachable: bool,
     /// Holding the lease on promises (entered on the first granted round).
     pub witness_lost: bool,
@@ -277,6 +285,7 @@ impl Machine {
             roles: Roles::Unfenced,
             promise: None,
             start_hold_until,
+            guard_running: false,
             controller_reachable: false,
             witness_lost: false,
             request_in_flight: false,
@@ -324,7 +333,7 @@ impl Machine {
         if let Some(want) = self.want
             && !self.request_in_flight
         {
-            let mut t = self.next_request_at.max(self.hold_until());
+            let mut t = self.next_request_at;
             if let Some((e, until)) = self.refused
                 && e == want
             {
@@ -469,6 +478,19 @@ impl Machine {
                     )));
                 }
             }
+            Event::GuardRunning { running } => {
+                let was = self.guard_running;
+                self.guard_running = running;
+                if was && !running {
+                    // The lease is kept (and renewed): only the roles are fenced, and
+                    // activated again once a guard runs.
+                    let (lease, witness_lost) = (self.lease.take(), self.witness_lost);
+                    self.witness_lost = false;
+                    self.fence_now("the region guard is not running", &mut out);
+                    self.lease = lease;
+                    self.witness_lost = witness_lost;
+                }
+            }
             Event::LocalFence { reason } => {
                 self.want = None;
                 self.fence_now(&reason, &mut out);
@@ -537,10 +559,12 @@ impl Machine {
         self.refused_backoff = Duration::ZERO;
         self.next_request_at = sent_at + self.params.renew_every();
         let deadline = sent_at + self.params.ttl;
+        // A lease may be held while a promise (or the start-up hold) stands: holding it
+        // takes no write, and it keeps the controller from failing over an agent that
+        // was merely restarted. Activation waits for the hold (`evaluate`, step 3).
         let usable = self.want == Some(epoch)
             && self.epoch == epoch
             && self.fenced_epoch != Some(epoch)
-            && !self.held(now)
             && now < deadline;
         if !usable {
             return;
@@ -784,7 +808,6 @@ impl Machine {
             && !self.request_in_flight
             && now >= self.next_request_at
             && self.refused.is_none_or(|(e, t)| e != epoch || now >= t)
-            && !self.held(now)
             && self.fenced_epoch != Some(epoch)
         {
             self.request_in_flight = true;
@@ -798,6 +821,7 @@ impl Machine {
             && now >= self.activation_retry_at
             && self.fenced_epoch != Some(l.epoch)
             && !self.held(now)
+            && self.guard_running
         {
             let id = self.next_activation;
             self.next_activation += 1;

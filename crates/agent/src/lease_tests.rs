@@ -42,6 +42,7 @@ impl Sim {
         };
         s.record(out);
         s.ev(Event::FenceDone { ok: true });
+        s.ev(Event::GuardRunning { running: true });
         s.advance(TTL + MARGIN);
         s
     }
@@ -289,28 +290,29 @@ fn a_promise_is_honoured_then_runs_out() {
         matches!(&r, Some(Reply::Refused(w)) if w.contains("newer")),
         "{r:?}"
     );
-    // A grant that arrives while the promise stands is not taken.
+    // The controller says b is active at 2 (it decided before it saw the promise):
+    // b may hold the lease, but activates nothing while the promise stands.
     s.ev(Event::View {
         epoch: Epoch(2),
         active: Some(b()),
     });
-    s.ev(Event::LeaseGranted {
-        epoch: Epoch(2),
-        sent_at: s.now,
-    });
-    assert!(s.m.lease.is_none());
     while s.now < until {
-        assert!(s.m.lease.is_none() && !s.m.active());
-        assert!(!s.m.request_in_flight, "no lease asked while promised");
+        s.grant_pending();
+        assert!(
+            matches!(s.m.roles, Roles::Fenced),
+            "nothing activated inside the promise: {:?}",
+            s.m.roles
+        );
         s.advance(TICK);
     }
-    // Once it ran out, b takes the lease.
+    // Once it ran out, b activates under the lease it holds.
+    s.grant_pending();
     s.advance(TICK);
     assert!(
-        s.grant_pending(),
-        "b asks for the lease once the promise ran out"
+        matches!(s.m.roles, Roles::Activating { .. }),
+        "{:?}",
+        s.m.roles
     );
-    assert!(matches!(s.m.roles, Roles::Activating { .. }));
 }
 
 #[test]
@@ -526,7 +528,10 @@ fn randomized_schedules_keep_every_invariant() {
                 if rng.below(10) == 0 { Event::Tick } else { e }
             } else {
                 let epoch = Epoch(m.epoch.0 + rng.below(2));
-                match rng.below(7) {
+                match rng.below(8) {
+                    7 => Event::GuardRunning {
+                        running: rng.below(4) != 0,
+                    },
                     0 => Event::View {
                         epoch,
                         active: Some(if rng.below(3) == 0 {
@@ -566,8 +571,16 @@ fn randomized_schedules_keep_every_invariant() {
                 && now < u
             {
                 assert!(
-                    m.lease.is_none(),
-                    "seed {seed} step {step}: a lease inside a promise"
+                    !matches!(m.roles, Roles::Active { .. } | Roles::Activating { .. }),
+                    "seed {seed} step {step}: roles {:?} inside a promise",
+                    m.roles
+                );
+            }
+            if !m.guard_running {
+                assert!(
+                    !matches!(m.roles, Roles::Active { .. } | Roles::Activating { .. }),
+                    "seed {seed} step {step}: roles {:?} without a guard",
+                    m.roles
                 );
             }
             let g = out
@@ -593,4 +606,98 @@ fn randomized_schedules_keep_every_invariant() {
             outs.push(out);
         }
     }
+}
+
+/// An upgrade: the agent of the active region restarts within the ttl. It takes its
+/// lease back at once (so the controller sees no lapse and fails nothing over), and
+/// activates once its start-up hold is over.
+#[test]
+fn a_restarted_active_agent_takes_its_lease_back_without_waiting() {
+    let t0 = Instant::now();
+    let (mut m, _) = Machine::start(params(), a(), Epoch(1), None, t0);
+    m.step(t0, Event::FenceDone { ok: true });
+    m.step(t0, Event::GuardRunning { running: true });
+    let out = m.step(
+        t0,
+        Event::View {
+            epoch: Epoch(1),
+            active: Some(a()),
+        },
+    );
+    assert!(
+        out.actions
+            .contains(&Action::RequestLease { epoch: Epoch(1) }),
+        "asked at once: {:?}",
+        out.actions
+    );
+    let out = m.step(
+        t0,
+        Event::LeaseGranted {
+            epoch: Epoch(1),
+            sent_at: t0,
+        },
+    );
+    assert!(m.lease.is_some(), "held at once");
+    assert!(
+        !out.actions
+            .iter()
+            .any(|a| matches!(a, Action::StartActivation { .. })),
+        "not activated inside the start-up hold"
+    );
+    // Renewed through the hold, then activated.
+    let mut now = t0;
+    let mut activated_at = None;
+    while now < t0 + TTL * 2 {
+        now += TICK;
+        let out = m.step(now, Event::Tick);
+        for a in out.actions {
+            match a {
+                Action::RequestLease { epoch } => {
+                    m.step(
+                        now,
+                        Event::LeaseGranted {
+                            epoch,
+                            sent_at: now,
+                        },
+                    );
+                }
+                Action::StartActivation { .. } => activated_at = activated_at.or(Some(now)),
+                _ => {}
+            }
+        }
+        assert!(
+            m.lease.as_ref().is_some_and(|l| l.deadline > now),
+            "renewed"
+        );
+    }
+    let at = activated_at.expect("activated after the hold");
+    assert!(at >= t0 + TTL + MARGIN && at < t0 + TTL + MARGIN + TICK * 2);
+}
+
+#[test]
+fn losing_the_guard_fences_the_roles_and_keeps_the_lease() {
+    let mut s = Sim::activating(a());
+    let id = s.last_activation().unwrap();
+    s.ev(Event::ActivationDone { id, result: Ok(()) });
+    assert!(s.m.active());
+    let since = s.actions.len();
+    s.ev(Event::GuardRunning { running: false });
+    assert_eq!(s.count(since, is_fence), 1, "fenced when the guard is lost");
+    assert!(s.m.lease.is_some(), "the lease is kept");
+    s.ev(Event::FenceDone { ok: true });
+    for _ in 0..20 {
+        s.advance(TICK);
+        s.grant_pending();
+    }
+    assert!(
+        s.m.fenced(),
+        "no activation without a guard: {:?}",
+        s.m.roles
+    );
+    s.ev(Event::GuardRunning { running: true });
+    assert!(
+        matches!(s.m.roles, Roles::Activating { .. }),
+        "{:?}",
+        s.m.roles
+    );
 }

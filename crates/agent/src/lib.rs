@@ -110,7 +110,7 @@ pub struct Agent {
     fences_done: watch::Sender<u64>,
     follow: Mutex<FollowState>,
     /// The region last learned to be active, at which epoch (persisted).
-    view: Mutex<Option<(Epoch, Option<RegionId>)>>,
+    view: tokio::sync::Mutex<Option<(Epoch, Option<RegionId>)>>,
     /// Serialises fence / activate / follow across tasks.
     role_lock: tokio::sync::Mutex<()>,
     /// The instant by which the region must be fenced: Some while a lease is held (or
@@ -185,7 +185,7 @@ impl Agent {
             fences_requested: AtomicU64::new(0),
             fences_done: watch::channel(0).0,
             follow: Mutex::new(FollowState::default()),
-            view: Mutex::new(view),
+            view: tokio::sync::Mutex::new(view),
             role_lock: tokio::sync::Mutex::new(()),
             guard_tx: watch::channel(None).0,
             checks,
@@ -369,12 +369,23 @@ impl Agent {
                 epoch,
                 fenced_epoch,
             } => {
-                if let Err(e) = self.store.save_epoch(epoch, fenced_epoch) {
+                // On the blocking pool: an fsync stalled by writeback must not stall the
+                // runtime that renews leases and answers promises.
+                let me = self.clone();
+                let saved =
+                    tokio::task::spawn_blocking(move || me.store.save_epoch(epoch, fenced_epoch))
+                        .await;
+                let err = match saved {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("{e:#}")),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = err {
                     // The machine already acts on the epoch; a restart would forget it,
                     // which only makes the agent accept older commands it must refuse.
                     self.journal_step(
                         JournalKind::Alert,
-                        &format!("cannot persist epoch {epoch}: {e:#}"),
+                        &format!("cannot persist epoch {epoch}: {e}"),
                     );
                 }
                 None
@@ -532,7 +543,7 @@ impl Agent {
         if epoch < self.machine().epoch {
             return; // an older answer that crossed a newer one
         }
-        self.remember_view(epoch, active.as_ref());
+        self.remember_view(epoch, active.as_ref()).await;
         self.drive(lease::Event::View {
             epoch,
             active: active.clone(),
@@ -559,17 +570,22 @@ impl Agent {
 
     /// Persist the controller's view when it changed: a controller that lost its
     /// state learns the active region from the agents (rule 8, docs/architecture.md).
-    fn remember_view(&self, epoch: Epoch, active: Option<&RegionId>) {
-        let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+    async fn remember_view(self: &Arc<Self>, epoch: Epoch, active: Option<&RegionId>) {
+        let mut view = self.view.lock().await;
         let newer = view
             .as_ref()
             .is_none_or(|(e, a)| epoch > *e || (epoch == *e && a.as_ref() != active));
         if !newer {
             return;
         }
-        match self.store.save_view(epoch, active) {
-            Ok(()) => *view = Some((epoch, active.cloned())),
-            Err(e) => tracing::warn!("cannot persist the controller's view: {e:#}"),
+        let me = self.clone();
+        let owned = active.cloned();
+        let saved =
+            tokio::task::spawn_blocking(move || me.store.save_view(epoch, owned.as_ref())).await;
+        match saved {
+            Ok(Ok(())) => *view = Some((epoch, active.cloned())),
+            Ok(Err(e)) => tracing::warn!("cannot persist the controller's view: {e:#}"),
+            Err(e) => tracing::warn!("cannot persist the controller's view: {e}"),
         }
     }
 
@@ -597,6 +613,15 @@ impl Agent {
             self.fences_done
                 .send_modify(|done| *done = (*done).max(generation));
         })
+    }
+
+    /// The region guard started (true) or was lost (false, which fences the roles and
+    /// waits for that fence). Nothing activates without a guard.
+    pub(crate) async fn set_guard_running(self: &Arc<Self>, running: bool) {
+        self.drive(lease::Event::GuardRunning { running }).await;
+        if !running {
+            self.fences_settled().await;
+        }
     }
 
     /// Wait until every fence requested so far has run.
@@ -817,7 +842,11 @@ impl Agent {
         let ok = self.fence_roles("agent start: no lease held").await;
         self.drive(lease::Event::FenceDone { ok }).await;
         let tasks = tokio_util::task::TaskTracker::new();
-        if self.guard_enabled.load(std::sync::atomic::Ordering::SeqCst) {
+        if !self.guard_enabled.load(std::sync::atomic::Ordering::SeqCst) {
+            // A test binary's agent: no guard process, nothing to wait for.
+            self.drive(lease::Event::GuardRunning { running: true })
+                .await;
+        } else {
             let me = self.clone();
             let cancel = cancel.clone();
             tasks.spawn(async move {
@@ -877,6 +906,13 @@ impl Agent {
 
     async fn report_loop(self: Arc<Self>, cancel: CancellationToken) {
         loop {
+            let view_active = self
+                .view
+                .lock()
+                .await
+                .as_ref()
+                .filter(|(e, _)| *e == self.machine().epoch)
+                .and_then(|(_, a)| a.clone());
             let report = {
                 let s = self.state();
                 AgentReport {
@@ -889,13 +925,7 @@ impl Agent {
                     roles: self.role_statuses(),
                     promised: s.promised,
                     witness_lost: s.witness_lost,
-                    view_active: self
-                        .view
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_ref()
-                        .filter(|(e, _)| *e == s.epoch)
-                        .and_then(|(_, a)| a.clone()),
+                    view_active,
                 }
             };
             if let Ok(resp) = self.controller.report(&report).await {

@@ -247,11 +247,17 @@ async fn agent_dns(
                     }
                     changed
                 });
-                if changed && let Err(e) = save_routing(&saved, &rt) {
-                    tracing::warn!(
-                        "cannot save the routing table to {}: {e:#}",
-                        saved.display()
-                    );
+                if changed {
+                    // Off the runtime: a slow disk must not hold up the DNS poller.
+                    let (path, table) = (saved.clone(), rt.clone());
+                    match tokio::task::spawn_blocking(move || save_routing(&path, &table)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(
+                            "cannot save the routing table to {}: {e:#}",
+                            saved.display()
+                        ),
+                        Err(e) => tracing::warn!("cannot save the routing table: {e}"),
+                    }
                 }
             }
         }
