@@ -521,9 +521,9 @@ async fn agent_fault(engine: Engine, fault: Fault) {
         samples.len(),
         fired.detail
     );
-    // Asked at least every 200 ms (a sample is started every 70 ms: only a test process
-    // starved of CPU for longer misses that).
-    assert!(gap <= 200, "a gap of {gap} ms between samples");
+    // A sample is started every 70 ms; only a test process starved of CPU misses one
+    // for long. A gap over a second would leave room for an unseen dual primary.
+    assert!(gap <= 1000, "a gap of {gap} ms between samples");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
