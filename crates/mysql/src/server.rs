@@ -152,6 +152,40 @@ impl ServerFiles {
     /// Start the server (no-op when it runs). `init_sql`, when given, runs once at this
     /// start (creating lifeboat's accounts on a new server).
     pub async fn start(&self, init_sql: Option<&str>) -> anyhow::Result<()> {
+        match self.start_once(init_sql).await {
+            Err(e) if self.log_tail().contains("--tc-heuristic-recover") => {
+                // A server killed in the middle of a commit (the region guard's SIGKILL,
+                // a crash) can be left with a transaction prepared in InnoDB that its
+                // binlog cannot resolve, and then refuses to start. That transaction never
+                // returned to its client: roll it back (mariadbd exits after the
+                // recovery), say so, and start again.
+                tracing::warn!(
+                    datadir = %self.datadir.display(),
+                    "mariadbd refused to start over an in-doubt transaction a kill left prepared; rolling it back (it was never acknowledged): {e:#}"
+                );
+                let recover = tokio::process::Command::new(self.program("mariadbd"))
+                    .arg(format!("--defaults-file={}", self.cnf().display()))
+                    .arg("--tc-heuristic-recover=ROLLBACK")
+                    .stdin(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output();
+                let out = tokio::time::timeout(Duration::from_secs(120), recover)
+                    .await
+                    .context("mariadbd --tc-heuristic-recover=ROLLBACK did not exit within 120s")?
+                    .context("running mariadbd --tc-heuristic-recover=ROLLBACK")?;
+                tracing::warn!(
+                    datadir = %self.datadir.display(),
+                    "heuristic recovery exited with {}: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+                );
+                self.start_once(init_sql).await
+            }
+            other => other,
+        }
+    }
+
+    async fn start_once(&self, init_sql: Option<&str>) -> anyhow::Result<()> {
         if self.running_pid().is_some() {
             return Ok(());
         }
