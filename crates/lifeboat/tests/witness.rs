@@ -57,10 +57,12 @@ async fn watch_a(d: &Deployment, span: Duration) -> Served {
     out
 }
 
-async fn deployment_with_a_serving() -> (Deployment, lifeboat_core::Epoch) {
-    let mut d = Deployment::new(Options::default());
+/// A deployment with `opts`, region a's agent in `a_netns` if given, a active, every
+/// agent reporting and a's app answering.
+async fn a_serving(opts: Options, a_netns: Option<&str>) -> (Deployment, lifeboat_core::Epoch) {
+    let mut d = Deployment::new(opts);
     d.start_controller().await;
-    d.start_agent("a", None).await;
+    d.start_agent("a", a_netns).await;
     d.start_agent("b", None).await;
     let st = d.wait_active("a", Duration::from_secs(30)).await;
     d.wait_all_reporting(Duration::from_secs(10)).await;
@@ -70,6 +72,10 @@ async fn deployment_with_a_serving() -> (Deployment, lifeboat_core::Epoch) {
     })
     .await;
     (d, st.epoch)
+}
+
+async fn deployment_with_a_serving() -> (Deployment, lifeboat_core::Epoch) {
+    a_serving(Options::default(), None).await
 }
 
 /// After the witness came back: same epoch, same active region, no promotion, and a
@@ -216,25 +222,20 @@ async fn a_controller_cut_off_from_the_active_region_promotes_nobody_while_b_pro
     let ns = NetNs::create();
     let mut fixed = std::collections::BTreeMap::new();
     fixed.insert("a".to_owned(), (7701, 8080));
-    let mut d = Deployment::new(Options {
-        ctrl_ip: ns.host_ip.clone(),
-        regions: vec![
-            ("a".into(), ns.ns_ip.clone()),
-            ("b".into(), ns.host_ip.clone()),
-        ],
-        fixed_ports: fixed,
-        ..Options::default()
-    });
-    d.start_controller().await;
-    d.start_agent("a", Some(&ns.name)).await;
-    d.start_agent("b", None).await;
-    let st = d.wait_active("a", Duration::from_secs(30)).await;
-    d.wait_all_reporting(Duration::from_secs(10)).await;
-    let url = d.app_url("a");
-    d.wait_for("a's app to answer", Duration::from_secs(20), || async {
-        http_get(&url).await.filter(|(s, _)| *s == 200)
-    })
+    let (d, epoch) = a_serving(
+        Options {
+            ctrl_ip: ns.host_ip.clone(),
+            regions: vec![
+                ("a".into(), ns.ns_ip.clone()),
+                ("b".into(), ns.host_ip.clone()),
+            ],
+            fixed_ports: fixed,
+            ..Options::default()
+        },
+        Some(&ns.name),
+    )
     .await;
+    let url = d.app_url("a");
     let before = d.journal().await.last().map_or(0, |e| e.seq);
     let ctrl_port = d.ctrl_addr.rsplit_once(':').unwrap().1.to_owned();
     let a_agent_port = d.region("a").agent_port;
@@ -256,7 +257,7 @@ async fn a_controller_cut_off_from_the_active_region_promotes_nobody_while_b_pro
             last_ok = t;
         }
         let s = d.status().await.unwrap();
-        assert_eq!(s.epoch, st.epoch, "nothing promoted while b promised a");
+        assert_eq!(s.epoch, epoch, "nothing promoted while b promised a");
         tokio::time::sleep_until(t + Duration::from_millis(100)).await;
     }
     longest = longest.max(last_ok.elapsed());
@@ -288,7 +289,7 @@ async fn a_controller_cut_off_from_the_active_region_promotes_nobody_while_b_pro
     // Heal: a renews with the controller again, the failure clears, nothing moved.
     nft_in(&ns.name, "delete table inet lbcut\n");
     let st2 = d.wait_active("a", Duration::from_secs(20)).await;
-    assert_eq!(st2.epoch, st.epoch);
+    assert_eq!(st2.epoch, epoch);
     d.wait_for(
         "a to leave witness-loss mode",
         Duration::from_secs(10),
