@@ -18,13 +18,17 @@ async fn partitioned_region_fences_itself_before_the_promotion() {
     );
     // Declared first so it is dropped last, after the processes inside it.
     let ns = NetNs::create();
+    // b lives on the host side of a's link, not on a loopback address: inside the
+    // namespace 127.0.2.1 is the namespace's own loopback, so a's agent (a vantage
+    // point) would vote b's app unhealthy as soon as the link healed and, with one
+    // stale report of b's, fail b back over to a (a CI run did exactly that).
     let mut fixed = BTreeMap::new();
     fixed.insert("a".to_owned(), (7701, 8080));
     let mut d = Deployment::new(Options {
         ctrl_ip: ns.host_ip.clone(),
         regions: vec![
             ("a".into(), ns.ns_ip.clone()),
-            ("b".into(), "127.0.2.1".into()),
+            ("b".into(), ns.host_ip.clone()),
         ],
         fixed_ports: fixed,
         ..Options::default()
