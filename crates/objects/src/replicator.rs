@@ -886,13 +886,19 @@ async fn observe(
                     }
                     continue;
                 }
+                let mut complete = true;
                 if let Err(e) = inner.reconcile_source(mode).await {
                     tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "reconciling the source store failed");
+                    complete = false;
                 }
                 if mode == Mode::Active
                     && let Err(e) = inner.check_destinations().await
                 {
                     tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "checking destination copies failed");
+                    complete = false;
+                }
+                if complete {
+                    inner.metrics.reconciles_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
