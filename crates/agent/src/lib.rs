@@ -976,12 +976,13 @@ impl Agent {
         loop {
             let mut statuses = Vec::new();
             for role in &self.roles {
-                let st = match tokio::time::timeout(Duration::from_secs(2), role.status()).await {
+                let deadline = lifeboat_core::STATUS_DEADLINE;
+                let st = match tokio::time::timeout(deadline, role.status()).await {
                     Ok(st) => st,
                     Err(_) => {
                         let mut st =
                             RoleStatus::new(role.name(), lifeboat_core::RoleHealth::Unknown);
-                        st.detail = "status timed out".into();
+                        st.detail = format!("status timed out (no answer within {deadline:?})");
                         st
                     }
                 };

@@ -125,12 +125,17 @@ pub enum GuardTarget {
     ProcessGroup { pgid_file: PathBuf },
 }
 
+/// How long the agent waits for one role's [`DataRole::status`] before it reports "status
+/// timed out" for it. A role that bounds its own status (to say *what* did not answer)
+/// must use a shorter bound, or its own report can never arrive.
+pub const STATUS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A data layer of one region that the agent fences, promotes and demotes.
 #[async_trait::async_trait]
 pub trait DataRole: Send + Sync {
     /// Short stable name, e.g. "postgres", "objects", "services".
     fn name(&self) -> &str;
-    /// Current role, lag and readiness.
+    /// Current role, lag and readiness. Answers within [`STATUS_DEADLINE`].
     async fn status(&self) -> RoleStatus;
     /// Stop accepting writes in this region, for real. Idempotent.
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError>;

@@ -40,8 +40,13 @@ use tokio::time::Instant;
 
 const ROLE: &str = "mysql";
 
-/// The longest a status report may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a status report may take: inside the agent's own deadline, so that
+/// "the server did not answer" arrives rather than the agent's bare "status timed out".
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
+const _: () = assert!(
+    STATUS_TIMEOUT.as_millis() < lifeboat_core::STATUS_DEADLINE.as_millis(),
+    "MariaDB's status bound must fire before the agent's"
+);
 
 /// How long a managed server gets to shut down cleanly when fenced before SIGKILL.
 const FENCE_GRACE: Duration = Duration::from_secs(5);
