@@ -172,6 +172,18 @@ impl Agent {
         let (machine, _) =
             lease::Machine::start(params, region.clone(), epoch, fenced_epoch, started);
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Until the status loop has asked each role once, each is reported as not
+        // observed, never as ready: an empty list would read as "every role ready" to
+        // the controller, which once promoted a just-restarted agent's stale old
+        // primary 220 ms after its start and lost the other region's writes.
+        let unobserved: Vec<RoleStatus> = roles
+            .iter()
+            .map(|r| {
+                let mut st = RoleStatus::new(r.name(), lifeboat_core::RoleHealth::Unknown);
+                st.detail = "not observed yet: the agent has just started".into();
+                st
+            })
+            .collect();
         Ok(Arc::new(Self {
             cfg,
             region,
@@ -195,7 +207,7 @@ impl Agent {
             role_lock: tokio::sync::Mutex::new(()),
             guard_tx: watch::channel(None).0,
             checks,
-            role_cache: Mutex::new(Vec::new()),
+            role_cache: Mutex::new(unobserved),
             extra_metrics: Mutex::new(Vec::new()),
             guard_enabled: std::sync::atomic::AtomicBool::new(true),
             renewal_failures: Mutex::new((0, None)),
