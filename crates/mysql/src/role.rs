@@ -82,7 +82,6 @@ struct Settings {
 
 #[derive(Debug, Default)]
 struct State {
-    seen: Epoch,
     fenced: bool,
     last_rejoin: Option<RejoinReport>,
 }
@@ -93,6 +92,8 @@ pub struct MysqlRole {
     inst: Instance,
     settings: Settings,
     state: std::sync::Mutex<State>,
+    /// The epoch rule (lifeboat_core::role).
+    seen: lifeboat_core::EpochRatchet,
     /// Serializes fence / activate / follow: a promotion is never interleaved with a fence.
     op: tokio::sync::Mutex<()>,
 }
@@ -151,6 +152,7 @@ impl MysqlRole {
             inst,
             settings,
             state: Default::default(),
+            seen: lifeboat_core::EpochRatchet::new(),
             op: tokio::sync::Mutex::new(()),
         })
     }
@@ -184,15 +186,7 @@ impl MysqlRole {
     }
 
     fn check_epoch(&self, epoch: Epoch) -> Result<(), RoleError> {
-        let mut st = self.lock_state();
-        if epoch < st.seen {
-            return Err(RoleError::StaleEpoch {
-                got: epoch,
-                seen: st.seen,
-            });
-        }
-        st.seen = epoch;
-        Ok(())
+        self.seen.admit(epoch)
     }
 
     async fn connect(&self) -> Result<Conn, RoleError> {
@@ -833,10 +827,7 @@ impl DataRole for MysqlRole {
 
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
         let _op = self.op.lock().await;
-        {
-            let mut st = self.lock_state();
-            st.seen = st.seen.max(epoch);
-        }
+        self.seen.fence(epoch);
         self.do_fence().await
     }
 
