@@ -592,14 +592,39 @@ async fn wait_steady(ctx: &RunCtx<'_>) -> anyhow::Result<ControllerStatus> {
     }
 }
 
+/// How long a journal read keeps trying a controller that does not answer.
+const JOURNAL_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One page of the journal. A controller that times out or refuses (restarting, starved
+/// on a loaded host, just resumed from a pause) is asked again for up to
+/// [`JOURNAL_PATIENCE`]: a drill of lifeboat's own faults must not stop at the first slow
+/// answer, as a 40-fault bench once did at fault 31 (and its demo shut down with it).
+async fn journal_page(c: &ApiClient, since: u64) -> anyhow::Result<Vec<JournalEntry>> {
+    let deadline = tokio::time::Instant::now() + JOURNAL_PATIENCE;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match c.journal(since).await {
+            Ok(page) => return Ok(page),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!("reading the controller's journal (try {tries}): {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "reading the controller's journal ({tries} tries in {} s)",
+                    JOURNAL_PATIENCE.as_secs()
+                )));
+            }
+        }
+    }
+}
+
 /// The highest journal sequence number now.
 async fn journal_cursor(c: &ApiClient) -> anyhow::Result<u64> {
     let mut since = 0;
     loop {
-        let page = c
-            .journal(since)
-            .await
-            .context("reading the controller's journal")?;
+        let page = journal_page(c, since).await?;
         match page.last() {
             Some(e) if e.seq > since => since = e.seq,
             _ => return Ok(since),
@@ -610,10 +635,7 @@ async fn journal_cursor(c: &ApiClient) -> anyhow::Result<u64> {
 async fn journal_since(c: &ApiClient, mut since: u64) -> anyhow::Result<Vec<JournalEntry>> {
     let mut out = Vec::new();
     loop {
-        let page = c
-            .journal(since)
-            .await
-            .context("reading the controller's journal")?;
+        let page = journal_page(c, since).await?;
         match page.last() {
             Some(e) if e.seq > since => since = e.seq,
             _ => return Ok(out),
@@ -1392,5 +1414,49 @@ mod tests {
         let none = sample(Writable::Unreachable, Writable::No);
         assert!(why(&st, Some(&none)).contains("[]"));
         assert!(why(&st, None).contains("no database sample"));
+    }
+}
+
+#[cfg(test)]
+mod journal_patience_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A controller that answers its first journal requests 503 (restarting) and then
+    /// the journal: the drill's cursor waits for it instead of stopping the drill.
+    #[tokio::test]
+    async fn a_controller_that_answers_late_does_not_stop_the_drill() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c2 = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/journal",
+            axum::routing::get(move || {
+                let calls = c2.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "recovering".to_owned());
+                    }
+                    (
+                        axum::http::StatusCode::OK,
+                        r#"[{"seq": 7, "at_unix_ms": 1, "mono_ms": 1, "epoch": 1, "kind": "info", "region": null, "detail": "x"}]"#
+                            .to_owned(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let c = ApiClient::new(format!("http://{addr}"), None, Duration::from_secs(2));
+        // The page with seq 7 is returned for every `since` (a fake): the cursor stops
+        // once a page brings nothing newer.
+        let cursor = journal_cursor(&c).await.unwrap();
+        assert_eq!(cursor, 7);
+        assert!(
+            calls.load(Ordering::SeqCst) >= 4,
+            "asked again after the 503s"
+        );
+        server.abort();
     }
 }
