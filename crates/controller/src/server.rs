@@ -6,7 +6,7 @@
 //! after it. Agent answers come back as events through a channel.
 
 use crate::machine::{Action, Event, Machine, Params, Reply};
-use crate::store::Store;
+use crate::store::{StateStore, Store};
 use anyhow::{Context, Result};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,12 +45,23 @@ pub struct ControllerOptions {
     /// config's initial active region) at once, without waiting for every agent's
     /// report first (see `machine`'s module doc, rule 8).
     pub no_wait_for_agents: bool,
+    /// Several controllers (store = "etcd"): whether this one may still grant an
+    /// agent lease at `now` (it leads and its etcd lease cannot have expired, with a
+    /// margin). A lease request it may not answer gets 503 (undecided), never a grant.
+    pub may_grant: Option<GrantGate>,
+    /// Several controllers: who leads, for status, metrics and the dashboard.
+    pub leadership: Option<LeadershipFn>,
 }
+
+/// See [`ControllerOptions::may_grant`].
+pub type GrantGate = Arc<dyn Fn(Instant) -> bool + Send + Sync>;
+/// See [`ControllerOptions::leadership`].
+pub type LeadershipFn = Arc<dyn Fn() -> LeadershipView + Send + Sync>;
 
 pub struct Controller {
     cfg: Arc<Config>,
     token: Token,
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     started: Instant,
     machine: tokio::sync::Mutex<Machine>,
     reports: Mutex<BTreeMap<RegionId, (Instant, AgentReport)>>,
@@ -72,21 +83,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Controller {
     /// Open (or create) the durable state and build the controller. `local` is the
     /// controller's own vantage point (its prober's states).
-    pub fn open(
+    pub async fn open(
         cfg: Arc<Config>,
         token: Token,
         local: watch::Receiver<CheckStates>,
         opts: ControllerOptions,
     ) -> Result<Arc<Self>> {
-        let store = Arc::new(Store::open(&cfg.controller.state_dir)?);
+        let store: Arc<dyn StateStore> = Arc::new(Store::open(&cfg.controller.state_dir)?);
+        Self::open_with(cfg, token, local, opts, store).await
+    }
+
+    /// Build the controller on `store`. A controller that just won the leadership of
+    /// several is built here too: from the store's state, exactly as if it had just
+    /// restarted (rule 8; it assumes a grant at this instant, docs/architecture.md).
+    pub async fn open_with(
+        cfg: Arc<Config>,
+        token: Token,
+        local: watch::Receiver<CheckStates>,
+        opts: ControllerOptions,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Arc<Self>> {
         let now = Instant::now();
         let regions = cfg.region_ids();
-        let existing = store.load()?;
+        let existing = store.load().await?;
         if let Some(active) = existing.as_ref().and_then(|d| d.active.as_ref()) {
             anyhow::ensure!(
                 cfg.region(active).is_some(),
                 "the state in {} says region {active:?} is active, but the config no longer defines it",
-                store.path().display()
+                store.describe()
             );
         }
         let f = &cfg.failover;
@@ -111,6 +135,7 @@ impl Controller {
             // it adopts: killed before that, it starts recovering again.)
             store
                 .save(&machine.durable())
+                .await
                 .context("persisting the initial state")?;
         }
         store.append(
@@ -132,7 +157,7 @@ impl Controller {
                     (true, false) => "state from disk, not waiting for the agents (--no-wait-for-agents)",
                 }
             ),
-        )?;
+        ).await?;
         let agents = cfg
             .regions
             .iter()
@@ -205,6 +230,7 @@ impl Controller {
                     // On disk before anything after it: the Sends below carry this epoch.
                     self.store
                         .save(&m.durable())
+                        .await
                         .context("persisting controller state")?;
                 }
                 Action::Journal {
@@ -214,6 +240,7 @@ impl Controller {
                 } => {
                     self.store
                         .append(self.mono_ms(), m.epoch, kind, region.as_ref(), &detail)
+                        .await
                         .context("writing the journal")?;
                     tracing::info!(epoch = %m.epoch, kind = kind.as_str(), region = ?region.as_ref().map(|r| r.to_string()), "{detail}");
                 }
@@ -348,13 +375,15 @@ impl Controller {
             }
         }
         let epoch = self.machine.lock().await.epoch;
-        self.store.append(
-            self.mono_ms(),
-            epoch,
-            JournalKind::Info,
-            None,
-            "controller stopped",
-        )?;
+        self.store
+            .append(
+                self.mono_ms(),
+                epoch,
+                JournalKind::Info,
+                None,
+                "controller stopped",
+            )
+            .await?;
         Ok(())
     }
 
@@ -426,7 +455,16 @@ impl Controller {
             }),
             regions,
             failovers: m.failovers,
+            leadership: self.opts.leadership.as_ref().map(|f| f()),
         }
+    }
+
+    /// May this controller grant a lease now (see [`ControllerOptions::may_grant`])?
+    fn may_grant(&self) -> bool {
+        self.opts
+            .may_grant
+            .as_ref()
+            .is_none_or(|gate| gate(Instant::now()))
     }
 }
 
@@ -497,6 +535,7 @@ async fn journal(
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     c.store
         .journal(q.since, q.limit.unwrap_or(10_000))
+        .await
         .map(Json)
         .map_err(internal)
 }
@@ -610,6 +649,15 @@ async fn lease(
             req.region.as_str()
         )));
     }
+    if !c.may_grant() {
+        // Not the leader any more, or its etcd lease may be about to expire: not a
+        // decision (503), so the active agent holds on promises (rule 7) until it
+        // finds the new leader.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller's leadership is ending: ask the leader",
+        ));
+    }
     let reply = c
         .step(Event::LeaseRequest {
             region: req.region,
@@ -619,6 +667,15 @@ async fn lease(
         .map_err(internal)?;
     let m = c.machine.lock().await;
     let (granted, reason) = match reply {
+        // Checked again after the step: the grant leaves only while the leadership
+        // that made it holds (the old leader's last grant precedes the new one's
+        // takeover, docs/architecture.md).
+        Some(Reply::Lease { granted: true, .. }) if !c.may_grant() => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this controller's leadership ended: ask the leader",
+            ));
+        }
         Some(Reply::Lease { granted, reason }) => (granted, reason),
         Some(Reply::LeaseUndecided { reason }) => {
             // Not a decision: the controller cannot judge yet. 503 makes the active
@@ -847,7 +904,7 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
             );
         }
     }
-    if let Ok(journal) = c.store.journal(0, 100_000) {
+    if let Ok(journal) = c.store.journal(0, 100_000).await {
         family(
             &mut out,
             "lifeboat_failover_step_seconds",
@@ -880,7 +937,7 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
 
 async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
     let s = c.status_view().await;
-    let journal = c.store.journal(0, 100_000).unwrap_or_default();
+    let journal = c.store.journal(0, 100_000).await.unwrap_or_default();
     let esc = |t: &str| {
         t.replace('&', "&amp;")
             .replace('<', "&lt;")

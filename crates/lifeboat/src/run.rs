@@ -110,6 +110,7 @@ pub async fn controller(path: &Path, no_wait_for_agents: bool) -> Result<ExitCod
             ..ControllerOptions::default()
         },
     )
+    .await
     .with_context(|| {
         format!(
             "opening controller state in {}",
