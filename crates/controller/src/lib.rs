@@ -8,6 +8,10 @@
 //!   reports and operator requests, executes its actions in order, publishes the
 //!   routing table DNS serves, and answers the HTTP API.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod leadership;
 pub mod machine;
 pub mod server;

@@ -459,6 +459,11 @@ impl Controller {
         }
     }
 
+    /// The current epoch.
+    pub async fn epoch(&self) -> Epoch {
+        self.machine.lock().await.epoch
+    }
+
     /// May this controller grant a lease now (see [`ControllerOptions::may_grant`])?
     fn may_grant(&self) -> bool {
         self.opts
@@ -737,6 +742,36 @@ async fn report(
     }))
 }
 
+/// The leadership gauges (every controller, leader or not).
+pub fn leadership_metrics(out: &mut String, v: &LeadershipView) {
+    family(
+        out,
+        "lifeboat_controller_leading",
+        "gauge",
+        "1 while this controller leads and may grant leases, else 0.",
+    );
+    sample(
+        out,
+        "lifeboat_controller_leading",
+        &[("member", &v.this)],
+        f64::from(u8::from(v.leading)),
+    );
+    family(
+        out,
+        "lifeboat_etcd_endpoint_healthy",
+        "gauge",
+        "1 if the etcd endpoint answered its last status request, else 0.",
+    );
+    for e in &v.etcd {
+        sample(
+            out,
+            "lifeboat_etcd_endpoint_healthy",
+            &[("endpoint", &e.endpoint)],
+            f64::from(u8::from(e.healthy)),
+        );
+    }
+}
+
 /// Durations between the steps of the most recent failover, from the journal.
 fn last_failover_steps(journal: &[JournalEntry]) -> Vec<(&'static str, f64)> {
     let Some(promoted) = journal
@@ -920,6 +955,9 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
             );
         }
     }
+    if let Some(v) = c.opts.leadership.as_ref().map(|f| f()) {
+        leadership_metrics(&mut out, &v);
+    }
     for f in &c.opts.extra_metrics {
         f(&mut out);
     }
@@ -980,7 +1018,7 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>lifeboat — {dep}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.Healthy{{color:green}}.Unhealthy{{color:red}}</style></head>\
-<body><h1>lifeboat — {dep}</h1><p>epoch <b>{epoch}</b> · active <b>{active}</b> · phase {phase} · mode {mode} · failovers {fo}</p>\
+<body><h1>lifeboat — {dep}</h1>{leader}<p>epoch <b>{epoch}</b> · active <b>{active}</b> · phase {phase} · mode {mode} · failovers {fo}</p>\
 <h2>Regions</h2><table><tr><th>region</th><th>role</th><th>health</th><th>agent epoch</th><th>last report</th><th>data roles</th><th>witness</th></tr>{rows}</table>\
 <h2>Journal (newest first)</h2><table><tr><th>#</th><th>unix ms</th><th>epoch</th><th>step</th><th>detail</th></tr>{jrows}</table></body></html>",
         dep = esc(&s.deployment),
@@ -989,5 +1027,10 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
         phase = esc(&s.phase),
         mode = s.mode,
         fo = s.failovers,
+        leader = s.leadership.as_ref().map_or(String::new(), |v| format!(
+            "<p>controller <b>{}</b> leads · etcd: {}</p>",
+            esc(&v.this),
+            esc(&v.etcd.iter().map(|e| format!("{} {}", e.endpoint, if e.healthy { "up" } else { "down" })).collect::<Vec<_>>().join(", "))
+        )),
     ))
 }

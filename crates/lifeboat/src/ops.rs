@@ -20,8 +20,8 @@ fn client(cfg: &Config, with_token: bool) -> Result<ApiClient> {
     } else {
         cfg.auth.secret().load().ok()
     };
-    Ok(ApiClient::new(
-        format!("http://{}", cfg.controller.api_addr),
+    Ok(ApiClient::any_of(
+        cfg.controller.api_urls(),
         token,
         Duration::from_secs(10),
     ))
