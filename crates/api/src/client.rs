@@ -95,7 +95,10 @@ impl ApiClient {
     /// The base that answered last (the first one before any call).
     pub fn base(&self) -> &str {
         let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
-        self.bases.get(i).or(self.bases.first()).map_or("", |b| b.as_str())
+        self.bases
+            .get(i)
+            .or(self.bases.first())
+            .map_or("", |b| b.as_str())
     }
 
     /// Every base this client tries.

@@ -155,6 +155,10 @@ pub struct LeaseView {
     pub epoch: Epoch,
     /// Milliseconds until the controller considers the lease certainly expired.
     pub expires_in_ms: i64,
+    /// The holder renewed it with this controller (false: the lease a controller
+    /// assumes when it starts or takes over the leadership).
+    #[serde(default)]
+    pub renewed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

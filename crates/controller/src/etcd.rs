@@ -21,8 +21,8 @@ use crate::machine::Durable;
 use crate::store::{FORMAT_VERSION, StateStore, Versioned, decode, unix_ms};
 use anyhow::{Context, Result};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp,
 };
 use lifeboat_config::etcd::EtcdConfig;
 use lifeboat_core::{Epoch, JournalEntry, JournalKind, RegionId, RoutingTable};
@@ -105,9 +105,8 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
             tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-            let cert = std::fs::read(cert).with_context(|| {
-                format!("reading controller.etcd.cert_file {}", cert.display())
-            })?;
+            let cert = std::fs::read(cert)
+                .with_context(|| format!("reading controller.etcd.cert_file {}", cert.display()))?;
             let key = std::fs::read(key)
                 .with_context(|| format!("reading controller.etcd.key_file {}", key.display()))?;
             tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
@@ -137,6 +136,65 @@ pub async fn bounded<T>(
     }
 }
 
+/// The request never left: no connection to the member the client's balancer
+/// picked (etcd-client keeps a dead member in its balanced channel and picks it
+/// at random). Sending it again, to whichever member comes next, is safe.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("connect error"),
+        _ => false,
+    }
+}
+
+/// [`bounded`], sending again (within the same [`REQUEST_TIMEOUT`]) while the
+/// request never left ([`never_sent`]): one dead member must not fail a request
+/// the live ones would answer.
+pub async fn retried<T, F, Fut>(mut f: F) -> Result<T, EtcdStoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if never_sent(&e) => {
+                if tokio::time::Instant::now() + Duration::from_millis(20) >= deadline {
+                    return Err(e.into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(EtcdStoreError::Timeout(REQUEST_TIMEOUT)),
+        }
+    }
+}
+
+/// A transaction, [`retried`].
+pub async fn txn(client: &Client, t: Txn) -> Result<etcd_client::TxnResponse, EtcdStoreError> {
+    retried(|| {
+        let mut kv = client.kv_client();
+        let t = t.clone();
+        async move { kv.txn(t).await }
+    })
+    .await
+}
+
+/// A read, [`retried`].
+pub async fn get(
+    client: &Client,
+    key: String,
+    opts: Option<GetOptions>,
+) -> Result<etcd_client::GetResponse, EtcdStoreError> {
+    retried(|| {
+        let mut kv = client.kv_client();
+        let (key, opts) = (key.clone(), opts.clone());
+        async move { kv.get(key, opts).await }
+    })
+    .await
+}
+
 /// What a follower (or anyone) reads: the state, the routing table and the leader.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -148,13 +206,12 @@ pub struct Snapshot {
 /// Read the state, the routing table and the leader in one transaction (one
 /// revision: a consistent view).
 pub async fn snapshot(client: &Client, keys: &Keys) -> Result<Snapshot, EtcdStoreError> {
-    let mut kv = client.kv_client();
-    let txn = Txn::new().and_then(vec![
+    let t = Txn::new().and_then(vec![
         TxnOp::get(keys.state(), None),
         TxnOp::get(keys.routing(), None),
         TxnOp::get(keys.leader(), None),
     ]);
-    let resp = bounded(kv.txn(txn)).await?;
+    let resp = txn(client, t).await?;
     let mut out = Snapshot::default();
     for (i, op) in resp.op_responses().into_iter().enumerate() {
         let etcd_client::TxnOpResponse::Get(g) = op else {
@@ -182,7 +239,6 @@ pub async fn read_journal(
     since: u64,
     limit: usize,
 ) -> Result<Vec<JournalEntry>, EtcdStoreError> {
-    let mut kv = client.kv_client();
     let from = keys.journal(since.saturating_add(1));
     // The range [from, prefix + one past '/') holds every later entry.
     let mut end = keys.journal_prefix().into_bytes();
@@ -193,7 +249,7 @@ pub async fn read_journal(
         .with_range(end)
         .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
         .with_sort(SortTarget::Key, SortOrder::Ascend);
-    let resp = bounded(kv.get(from, Some(opts))).await?;
+    let resp = get(client, from, Some(opts)).await?;
     Ok(resp
         .kvs()
         .iter()
@@ -221,12 +277,11 @@ impl EtcdStore {
     /// The store of a term that holds the leader key with `lease`. Reads the last
     /// journal entry's sequence number so the journal goes on in one order.
     pub async fn for_term(client: Client, keys: Keys, lease: i64) -> Result<Self> {
-        let mut kv = client.kv_client();
         let opts = GetOptions::new()
             .with_prefix()
             .with_limit(1)
             .with_sort(SortTarget::Key, SortOrder::Descend);
-        let resp = bounded(kv.get(keys.journal_prefix(), Some(opts)))
+        let resp = get(&client, keys.journal_prefix(), Some(opts))
             .await
             .context("reading the journal's last entry from etcd")?;
         let last = resp
@@ -256,9 +311,8 @@ impl EtcdStore {
     }
 
     /// A guarded transaction; any failure ends the term.
-    async fn guarded(&self, txn: Txn, what: &str) -> Result<etcd_client::TxnResponse> {
-        let mut kv = self.client.kv_client();
-        match bounded(kv.txn(txn)).await {
+    async fn guarded(&self, t: Txn, what: &str) -> Result<etcd_client::TxnResponse> {
+        match txn(&self.client, t).await {
             Ok(r) if r.succeeded() => Ok(r),
             Ok(_) => {
                 self.lost.cancel();
@@ -289,8 +343,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn load(&self) -> Result<Option<Durable>> {
-        let mut kv = self.client.kv_client();
-        let resp = bounded(kv.get(self.keys.state(), None))
+        let resp = get(&self.client, self.keys.state(), None)
             .await
             .context("reading the controller state from etcd")?;
         let Some(kv) = resp.kvs().first() else {
@@ -371,8 +424,7 @@ pub async fn campaign(
     lease: i64,
     me: &LeaderRecord,
 ) -> Result<bool, EtcdStoreError> {
-    let mut kv = client.kv_client();
-    let txn = Txn::new()
+    let t = Txn::new()
         .when(vec![Compare::create_revision(
             keys.leader(),
             CompareOp::Equal,
@@ -383,5 +435,5 @@ pub async fn campaign(
             serde_json::to_vec(me).unwrap_or_default(),
             Some(PutOptions::new().with_lease(lease)),
         )]);
-    Ok(bounded(kv.txn(txn)).await?.succeeded())
+    Ok(txn(client, t).await?.succeeded())
 }

@@ -21,7 +21,7 @@
 
 use crate::etcd::{
     EtcdStore, Keys, LeaderRecord, REQUEST_TIMEOUT, Snapshot, bounded, campaign, connect,
-    read_journal, snapshot,
+    read_journal, retried, snapshot,
 };
 use crate::leadership::{LeaderAction, LeaderEvent, Leadership};
 use crate::server::{Controller, ControllerOptions, MetricsFn, leadership_metrics};
@@ -230,11 +230,19 @@ impl HaController {
     }
 
     /// Campaign once; if elected, lead until the term ends.
-    async fn try_to_lead(self: Arc<Self>, client: &etcd_client::Client, cancel: &CancellationToken) {
-        let mut leases = client.lease_client();
+    async fn try_to_lead(
+        self: Arc<Self>,
+        client: &etcd_client::Client,
+        cancel: &CancellationToken,
+    ) {
         let ttl = i64::try_from(self.etcd.lease_ttl.as_secs()).unwrap_or(i64::MAX);
         let sent = Instant::now();
-        let lease = match bounded(leases.grant(ttl, None)).await {
+        let lease = match retried(|| {
+            let mut leases = client.lease_client();
+            async move { leases.grant(ttl, None).await }
+        })
+        .await
+        {
             Ok(l) => l.id(),
             Err(e) => {
                 tracing::debug!("etcd lease grant: {e}");
@@ -253,7 +261,11 @@ impl HaController {
         // Elected or not, this lease has no more use: revoke it so that the leader
         // key it may hold goes at once (another controller leads within one follow
         // period instead of a ttl). Unanswered: it expires by itself.
-        let _ = bounded(leases.revoke(lease)).await;
+        let _ = retried(|| {
+            let mut leases = client.lease_client();
+            async move { leases.revoke(lease).await }
+        })
+        .await;
     }
 
     async fn lead(
@@ -284,7 +296,8 @@ impl HaController {
         opts.leadership = Some(Arc::new(move || {
             me.upgrade().map(|h| h.view()).unwrap_or_default()
         }));
-        opts.extra_metrics.extend(lock(&self.late_metrics).iter().cloned());
+        opts.extra_metrics
+            .extend(lock(&self.late_metrics).iter().cloned());
         let dyn_store: Arc<dyn StateStore> = store.clone();
         let controller = match Controller::open_with(
             self.cfg.clone(),
@@ -481,7 +494,12 @@ impl HaController {
     fn follower_metrics(&self) -> String {
         let mut out = String::new();
         let st = self.follower_status();
-        family(&mut out, "lifeboat_epoch", "gauge", "Current epoch (fencing token).");
+        family(
+            &mut out,
+            "lifeboat_epoch",
+            "gauge",
+            "Current epoch (fencing token).",
+        );
         sample(&mut out, "lifeboat_epoch", &[], st.epoch.0 as f64);
         leadership_metrics(&mut out, &self.view());
         for f in lock(&self.late_metrics).iter() {
@@ -523,7 +541,6 @@ async fn keep_alive(
     events: mpsc::UnboundedSender<LeaderEvent>,
     cancel: CancellationToken,
 ) {
-    let mut leases = client.lease_client();
     let mut stream = None;
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -534,7 +551,12 @@ async fn keep_alive(
         }
         let sent = Instant::now();
         if stream.is_none() {
-            match bounded(leases.keep_alive(lease)).await {
+            match retried(|| {
+                let mut leases = client.lease_client();
+                async move { leases.keep_alive(lease).await }
+            })
+            .await
+            {
                 // Opening the stream sends the first keep-alive and waits for its answer.
                 Ok((keeper, s)) => {
                     stream = Some((keeper, s));
@@ -542,13 +564,18 @@ async fn keep_alive(
                         return;
                     }
                 }
-                Err(crate::etcd::EtcdStoreError::Etcd(etcd_client::Error::LeaseKeepAliveError(e))) => {
+                Err(crate::etcd::EtcdStoreError::Etcd(
+                    etcd_client::Error::LeaseKeepAliveError(e),
+                )) => {
                     let _ = events.send(LeaderEvent::Lost {
                         why: format!("etcd lease {lease:x}: {e}"),
                     });
                     return;
                 }
-                Err(e) => tracing::warn!("etcd keep-alive: {e}"),
+                Err(e) => {
+                    tracing::warn!("etcd keep-alive: {e}");
+                    interval.reset_immediately();
+                }
             }
             continue;
         }
@@ -575,6 +602,7 @@ async fn keep_alive(
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                 tracing::warn!("etcd keep-alive unanswered; opening a new stream");
                 stream = None;
+                interval.reset_immediately();
             }
         }
     }
@@ -645,8 +673,9 @@ async fn follower(h: &HaController, req: Request) -> Response {
             };
             match read_journal(&client, &h.keys, since, limit).await {
                 Ok(j) => axum::Json(j).into_response(),
-                Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                    .into_response(),
+                Err(e) => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+                }
             }
         }
         "/metrics" => (

@@ -446,6 +446,7 @@ impl Controller {
                 LeaseView {
                     holder: l.holder.clone(),
                     epoch: l.epoch,
+                    renewed: l.renewed,
                     expires_in_ms: if expires >= now {
                         i64::try_from(expires.duration_since(now).as_millis()).unwrap_or(i64::MAX)
                     } else {
@@ -1030,7 +1031,12 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
         leader = s.leadership.as_ref().map_or(String::new(), |v| format!(
             "<p>controller <b>{}</b> leads · etcd: {}</p>",
             esc(&v.this),
-            esc(&v.etcd.iter().map(|e| format!("{} {}", e.endpoint, if e.healthy { "up" } else { "down" })).collect::<Vec<_>>().join(", "))
+            esc(&v
+                .etcd
+                .iter()
+                .map(|e| format!("{} {}", e.endpoint, if e.healthy { "up" } else { "down" }))
+                .collect::<Vec<_>>()
+                .join(", "))
         )),
     ))
 }

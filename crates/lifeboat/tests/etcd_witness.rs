@@ -1,0 +1,215 @@
+//! Three controllers on a three-member etcd cluster (`[controller] store = "etcd"`):
+//! real etcd processes, real controller and agent processes, real signals.
+//! docs/architecture.md, "A highly available witness".
+#![cfg(feature = "etcd")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::etcd::{EtcdCluster, etcd_bin};
+use common::{Deployment, Options, http_get};
+use lifeboat_core::{Epoch, JournalEntry, JournalKind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A deployment of two regions and three controllers c1..c3 on a fresh etcd
+/// cluster, a active and serving. None (the test says why) without etcd.
+async fn three_controllers() -> Option<(EtcdCluster, Deployment)> {
+    if etcd_bin().is_none() {
+        eprintln!("SKIP: etcd is not installed (scripts/test installs Debian's etcd-server)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = EtcdCluster::start(dir.path(), 3).await;
+    let mut d = Deployment::new(Options {
+        etcd_endpoints: etcd.endpoints(),
+        controllers: 3,
+        ..Options::default()
+    });
+    // The etcd data lives as long as the deployment's directory.
+    std::mem::forget(dir);
+    for c in ["c1", "c2", "c3"] {
+        d.start_member(c).await;
+    }
+    d.start_agent("a", None).await;
+    d.start_agent("b", None).await;
+    d.wait_active("a", Duration::from_secs(60)).await;
+    let url = d.app_url("a");
+    d.wait_for("a's app", Duration::from_secs(20), || async {
+        http_get(&url).await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    Some((etcd, d))
+}
+
+/// Samples a's app every 100 ms; the longest run of failed answers.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl Sampler {
+    fn start(url: String) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut last_ok = Instant::now();
+            let mut worst = Duration::ZERO;
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if http_get(&url).await.is_some_and(|(st, _)| st == 200) {
+                    last_ok = Instant::now();
+                } else {
+                    worst = worst.max(Instant::now() - last_ok);
+                }
+                tokio::time::sleep_until(t + Duration::from_millis(100)).await;
+            }
+            worst
+        });
+        Sampler { stop, task }
+    }
+
+    async fn worst_gap(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+fn moves(j: &[JournalEntry], after_seq: u64) -> Vec<&JournalEntry> {
+    j.iter()
+        .filter(|e| e.seq > after_seq)
+        .filter(|e| {
+            matches!(
+                e.kind,
+                JournalKind::Promoted | JournalKind::Detected | JournalKind::LeaseExpired
+            )
+        })
+        .collect()
+}
+
+/// Kill -9 of the leading controller: another leads within the etcd lease ttl (the
+/// default 3 s, plus one follow period), renews a's lease at the same epoch; a never
+/// stops serving, nothing fails over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_with_no_failover_and_no_gap() {
+    let Some((_etcd, mut d)) = three_controllers().await else {
+        return;
+    };
+    let (old, st) = d.leader().await.expect("one controller leads");
+    let epoch = st.epoch;
+    let last_seq = d.journal().await.last().map_or(0, |e| e.seq);
+    let sampler = Sampler::start(d.app_url("a"));
+
+    let killed = Instant::now();
+    d.proc(&format!("controller-{old}")).kill9();
+    d.procs.remove(&format!("controller-{old}"));
+    let (new, _) = d
+        .wait_for("a new leader", Duration::from_secs(10), || async {
+            d.leader().await.filter(|(n, _)| *n != old)
+        })
+        .await;
+    let took = killed.elapsed();
+    eprintln!("leader {old} killed: {new} leads after {took:?}");
+    assert!(
+        took < Duration::from_millis(3000 + 1500),
+        "{new} led only {took:?} after the kill (etcd lease ttl 3 s)"
+    );
+    // The new leader grants a's lease (a renews with it) at the same epoch.
+    let st = d
+        .wait_for(
+            "a's lease granted by the new leader",
+            Duration::from_secs(10),
+            || async {
+                d.leader()
+                    .await
+                    .filter(|(n, st)| {
+                        *n == new
+                            && st.lease.as_ref().is_some_and(|l| {
+                                l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0
+                            })
+                    })
+                    .map(|(_, st)| st)
+            },
+        )
+        .await;
+    eprintln!("{new} granting after {:?}", killed.elapsed());
+    assert_eq!(st.epoch, epoch, "a leader change is not an epoch change");
+    assert_eq!(st.active.as_ref().map(|r| r.as_str()), Some("a"));
+    // Hold a while longer: a later failover would show here.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let gap = sampler.worst_gap().await;
+    assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
+    let st = d.status().await.unwrap();
+    assert_eq!(
+        (st.epoch, st.active.map(|r| r.to_string())),
+        (epoch, Some("a".into()))
+    );
+    let j = d.journal().await;
+    assert!(moves(&j, last_seq).is_empty(), "{:?}", moves(&j, last_seq));
+    assert!(
+        j.iter()
+            .any(|e| e.seq > last_seq && e.detail.contains(&format!("controller {new} leads"))),
+        "the takeover is journaled: {j:?}"
+    );
+    let aj: Vec<JournalEntry> = d.agent_client("a").get("/v1/journal").await.unwrap();
+    assert!(
+        !aj.iter().any(|e| e.kind == JournalKind::LeaseExpired),
+        "a's lease lapsed during the leader change: {aj:?}"
+    );
+}
+
+/// Two of three etcd members killed: no quorum. The leader stops granting (it
+/// cannot renew its etcd lease); a holds its lease on b's promise (witness loss,
+/// rule 7): the app keeps serving, nothing fails over. Quorum back: a leader again,
+/// same epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_etcd_quorum_is_witness_loss_and_quorum_back_brings_a_leader() {
+    let Some((mut etcd, d)) = three_controllers().await else {
+        return;
+    };
+    let epoch = d.status().await.unwrap().epoch;
+    let last_seq = d.journal().await.last().map_or(0, |e| e.seq);
+    let sampler = Sampler::start(d.app_url("a"));
+
+    // One member down: nothing changes.
+    etcd.kill9(2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        d.leader().await.is_some(),
+        "one member down: still a leader"
+    );
+
+    etcd.kill9(1);
+    d.wait_for("no controller leading", Duration::from_secs(10), || async {
+        d.leader().await.is_none().then_some(())
+    })
+    .await;
+    // a serves on promises meanwhile.
+    let a = d.agent_client("a");
+    d.wait_for("a holding on promises", Duration::from_secs(10), || async {
+        a.agent_status()
+            .await
+            .ok()
+            .filter(|s| s.active && s.witness_lost)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    etcd.start_member(1);
+    etcd.start_member(2);
+    let (leader, _) = d
+        .wait_for("a leader again", Duration::from_secs(30), || async {
+            d.leader().await
+        })
+        .await;
+    let st = d.wait_active("a", Duration::from_secs(20)).await;
+    eprintln!("quorum back: {leader} leads");
+    assert_eq!(st.epoch, epoch, "no failover: same epoch");
+    let gap = sampler.worst_gap().await;
+    assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
+    let j = d.journal().await;
+    assert!(moves(&j, last_seq).is_empty(), "{:?}", moves(&j, last_seq));
+    let _ = Epoch(0);
+}
