@@ -213,3 +213,64 @@ async fn losing_etcd_quorum_is_witness_loss_and_quorum_back_brings_a_leader() {
     assert!(moves(&j, last_seq).is_empty(), "{:?}", moves(&j, last_seq));
     let _ = Epoch(0);
 }
+
+/// The leader frozen (SIGSTOP) past its etcd lease: another leads and renews a. The
+/// old one, resumed, grants nothing (its own clock says its lease may have expired;
+/// a lease request sent to it straight away is never granted), and writes nothing
+/// (its journal entries would be refused: the journal stays one gap-free order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_resumes_as_a_follower_and_grants_nothing() {
+    let Some((_etcd, mut d)) = three_controllers().await else {
+        return;
+    };
+    let (old, st) = d.leader().await.expect("one controller leads");
+    let epoch = st.epoch;
+    let sampler = Sampler::start(d.app_url("a"));
+    let old_proc = format!("controller-{old}");
+    d.proc(&old_proc).signal(nix::sys::signal::Signal::SIGSTOP);
+    let (new, _) = d
+        .wait_for("a new leader", Duration::from_secs(10), || async {
+            d.leader().await.filter(|(n, _)| *n != old)
+        })
+        .await;
+    d.wait_for("a renewing with the new leader", Duration::from_secs(10), || async {
+        d.member_client(&new).status().await.ok().filter(|st| {
+            st.lease
+                .as_ref()
+                .is_some_and(|l| l.holder.as_str() == "a" && l.renewed)
+        })
+    })
+    .await;
+    d.proc(&old_proc).signal(nix::sys::signal::Signal::SIGCONT);
+    // Straight after the resume, for 2 s: the old leader grants nothing.
+    let old_client = d.member_client(&old);
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut answered = 0;
+    while Instant::now() < until {
+        let r: Result<lifeboat_api::types::LeaseResponse, _> = old_client
+            .post(
+                "/v1/lease",
+                &lifeboat_api::types::LeaseRequest {
+                    region: lifeboat_core::RegionId::new("a"),
+                    epoch,
+                },
+            )
+            .await;
+        if let Ok(resp) = &r {
+            assert!(!resp.granted, "the resumed old leader granted a lease: {resp:?}");
+        }
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered > 0);
+    let (leader, st) = d.leader().await.expect("a leader");
+    assert_eq!(leader, new, "the resumed controller did not take over again");
+    assert_eq!(st.epoch, epoch);
+    let gap = sampler.worst_gap().await;
+    assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
+    let j = d.journal().await;
+    let seqs: Vec<u64> = j.iter().map(|e| e.seq).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "the journal is one order with no gap");
+    assert!(moves(&j, 0).iter().all(|e| e.kind != JournalKind::Promoted));
+}
