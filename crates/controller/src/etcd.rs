@@ -437,3 +437,44 @@ pub async fn campaign(
         )]);
     Ok(txn(client, t).await?.succeeded())
 }
+
+/// For bench/etcd: `n` epoch writes exactly as a leader makes them (a guarded
+/// transaction on the leader key's lease and the state's revision), on a prefix of
+/// their own; the latency of each.
+pub async fn bench_epoch_writes(endpoints: &[String], n: u64) -> Result<Vec<Duration>> {
+    let cfg = EtcdConfig {
+        endpoints: endpoints.to_vec(),
+        prefix: format!("/lifeboat-bench/{}", std::process::id()),
+        lease_ttl: Duration::from_secs(10),
+        user: None,
+        password_file: None,
+        password_env: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let client = connect(&cfg).await?;
+    let keys = Keys::new(&cfg.prefix);
+    let lease = bounded(client.lease_client().grant(10, None)).await?.id();
+    let me = LeaderRecord {
+        name: "bench".into(),
+        api_url: String::new(),
+    };
+    anyhow::ensure!(
+        campaign(&client, &keys, lease, &me).await?,
+        "the bench prefix already has a leader"
+    );
+    let store = EtcdStore::for_term(client.clone(), keys, lease).await?;
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let d = Durable {
+            epoch: Epoch(i),
+            ..Durable::default()
+        };
+        let t = tokio::time::Instant::now();
+        store.save(&d).await?;
+        out.push(t.elapsed());
+    }
+    let _ = bounded(client.lease_client().revoke(lease)).await;
+    Ok(out)
+}

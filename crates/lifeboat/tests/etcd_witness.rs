@@ -274,3 +274,123 @@ async fn a_frozen_leader_resumes_as_a_follower_and_grants_nothing() {
     assert_eq!(seqs, expected, "the journal is one order with no gap");
     assert!(moves(&j, 0).iter().all(|e| e.kind != JournalKind::Promoted));
 }
+
+fn median_max(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Figures for bench/etcd (`bench/etcd/run.sh`; not a timed test, so ignored):
+/// RUNS (default 20) kill -9s of the leading controller on one deployment, each
+/// measured from the kill until another controller leads and a renewed its lease
+/// with it, with a's app sampled every 100 ms (failed requests counted); then the
+/// latency of an epoch write through etcd (the transaction on the leader key's
+/// lease and the state's revision), 100 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: bench/etcd/run.sh"]
+async fn bench_leader_kill_and_epoch_write() {
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20);
+    let Some((etcd, mut d)) = three_controllers().await else {
+        return;
+    };
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (f, r, s, url) = (
+            failures.clone(),
+            requests.clone(),
+            stop.clone(),
+            d.app_url("a"),
+        );
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                r.fetch_add(1, Ordering::Relaxed);
+                if !http_get(&url).await.is_some_and(|(st, _)| st == 200) {
+                    f.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep_until(t + Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let epoch = d.status().await.unwrap().epoch;
+    let mut to_leader = Vec::new();
+    let mut to_granting = Vec::new();
+    for run in 1..=runs {
+        let (old, _) = d
+            .wait_for("a leader", Duration::from_secs(20), || async {
+                d.leader().await
+            })
+            .await;
+        let name = format!("controller-{old}");
+        let killed = Instant::now();
+        d.proc(&name).kill9();
+        d.procs.remove(&name);
+        let new = loop {
+            if let Some((n, _)) = d.leader().await.filter(|(n, _)| *n != old) {
+                break n;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(20), "no new leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let led = killed.elapsed();
+        loop {
+            let st = d.member_client(&new).status().await.ok();
+            if st.is_some_and(|st| {
+                st.lease
+                    .is_some_and(|l| l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0)
+            }) {
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(20), "a never renewed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let granting = killed.elapsed();
+        println!(
+            "run {run}: {old} killed, {new} leads after {} ms, grants a after {} ms",
+            led.as_millis(),
+            granting.as_millis()
+        );
+        to_leader.push(led);
+        to_granting.push(granting);
+        d.start_member(&old).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let st = d.status().await.unwrap();
+    assert_eq!(st.epoch, epoch, "no failover during the runs");
+    let (lm, lx) = median_max(&mut to_leader);
+    let (gm, gx) = median_max(&mut to_granting);
+    println!(
+        "leader kill -> new leader: median {} ms, max {} ms ({runs} runs, etcd lease ttl 3 s)",
+        lm.as_millis(),
+        lx.as_millis()
+    );
+    println!(
+        "leader kill -> new leader granting a: median {} ms, max {} ms",
+        gm.as_millis(),
+        gx.as_millis()
+    );
+    println!(
+        "a's app: {} failed of {} requests (every 100 ms) during the runs; epoch {} throughout",
+        failures.load(Ordering::Relaxed),
+        requests.load(Ordering::Relaxed),
+        st.epoch
+    );
+
+    // The epoch write itself: one guarded transaction, on a prefix of its own.
+    let mut lat = lifeboat_controller::etcd::bench_epoch_writes(&etcd.endpoints(), 100)
+        .await
+        .unwrap();
+    let (m, x) = median_max(&mut lat);
+    println!(
+        "epoch write through etcd (txn on the leader lease + state revision): median {:.2} ms, max {:.2} ms (100 writes)",
+        m.as_secs_f64() * 1000.0,
+        x.as_secs_f64() * 1000.0
+    );
+}
