@@ -517,8 +517,12 @@ async fn publish_routing(
     store: Arc<EtcdStore>,
     cancel: CancellationToken,
 ) {
+    // A new term's controller counts its table's versions from 1 again: continue
+    // from the last one served, so the zone's SOA serial never goes back.
+    let base = to.borrow().version;
     loop {
-        let rt = from.borrow_and_update().clone();
+        let mut rt = from.borrow_and_update().clone();
+        rt.version = rt.version.saturating_add(base);
         to.send_replace(rt.clone());
         if let Err(e) = store.put_routing(&rt).await {
             tracing::warn!("publishing the routing table: {e:#}");

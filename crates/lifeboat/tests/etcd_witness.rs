@@ -233,13 +233,17 @@ async fn a_frozen_leader_resumes_as_a_follower_and_grants_nothing() {
             d.leader().await.filter(|(n, _)| *n != old)
         })
         .await;
-    d.wait_for("a renewing with the new leader", Duration::from_secs(10), || async {
-        d.member_client(&new).status().await.ok().filter(|st| {
-            st.lease
-                .as_ref()
-                .is_some_and(|l| l.holder.as_str() == "a" && l.renewed)
-        })
-    })
+    d.wait_for(
+        "a renewing with the new leader",
+        Duration::from_secs(10),
+        || async {
+            d.member_client(&new).status().await.ok().filter(|st| {
+                st.lease
+                    .as_ref()
+                    .is_some_and(|l| l.holder.as_str() == "a" && l.renewed)
+            })
+        },
+    )
     .await;
     d.proc(&old_proc).signal(nix::sys::signal::Signal::SIGCONT);
     // Straight after the resume, for 2 s: the old leader grants nothing.
@@ -257,14 +261,20 @@ async fn a_frozen_leader_resumes_as_a_follower_and_grants_nothing() {
             )
             .await;
         if let Ok(resp) = &r {
-            assert!(!resp.granted, "the resumed old leader granted a lease: {resp:?}");
+            assert!(
+                !resp.granted,
+                "the resumed old leader granted a lease: {resp:?}"
+            );
         }
         answered += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(answered > 0);
     let (leader, st) = d.leader().await.expect("a leader");
-    assert_eq!(leader, new, "the resumed controller did not take over again");
+    assert_eq!(
+        leader, new,
+        "the resumed controller did not take over again"
+    );
     assert_eq!(st.epoch, epoch);
     let gap = sampler.worst_gap().await;
     assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
@@ -346,7 +356,10 @@ async fn bench_leader_kill_and_epoch_write() {
             }) {
                 break;
             }
-            assert!(killed.elapsed() < Duration::from_secs(20), "a never renewed");
+            assert!(
+                killed.elapsed() < Duration::from_secs(20),
+                "a never renewed"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let granting = killed.elapsed();
