@@ -461,7 +461,18 @@ impl Deployment {
         if self.members.is_empty() {
             return self.client().status().await.ok();
         }
-        self.leader().await.map(|(_, st)| st)
+        // A term can end on one etcd transport error (its outcome unknown) and the
+        // next leader follows within a follow period: give it a few seconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some((_, st)) = self.leader().await {
+                return Some(st);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn journal(&self) -> Vec<JournalEntry> {
