@@ -319,7 +319,7 @@ async fn bench_leader_kill_and_epoch_write() {
             while !s.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 r.fetch_add(1, Ordering::Relaxed);
-                if !http_get(&url).await.is_some_and(|(st, _)| st == 200) {
+                if http_get(&url).await.is_none_or(|(st, _)| st != 200) {
                     f.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep_until(t + Duration::from_millis(100)).await;
