@@ -39,8 +39,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdStoreError {
     /// A write guarded by the leader key was refused: another controller leads,
-    /// or this one's etcd lease expired.
-    #[error("etcd refused the write: this controller no longer leads ({0})")]
+    /// this one's etcd lease expired, or (a state write) the state changed since
+    /// this term last read or wrote it.
+    #[error("etcd refused the write: this controller no longer leads, or the state changed under it ({0})")]
     NotLeader(String),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),

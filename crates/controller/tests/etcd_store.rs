@@ -1,0 +1,231 @@
+//! The controller's state in a real etcd member (Debian's etcd-server 3.4): every
+//! write is guarded by the leader key's lease, every state write by the state's
+//! revision too, so two controllers that both believe they lead can never both
+//! change the epoch; the journal keeps one order. Skips (saying so) without etcd.
+#![cfg(feature = "etcd")]
+#![allow(clippy::unwrap_used)]
+
+use lifeboat_config::etcd::EtcdConfig;
+use lifeboat_controller::etcd::{
+    EtcdStore, Keys, LeaderRecord, campaign, connect, read_journal, snapshot,
+};
+use lifeboat_controller::machine::Durable;
+use lifeboat_controller::store::StateStore;
+use lifeboat_core::{Epoch, JournalKind, RegionId};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// One etcd member on free loopback ports, its data in a temp dir; killed on Drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn etcd() -> Option<Etcd> {
+    if !std::path::Path::new("/usr/bin/etcd").exists() {
+        eprintln!("SKIP: /usr/bin/etcd is not installed (scripts/test installs etcd-server)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let child = Command::new("/usr/bin/etcd")
+        .args(["--name", "t1"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args(["--initial-cluster", &format!("t1=http://127.0.0.1:{peer}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let e = Etcd {
+        child,
+        url,
+        _dir: dir,
+    };
+    let cfg = config(&e, "/probe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = connect(&cfg).await
+            && snapshot(&c, &Keys::new("/probe")).await.is_ok()
+        {
+            return Some(e);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "etcd never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn config(e: &Etcd, prefix: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec![e.url.clone()],
+        prefix: prefix.into(),
+        lease_ttl: Duration::from_secs(3),
+        user: None,
+        password_file: None,
+        password_env: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    }
+}
+
+fn at_epoch(n: u64) -> Durable {
+    Durable {
+        epoch: Epoch(n),
+        active: Some(RegionId::new("a")),
+        ..Durable::default()
+    }
+}
+
+fn me(name: &str) -> LeaderRecord {
+    LeaderRecord {
+        name: name.into(),
+        api_url: format!("http://{name}"),
+    }
+}
+
+#[tokio::test]
+async fn only_the_holder_of_the_leader_key_writes_and_a_stale_term_is_refused() {
+    let Some(e) = etcd().await else { return };
+    let cfg = config(&e, "/lifeboat/t1");
+    let keys = Keys::new(&cfg.prefix);
+    let client = connect(&cfg).await.unwrap();
+    let mut leases = client.lease_client();
+    let la = leases.grant(3, None).await.unwrap().id();
+    let lb = leases.grant(3, None).await.unwrap().id();
+    assert!(campaign(&client, &keys, la, &me("c1")).await.unwrap());
+    assert!(
+        !campaign(&client, &keys, lb, &me("c2")).await.unwrap(),
+        "one leader key"
+    );
+
+    let a = EtcdStore::for_term(client.clone(), keys.clone(), la)
+        .await
+        .unwrap();
+    assert_eq!(a.load().await.unwrap(), None);
+    a.save(&at_epoch(1)).await.unwrap();
+    let b = EtcdStore::for_term(client.clone(), keys.clone(), lb)
+        .await
+        .unwrap();
+    let err = b.save(&at_epoch(2)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no longer leads"), "{err:#}");
+    assert!(b.lost().is_cancelled(), "a refused write ends the term");
+
+    // c1's lease goes (it expired, or c1 stepped down); c2 takes the key and goes on
+    // from what etcd has. c1, unaware, tries to promote: refused.
+    leases.revoke(la).await.unwrap();
+    assert!(campaign(&client, &keys, lb, &me("c2")).await.unwrap());
+    let b = EtcdStore::for_term(client.clone(), keys.clone(), lb)
+        .await
+        .unwrap();
+    assert_eq!(b.load().await.unwrap(), Some(at_epoch(1)));
+    b.save(&at_epoch(2)).await.unwrap();
+    let err = a.save(&at_epoch(2)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no longer leads"), "{err:#}");
+    assert!(a.lost().is_cancelled());
+    let s = snapshot(&client, &keys).await.unwrap();
+    assert_eq!(s.state, Some(at_epoch(2)));
+    assert_eq!(s.leader, Some(me("c2")));
+}
+
+/// Two stores of the same lease (a term's controller confused about what it
+/// wrote): the one whose last read is older than etcd's state is refused, so the
+/// epoch cannot be changed twice from the same previous one.
+#[tokio::test]
+async fn an_epoch_change_compares_the_previous_revision() {
+    let Some(e) = etcd().await else { return };
+    let cfg = config(&e, "/lifeboat/t2");
+    let keys = Keys::new(&cfg.prefix);
+    let client = connect(&cfg).await.unwrap();
+    let lease = client.lease_client().grant(3, None).await.unwrap().id();
+    assert!(campaign(&client, &keys, lease, &me("c1")).await.unwrap());
+    let first = EtcdStore::for_term(client.clone(), keys.clone(), lease)
+        .await
+        .unwrap();
+    let second = EtcdStore::for_term(client.clone(), keys.clone(), lease)
+        .await
+        .unwrap();
+    first.save(&at_epoch(1)).await.unwrap();
+    second.load().await.unwrap();
+    first.save(&at_epoch(2)).await.unwrap();
+    // `second` read epoch 1; a promotion from there to 2 must not overwrite.
+    let err = second.save(&at_epoch(2)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no longer leads"), "{err:#}");
+    assert_eq!(
+        snapshot(&client, &keys).await.unwrap().state,
+        Some(at_epoch(2))
+    );
+}
+
+/// The journal: one order across terms, read back by anyone.
+#[tokio::test]
+async fn the_journal_goes_on_in_one_order_across_terms() {
+    let Some(e) = etcd().await else { return };
+    let cfg = config(&e, "/lifeboat/t3");
+    let keys = Keys::new(&cfg.prefix);
+    let client = connect(&cfg).await.unwrap();
+    let mut leases = client.lease_client();
+    let l1 = leases.grant(3, None).await.unwrap().id();
+    assert!(campaign(&client, &keys, l1, &me("c1")).await.unwrap());
+    let t1 = EtcdStore::for_term(client.clone(), keys.clone(), l1)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        t1.append(i, Epoch(1), JournalKind::Info, None, &format!("one {i}"))
+            .await
+            .unwrap();
+    }
+    leases.revoke(l1).await.unwrap();
+    let l2 = leases.grant(3, None).await.unwrap().id();
+    assert!(campaign(&client, &keys, l2, &me("c2")).await.unwrap());
+    let t2 = EtcdStore::for_term(client.clone(), keys.clone(), l2)
+        .await
+        .unwrap();
+    t2.append(0, Epoch(1), JournalKind::Info, None, "two")
+        .await
+        .unwrap();
+    assert!(
+        t1.append(9, Epoch(1), JournalKind::Info, None, "late")
+            .await
+            .is_err(),
+        "the old term writes nothing"
+    );
+    let j = read_journal(&client, &keys, 0, 100).await.unwrap();
+    let got: Vec<(u64, &str)> = j.iter().map(|e| (e.seq, e.detail.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![(1, "one 0"), (2, "one 1"), (3, "one 2"), (4, "two")]
+    );
+    assert_eq!(read_journal(&client, &keys, 2, 100).await.unwrap().len(), 2);
+}
