@@ -41,7 +41,9 @@ pub enum EtcdStoreError {
     /// A write guarded by the leader key was refused: another controller leads,
     /// this one's etcd lease expired, or (a state write) the state changed since
     /// this term last read or wrote it.
-    #[error("etcd refused the write: this controller no longer leads, or the state changed under it ({0})")]
+    #[error(
+        "etcd refused the write: this controller no longer leads, or the state changed under it ({0})"
+    )]
     NotLeader(String),
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),

@@ -229,3 +229,50 @@ async fn the_journal_goes_on_in_one_order_across_terms() {
     );
     assert_eq!(read_journal(&client, &keys, 2, 100).await.unwrap().len(), 2);
 }
+
+/// etcd with authentication on: the controller logs in with `user` and the
+/// password from `password_file`; without them etcd refuses it.
+#[tokio::test]
+async fn a_controller_logs_in_with_the_user_and_password_file() {
+    let Some(e) = etcd().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("etcd-password");
+    std::fs::write(&pw, "s3cret-for-etcd\n").unwrap();
+    let open = config(&e, "/lifeboat/t4");
+    let mut admin = connect(&open).await.unwrap();
+    admin.role_add("root").await.unwrap();
+    admin
+        .user_add("root", "s3cret-for-etcd", None)
+        .await
+        .unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let keys = Keys::new(&open.prefix);
+    let anonymous = connect(&open).await.unwrap();
+    assert!(
+        snapshot(&anonymous, &keys).await.is_err(),
+        "etcd with auth refuses a client with no user"
+    );
+    let mut with_user = open.clone();
+    with_user.user = Some("root".into());
+    with_user.password_file = Some(pw);
+    let c = connect(&with_user).await.unwrap();
+    let lease = c.lease_client().grant(3, None).await.unwrap().id();
+    assert!(campaign(&c, &keys, lease, &me("c1")).await.unwrap());
+    let s = EtcdStore::for_term(c.clone(), keys.clone(), lease)
+        .await
+        .unwrap();
+    s.save(&at_epoch(7)).await.unwrap();
+    assert_eq!(snapshot(&c, &keys).await.unwrap().state, Some(at_epoch(7)));
+
+    let mut wrong = with_user.clone();
+    wrong.password_file = Some(dir.path().join("missing"));
+    let Err(err) = connect(&wrong).await else {
+        panic!("connected with a missing password file");
+    };
+    assert!(
+        format!("{err:#}").contains("password_file"),
+        "names the key: {err:#}"
+    );
+}
