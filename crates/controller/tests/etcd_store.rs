@@ -38,15 +38,58 @@ fn free_port() -> u16 {
 }
 
 async fn etcd() -> Option<Etcd> {
+    etcd_with(None).await
+}
+
+/// Files of a TLS set-up: CA, server certificate and key, client certificate and key.
+struct Tls {
+    ca: std::path::PathBuf,
+    server: (std::path::PathBuf, std::path::PathBuf),
+    client: (std::path::PathBuf, std::path::PathBuf),
+}
+
+/// A CA and two certificates it signed (127.0.0.1), made with the openssl CLI.
+fn make_tls(dir: &std::path::Path) -> Option<Tls> {
+    if !std::path::Path::new("/usr/bin/openssl").exists() {
+        return None;
+    }
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=lifeboat-test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 1 -extfile $who.ext
+done"#;
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Tls {
+        ca: dir.join("ca.pem"),
+        server: (dir.join("server.pem"), dir.join("server.key")),
+        client: (dir.join("client.pem"), dir.join("client.key")),
+    })
+}
+
+/// One member; with `tls`, clients speak https and must show a certificate.
+async fn etcd_with(tls: Option<&Tls>) -> Option<Etcd> {
     if !std::path::Path::new("/usr/bin/etcd").exists() {
         eprintln!("SKIP: /usr/bin/etcd is not installed (scripts/test installs etcd-server)");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let child = Command::new("/usr/bin/etcd")
-        .args(["--name", "t1"])
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{client}");
+    let mut cmd = Command::new("/usr/bin/etcd");
+    cmd.args(["--name", "t1"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .args([
@@ -60,7 +103,17 @@ async fn etcd() -> Option<Etcd> {
             "--initial-advertise-peer-urls",
             &format!("http://127.0.0.1:{peer}"),
         ])
-        .args(["--initial-cluster", &format!("t1=http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("t1=http://127.0.0.1:{peer}")]);
+    if let Some(t) = tls {
+        cmd.arg("--cert-file")
+            .arg(&t.server.0)
+            .arg("--key-file")
+            .arg(&t.server.1)
+            .arg("--trusted-ca-file")
+            .arg(&t.ca)
+            .arg("--client-cert-auth");
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
         .spawn()
@@ -70,7 +123,12 @@ async fn etcd() -> Option<Etcd> {
         url,
         _dir: dir,
     };
-    let cfg = config(&e, "/probe");
+    let mut cfg = config(&e, "/probe");
+    if let Some(t) = tls {
+        cfg.ca_file = Some(t.ca.clone());
+        cfg.cert_file = Some(t.client.0.clone());
+        cfg.key_file = Some(t.client.1.clone());
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(c) = connect(&cfg).await
@@ -274,5 +332,44 @@ async fn a_controller_logs_in_with_the_user_and_password_file() {
     assert!(
         format!("{err:#}").contains("password_file"),
         "names the key: {err:#}"
+    );
+}
+
+/// etcd over TLS with client certificates: the controller trusts `ca_file` and
+/// shows `cert_file` / `key_file`; without its certificate etcd refuses it.
+#[tokio::test]
+async fn a_controller_speaks_tls_with_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let Some(tls) = make_tls(certs.path()) else {
+        eprintln!("SKIP: no openssl to make test certificates");
+        return;
+    };
+    let Some(e) = etcd_with(Some(&tls)).await else {
+        return;
+    };
+    let mut cfg = config(&e, "/lifeboat/t5");
+    cfg.ca_file = Some(tls.ca.clone());
+    cfg.cert_file = Some(tls.client.0.clone());
+    cfg.key_file = Some(tls.client.1.clone());
+    let keys = Keys::new(&cfg.prefix);
+    let c = connect(&cfg).await.unwrap();
+    let lease = c.lease_client().grant(3, None).await.unwrap().id();
+    assert!(campaign(&c, &keys, lease, &me("c1")).await.unwrap());
+    let s = EtcdStore::for_term(c.clone(), keys.clone(), lease)
+        .await
+        .unwrap();
+    s.save(&at_epoch(3)).await.unwrap();
+    assert_eq!(snapshot(&c, &keys).await.unwrap().state, Some(at_epoch(3)));
+
+    let mut no_cert = cfg.clone();
+    no_cert.cert_file = None;
+    no_cert.key_file = None;
+    let refused = match connect(&no_cert).await {
+        Err(_) => true,
+        Ok(c) => snapshot(&c, &keys).await.is_err(),
+    };
+    assert!(
+        refused,
+        "etcd --client-cert-auth refuses a client without a certificate"
     );
 }
