@@ -21,15 +21,12 @@ async fn three_controllers() -> Option<(EtcdCluster, Deployment)> {
         eprintln!("SKIP: etcd is not installed (scripts/test installs Debian's etcd-server)");
         return None;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let etcd = EtcdCluster::start(dir.path(), 3).await;
+    let etcd = EtcdCluster::start(3).await;
     let mut d = Deployment::new(Options {
         etcd_endpoints: etcd.endpoints(),
         controllers: 3,
         ..Options::default()
     });
-    // The etcd data lives as long as the deployment's directory.
-    std::mem::forget(dir);
     for c in ["c1", "c2", "c3"] {
         d.start_member(c).await;
     }
@@ -446,4 +443,133 @@ async fn a_region_outage_during_a_leader_change_fails_over_exactly_once() {
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
         "one journal order"
     );
+}
+
+/// The leader cut off from etcd (every packet between it and etcd dropped) while
+/// the agents still reach it: it stops granting by its own clock; another leads
+/// only after; a is never refused into a lapse, never two leaders at once, never
+/// an epoch change; the journal stays one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_stops_granting_before_another_leads() {
+    if etcd_bin().is_none() {
+        eprintln!("SKIP: etcd is not installed (scripts/test installs Debian's etcd-server)");
+        return;
+    }
+    let etcd = EtcdCluster::start(3).await;
+    let mut d = Deployment::new(Options {
+        etcd_endpoints: etcd.endpoints(),
+        controllers: 3,
+        ..Options::default()
+    });
+    // c1 reaches etcd only through proxies the test can cut; it starts first, so
+    // it leads.
+    let mut proxies = Vec::new();
+    for ep in etcd.endpoints() {
+        proxies.push(common::etcd::CuttableProxy::start(&ep).await);
+    }
+    let mut c1_config = std::fs::read_to_string(&d.config).unwrap();
+    for (ep, p) in etcd.endpoints().iter().zip(&proxies) {
+        c1_config = c1_config.replace(&format!("\"{ep}\""), &format!("\"{}\"", p.addr));
+    }
+    let c1_path = d.dir.path().join("lifeboat-c1.toml");
+    std::fs::write(&c1_path, c1_config).unwrap();
+    let shared = std::mem::replace(&mut d.config, c1_path);
+    d.start_member("c1").await;
+    d.config = shared;
+    d.wait_for("c1 leading", Duration::from_secs(20), || async {
+        d.leader().await.filter(|(n, _)| n == "c1")
+    })
+    .await;
+    d.start_member("c2").await;
+    d.start_member("c3").await;
+    d.start_agent("a", None).await;
+    d.start_agent("b", None).await;
+    let st = d.wait_active("a", Duration::from_secs(60)).await;
+    assert_eq!(
+        d.leader().await.map(|(n, _)| n).as_deref(),
+        Some("c1"),
+        "{st:?}"
+    );
+    let epoch = st.epoch;
+    let sampler = Sampler::start(d.app_url("a"));
+
+    for p in &proxies {
+        p.cut();
+    }
+    let cut_at = Instant::now();
+    // Ask c1 for a's lease, as a's agent does, until another controller leads.
+    let c1 = d.member_client("c1");
+    let req = lifeboat_api::types::LeaseRequest {
+        region: lifeboat_core::RegionId::new("a"),
+        epoch,
+    };
+    let mut last_c1_grant = None;
+    let new_leader_at = loop {
+        let asked = Instant::now();
+        if let Ok(r) = c1
+            .post::<_, lifeboat_api::types::LeaseResponse>("/v1/lease", &req)
+            .await
+            && r.granted
+        {
+            last_c1_grant = Some(asked);
+        }
+        let mut leading = Vec::new();
+        for (name, _) in &d.members {
+            if let Ok(st) = d.member_client(name).status().await
+                && st.leadership.as_ref().is_some_and(|l| l.leading)
+            {
+                leading.push(name.clone());
+            }
+        }
+        assert!(
+            leading.len() <= 1,
+            "two controllers lead at once: {leading:?}"
+        );
+        if leading.iter().any(|n| n != "c1") {
+            break Instant::now();
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(20),
+            "nobody else leads"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let last = last_c1_grant.expect("c1 granted before the cut took effect");
+    eprintln!(
+        "cut at 0: c1's last grant asked at {:?}, another leads at {:?}",
+        last - cut_at,
+        new_leader_at - cut_at
+    );
+    assert!(
+        last < new_leader_at,
+        "c1 granted after another controller led"
+    );
+    assert!(
+        last - cut_at < Duration::from_millis(3000),
+        "c1 granted {:?} after losing etcd (its etcd lease is 3 s)",
+        last - cut_at
+    );
+    // c1 goes on answering, without granting.
+    let r = c1
+        .post::<_, lifeboat_api::types::LeaseResponse>("/v1/lease", &req)
+        .await;
+    assert!(
+        !r.is_ok_and(|r| r.granted),
+        "the cut-off leader still grants"
+    );
+
+    let st = d.wait_active("a", Duration::from_secs(20)).await;
+    assert_eq!(st.epoch, epoch, "no failover");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gap = sampler.worst_gap().await;
+    assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
+    let j = d.journal().await;
+    let seqs: Vec<u64> = j.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(
+        j.iter()
+            .all(|e| e.kind != JournalKind::Promoted || e.epoch <= epoch)
+    );
+    drop(d);
+    drop(etcd);
 }

@@ -4,6 +4,7 @@
 
 use super::{Proc, free_port};
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,9 +18,11 @@ pub struct EtcdMember {
 }
 
 pub struct EtcdCluster {
+    /// Dropped (killed) before `dir` is removed: fields drop in this order.
     pub members: Vec<EtcdMember>,
     initial_cluster: String,
     token: String,
+    dir: tempfile::TempDir,
 }
 
 /// The etcd binary, or None (the caller skips, saying so) when it is not installed.
@@ -31,16 +34,22 @@ pub fn etcd_bin() -> Option<PathBuf> {
 }
 
 impl EtcdCluster {
-    /// Start `n` members under `dir` and wait until the cluster has a leader.
-    pub async fn start(dir: &Path, n: usize) -> EtcdCluster {
+    /// Start `n` members, their data in a temp dir of their own (removed on Drop,
+    /// kept with LIFEBOAT_KEEP_TEST_DIR), and wait until the cluster has a leader.
+    pub async fn start(n: usize) -> EtcdCluster {
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
+            eprintln!("keeping etcd data in {}", dir.path().display());
+            dir.disable_cleanup(true);
+        }
         let mut members = Vec::new();
         for i in 1..=n {
             let name = format!("e{i}");
             members.push(EtcdMember {
                 client_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
                 peer_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
-                data_dir: dir.join(format!("etcd-{name}")),
-                log: dir.join(format!("etcd-{name}.log")),
+                data_dir: dir.path().join(format!("etcd-{name}")),
+                log: dir.path().join(format!("etcd-{name}.log")),
                 name,
                 proc: None,
             });
@@ -54,12 +63,17 @@ impl EtcdCluster {
             members,
             initial_cluster,
             token: format!("lifeboat-test-{}", std::process::id()),
+            dir,
         };
         for i in 0..n {
             c.start_member(i);
         }
         c.wait_healthy(Duration::from_secs(30)).await;
         c
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -136,5 +150,74 @@ impl EtcdCluster {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// A TCP forwarder in front of one etcd member that can be *cut*: from then on it
+/// forwards nothing in either direction and keeps every connection open, as a
+/// firewall dropping the packets would (the client sees timeouts, not resets).
+/// Stands between one controller and etcd: that controller alone is cut off.
+pub struct CuttableProxy {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: &str) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(ur), Box::new(dw)),
+                ] {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if c.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        CuttableProxy { addr, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
