@@ -210,6 +210,17 @@ pub struct LeadershipView {
     pub leading: bool,
     /// Each etcd endpoint and whether it answered its last status request.
     pub etcd: Vec<EtcdEndpointView>,
+    /// Each controller and whether it answered its last `/healthz`, as this
+    /// controller saw it (every second).
+    #[serde(default)]
+    pub controllers: Vec<ControllerMemberView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ControllerMemberView {
+    pub name: String,
+    pub api_url: String,
+    pub up: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

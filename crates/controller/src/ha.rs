@@ -34,7 +34,7 @@ use axum::response::{Html, IntoResponse, Response};
 use lifeboat_api::http::{ApiError, Token};
 use lifeboat_api::metrics::{family, sample};
 use lifeboat_api::types::{
-    ControllerStatus, Discovery, EtcdEndpointView, LeadershipView, RegionView,
+    ControllerMemberView, ControllerStatus, Discovery, EtcdEndpointView, LeadershipView, RegionView,
 };
 use lifeboat_config::Config;
 use lifeboat_config::etcd::EtcdConfig;
@@ -75,6 +75,7 @@ pub struct HaController {
     routing: watch::Sender<RoutingTable>,
     replicated: Mutex<Snapshot>,
     etcd_health: Mutex<Vec<EtcdEndpointView>>,
+    members_health: Mutex<Vec<ControllerMemberView>>,
     client: tokio::sync::Mutex<Option<etcd_client::Client>>,
     late_metrics: Mutex<Vec<MetricsFn>>,
 }
@@ -117,6 +118,17 @@ impl HaController {
                     .map(|e| EtcdEndpointView {
                         endpoint: e.clone(),
                         ..EtcdEndpointView::default()
+                    })
+                    .collect(),
+            ),
+            members_health: Mutex::new(
+                cfg.controller
+                    .members
+                    .iter()
+                    .map(|m| ControllerMemberView {
+                        name: m.name.clone(),
+                        api_url: format!("http://{}", m.api_addr),
+                        up: false,
                     })
                     .collect(),
             ),
@@ -165,6 +177,7 @@ impl HaController {
             leader_url: leader.map(|l| l.api_url),
             leading,
             etcd: lock(&self.etcd_health).clone(),
+            controllers: lock(&self.members_health).clone(),
         }
     }
 
@@ -396,7 +409,8 @@ impl HaController {
         self.set_term(None);
     }
 
-    /// Each etcd endpoint's health, every second, for status and metrics.
+    /// Each etcd endpoint's and each controller's health, every second, for status
+    /// and metrics.
     async fn watch_etcd_health(self: Arc<Self>, cancel: CancellationToken) {
         let mut clients: BTreeMap<String, etcd_client::Client> = BTreeMap::new();
         loop {
@@ -422,6 +436,12 @@ impl HaController {
                 views.push(view);
             }
             *lock(&self.etcd_health) = views;
+            let mut members = lock(&self.members_health).clone();
+            for m in &mut members {
+                let c = lifeboat_api::ApiClient::new(m.api_url.clone(), None, REQUEST_TIMEOUT);
+                m.up = c.get_text("/healthz").await.is_ok_and(|t| t.trim() == "ok");
+            }
+            *lock(&self.members_health) = members;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}

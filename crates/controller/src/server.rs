@@ -771,6 +771,20 @@ pub fn leadership_metrics(out: &mut String, v: &LeadershipView) {
             f64::from(u8::from(e.healthy)),
         );
     }
+    family(
+        out,
+        "lifeboat_controller_up",
+        "gauge",
+        "1 if the controller answered its last /healthz from this one, else 0.",
+    );
+    for c in &v.controllers {
+        sample(
+            out,
+            "lifeboat_controller_up",
+            &[("member", &c.name)],
+            f64::from(u8::from(c.up)),
+        );
+    }
 }
 
 /// Durations between the steps of the most recent failover, from the journal.
@@ -1029,8 +1043,14 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
         mode = s.mode,
         fo = s.failovers,
         leader = s.leadership.as_ref().map_or(String::new(), |v| format!(
-            "<p>controller <b>{}</b> leads · etcd: {}</p>",
+            "<p>controller <b>{}</b> leads · controllers: {} · etcd: {}</p>",
             esc(&v.this),
+            esc(&v
+                .controllers
+                .iter()
+                .map(|c| format!("{} {}", c.name, if c.up { "up" } else { "down" }))
+                .collect::<Vec<_>>()
+                .join(", ")),
             esc(&v
                 .etcd
                 .iter()

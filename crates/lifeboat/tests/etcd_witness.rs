@@ -132,6 +132,20 @@ async fn a_killed_leader_is_replaced_with_no_failover_and_no_gap() {
         )
         .await;
     eprintln!("{new} granting after {:?}", killed.elapsed());
+    // The new leader's status shows the killed controller down, the others up.
+    d.wait_for(
+        "the killed controller shown down",
+        Duration::from_secs(5),
+        || async {
+            let (_, st) = d.leader().await?;
+            let members = st.leadership?.controllers;
+            members
+                .iter()
+                .all(|m| m.up == (m.name != old))
+                .then_some(())
+        },
+    )
+    .await;
     assert_eq!(st.epoch, epoch, "a leader change is not an epoch change");
     assert_eq!(st.active.as_ref().map(|r| r.as_str()), Some("a"));
     // Hold a while longer: a later failover would show here.
