@@ -63,6 +63,10 @@ impl Keys {
             prefix: prefix.trim_end_matches('/').to_owned(),
         }
     }
+    /// Every key of the deployment starts with it.
+    pub fn prefix(&self) -> String {
+        format!("{}/", self.prefix)
+    }
     pub fn leader(&self) -> String {
         format!("{}/leader", self.prefix)
     }

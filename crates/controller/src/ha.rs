@@ -1,8 +1,9 @@
 //! Several controllers on etcd, one leading (`[controller] store = "etcd"`).
 //!
 //! Every controller runs [`HaController::run`]. A follower reads the leader key,
-//! the state and the leader's routing table from etcd every [`FOLLOW_EVERY`] and
-//! serves them: DNS, `/v1/routing`, `/v1/status`, `/v1/discovery`, `/v1/journal`,
+//! the state and the leader's routing table from etcd (one transaction) whenever a
+//! watch on the deployment's keys reports a change, and every [`FOLLOW_EVERY`]
+//! besides, and serves them: DNS, `/v1/routing`, `/v1/status`, `/v1/discovery`, `/v1/journal`,
 //! `/metrics`, the dashboard. Everything else (leases, reports, moves) it answers
 //! with 421 naming the leader; the agents' and the CLI's client then tries the next
 //! controller (redirect by the client, no forwarding: a follower never stands
@@ -206,10 +207,29 @@ impl HaController {
         };
         let mut every = tokio::time::interval(FOLLOW_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A watch on the deployment's keys wakes the follower at once (a new state,
+        // a new routing table, the leader key gone); the period is the fallback
+        // while the watch is down.
+        let mut watch: Option<etcd_client::WatchStream> = None;
         while !cancel.is_cancelled() {
+            if watch.is_none() {
+                let mut w = client.watch_client();
+                let opts = etcd_client::WatchOptions::new().with_prefix();
+                watch = bounded(w.watch(self.keys.prefix(), Some(opts))).await.ok();
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = every.tick() => {}
+                m = async {
+                    match watch.as_mut() {
+                        Some(w) => w.message().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !matches!(m, Ok(Some(_))) {
+                        watch = None;
+                    }
+                }
             }
             match snapshot(&client, &self.keys).await {
                 Ok(s) => {
@@ -217,6 +237,8 @@ impl HaController {
                     self.follow(s);
                     if nobody_leads {
                         self.clone().try_to_lead(&client, &cancel).await;
+                        // Events queued while campaigning or leading are stale.
+                        watch = None;
                     }
                 }
                 Err(e) => tracing::debug!("reading etcd: {e}"),
