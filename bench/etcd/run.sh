@@ -10,7 +10,7 @@ cd "$(dirname "$0")/../.."
 export RUNS="${RUNS:-20}"
 out=bench/etcd/last-run.txt
 {
-  echo "# $(date -u +%FT%TZ) $(etcd --version | head -n 1), nproc $(nproc)"
+  echo "# $(date -u +%FT%TZ) $(etcd --version | head -n 1), nproc $(nproc), load average $(cut -d" " -f1-3 /proc/loadavg)"
   cargo nextest run -p lifeboat --features etcd --test etcd_witness --run-ignored only \
     --no-capture bench_leader_kill_and_epoch_write 2>/dev/null | grep -E '^(run |leader |a.s app|epoch write)'
 } | tee "$out"
