@@ -19,6 +19,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 bin="${LIFEBOAT_BIN:-$CARGO_TARGET_DIR/release/lifeboat}"
 [ -x "$bin" ] || cargo build --release -p lifeboat
 out="$(mktemp -d)"
+chmod 755 "$out" # the demo keeps its data here, and PostgreSQL runs as postgres
 result="bench/selfheal/last-run.txt"
 {
   echo "# bench/selfheal/run.sh $pg_faults $my_faults $lengths — $(date -u +%Y-%m-%dT%H:%MZ), $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo '+local changes')"
@@ -30,7 +31,8 @@ for spec in "postgres-sync:$pg_faults:" "mariadb-semisync:$my_faults:--database 
   seed="${SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}"
   echo "== $name: $faults faults of $lengths s, seed $seed" | tee -a "$result.tmp"
   # shellcheck disable=SC2086
-  if "$bin" demo $args --drill --schedule random --seed "$seed" --faults "$faults" \
+  # The demo's directory (config, logs, data) is kept for a look at any odd run.
+  if "$bin" demo $args --dir "$out/$name-demo" --drill --schedule random --seed "$seed" --faults "$faults" \
       --fault-seconds "$lengths" --json "$out/$name.json" --html "$out/$name.html" \
       >"$out/$name.txt" 2>"$out/$name.err"; then
     status="drill passed"
@@ -40,7 +42,7 @@ for spec in "postgres-sync:$pg_faults:" "mariadb-semisync:$my_faults:--database 
   # The per-fault lines, the summary and the per-scenario table.
   grep -E '^(run [0-9]|random schedule|databases|final read|summary|scenario |[a-z]+-[a-z]+ +[0-9]|partition +[0-9]|DRILL STOPPED|  skipped|  DUAL|  note: not converged)' \
     "$out/$name.txt" | tee -a "$result.tmp" || echo "(no report: see $out/$name.err)" | tee -a "$result.tmp"
-  echo "$status; JSON $out/$name.json, HTML $out/$name.html" | tee -a "$result.tmp"
+  echo "$status; JSON $out/$name.json, HTML $out/$name.html, logs $out/$name-demo/logs" | tee -a "$result.tmp"
   echo | tee -a "$result.tmp"
 done
 mv "$result.tmp" "$result"

@@ -123,8 +123,14 @@ pub struct Agent {
     /// False only in tests that run an agent inside a test binary (which cannot be
     /// re-executed as the guard process).
     guard_enabled: std::sync::atomic::AtomicBool,
+    /// Lease requests that failed in a row, and when that was last logged: a lost
+    /// witness is said once, then every [`RENEWAL_LOG_EVERY`], not five times a second.
+    renewal_failures: Mutex<(u64, Option<Instant>)>,
     pub report_interval: Duration,
 }
+
+/// How often a witness that stays unreachable is logged again.
+const RENEWAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Agent {
     /// `roles` in activation order (databases first, services last).
@@ -166,6 +172,18 @@ impl Agent {
         let (machine, _) =
             lease::Machine::start(params, region.clone(), epoch, fenced_epoch, started);
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Until the status loop has asked each role once, each is reported as not
+        // observed, never as ready: an empty list would read as "every role ready" to
+        // the controller, which once promoted a just-restarted agent's stale old
+        // primary 220 ms after its start and lost the other region's writes.
+        let unobserved: Vec<RoleStatus> = roles
+            .iter()
+            .map(|r| {
+                let mut st = RoleStatus::new(r.name(), lifeboat_core::RoleHealth::Unknown);
+                st.detail = "not observed yet: the agent has just started".into();
+                st
+            })
+            .collect();
         Ok(Arc::new(Self {
             cfg,
             region,
@@ -189,9 +207,10 @@ impl Agent {
             role_lock: tokio::sync::Mutex::new(()),
             guard_tx: watch::channel(None).0,
             checks,
-            role_cache: Mutex::new(Vec::new()),
+            role_cache: Mutex::new(unobserved),
             extra_metrics: Mutex::new(Vec::new()),
             guard_enabled: std::sync::atomic::AtomicBool::new(true),
+            renewal_failures: Mutex::new((0, None)),
             report_interval,
         }))
     }
@@ -460,7 +479,36 @@ impl Agent {
             region: self.region.clone(),
             epoch,
         };
-        match self.controller.lease(&req).await {
+        let result = self.controller.lease(&req).await;
+        {
+            let mut f = self
+                .renewal_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &result {
+                Ok(_) => {
+                    if f.0 > 1 {
+                        tracing::info!(region = %self.region, "the controller answers again after {} failed lease requests", f.0);
+                    }
+                    *f = (0, None);
+                }
+                Err(e) => {
+                    f.0 += 1;
+                    let now = Instant::now();
+                    if f.1
+                        .is_none_or(|t| now.saturating_duration_since(t) >= RENEWAL_LOG_EVERY)
+                    {
+                        // Not an answer from a controller that decided: an unreachable
+                        // one, one that is restarting (5xx) or misconfigured (401).
+                        tracing::warn!(region = %self.region, "lease renewal failed ({} in a row; said again every {}s while it lasts): {e}", f.0, RENEWAL_LOG_EVERY.as_secs());
+                        f.1 = Some(now);
+                    } else {
+                        tracing::debug!(region = %self.region, "lease renewal failed: {e}");
+                    }
+                }
+            }
+        }
+        match result {
             Ok(resp) if resp.granted => {
                 let _ = self.events_tx.send(Event::LeaseGranted { epoch, sent_at });
             }
@@ -472,10 +520,8 @@ impl Agent {
                 });
                 self.apply_controller_view(resp.epoch, resp.active).await;
             }
-            Err(e) => {
-                // Not an answer from a controller that decided: an unreachable one, one
-                // that is restarting (5xx) or misconfigured (401). Witness-loss rules.
-                tracing::warn!(region = %self.region, "lease renewal failed: {e}");
+            Err(_) => {
+                // Witness-loss rules (logged above).
                 let _ = self.events_tx.send(Event::LeaseUnreachable { epoch });
             }
         }
@@ -942,12 +988,13 @@ impl Agent {
         loop {
             let mut statuses = Vec::new();
             for role in &self.roles {
-                let st = match tokio::time::timeout(Duration::from_secs(2), role.status()).await {
+                let deadline = lifeboat_core::STATUS_DEADLINE;
+                let st = match tokio::time::timeout(deadline, role.status()).await {
                     Ok(st) => st,
                     Err(_) => {
                         let mut st =
                             RoleStatus::new(role.name(), lifeboat_core::RoleHealth::Unknown);
-                        st.detail = "status timed out".into();
+                        st.detail = format!("status timed out (no answer within {deadline:?})");
                         st
                     }
                 };

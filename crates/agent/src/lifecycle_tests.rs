@@ -242,3 +242,127 @@ async fn a_fence_during_a_slow_activation_wins() {
     assert_eq!(r.role.calls.load(Ordering::SeqCst), 1);
     r.stop().await;
 }
+
+/// A role whose status answers only once `answer` is notified, then ready to promote.
+struct LateStatus {
+    answer: tokio::sync::Notify,
+    answered: AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl DataRole for LateStatus {
+    fn name(&self) -> &str {
+        "late"
+    }
+    async fn status(&self) -> RoleStatus {
+        if !self.answered.load(Ordering::SeqCst) {
+            self.answer.notified().await;
+            self.answered.store(true, Ordering::SeqCst);
+        }
+        let mut st = RoleStatus::new("late", RoleHealth::Standby);
+        st.ready_to_promote = true;
+        st.caught_up = true;
+        st
+    }
+    async fn fence(&self, _epoch: Epoch) -> Result<(), RoleError> {
+        Ok(())
+    }
+    async fn activate(&self, _a: &Activation) -> Result<(), RoleError> {
+        Ok(())
+    }
+    async fn follow(&self, _t: &FollowTarget) -> Result<(), RoleError> {
+        Ok(())
+    }
+}
+
+async fn record_report(
+    AxState(seen): AxState<Arc<Mutex<Vec<lifeboat_api::types::AgentReport>>>>,
+    Json(r): Json<lifeboat_api::types::AgentReport>,
+) -> Json<ReportResponse> {
+    seen.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+    Json(ReportResponse {
+        epoch: Epoch(1),
+        active: Some(RegionId::new("a")),
+    })
+}
+
+/// A freshly started agent reports its roles as not observed until each has answered
+/// once: the controller takes an empty role list as "ready", and once promoted a stale
+/// old primary 220 ms after its agent restarted (470 acknowledged writes lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_just_started_agent_is_not_ready_until_its_roles_answered() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/v1/lease", post(fake_lease))
+        .with_state(Arc::new(FakeController::default()))
+        .merge(
+            Router::new()
+                .route("/v1/report", post(record_report))
+                .with_state(seen.clone()),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"{addr}\"\n\
+         dns_addr = \"127.0.0.1:9\"\nstate_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
+         [failover]\nlease_ttl = \"1s\"\nlease_margin = \"300ms\"\n\n\
+         [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
+         [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
+        dir.path().display().to_string()
+    );
+    let cfg = Arc::new(Config::parse(&dir.path().join("t.toml"), &text).unwrap());
+    let role = Arc::new(LateStatus {
+        answer: tokio::sync::Notify::new(),
+        answered: AtomicBool::new(false),
+    });
+    let (_tx, checks) = watch::channel(BTreeMap::new());
+    let agent = Agent::new(
+        cfg,
+        RegionId::new("b"),
+        Token::new("t"),
+        vec![role.clone()],
+        checks,
+    )
+    .unwrap();
+    agent.disable_guard();
+    let before = agent.role_statuses();
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert!(!before[0].ready_to_promote, "{before:?}");
+    assert_eq!(before[0].name, "late");
+    assert!(before[0].detail.contains("not observed yet"), "{before:?}");
+
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(agent.clone().run(cancel.clone()));
+    let count = |seen: &Mutex<Vec<lifeboat_api::types::AgentReport>>| {
+        seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    };
+    poll("three reports", Duration::from_secs(20), || {
+        (count(&seen) >= 3).then_some(())
+    })
+    .await;
+    // Every report sent before the role answered names it, not ready.
+    for r in seen.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        assert_eq!(r.roles.len(), 1, "{r:?}");
+        assert!(
+            !r.roles[0].ready_to_promote,
+            "reported ready unobserved: {r:?}"
+        );
+    }
+    role.answer.notify_one();
+    poll(
+        "a report of the role's own, ready status",
+        Duration::from_secs(20),
+        || {
+            seen.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .last()
+                .is_some_and(|r| r.roles.iter().all(|s| s.ready_to_promote))
+                .then_some(())
+        },
+    )
+    .await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}

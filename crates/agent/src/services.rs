@@ -48,6 +48,8 @@ pub struct Services {
     services: Vec<Supervised>,
     cancel: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    /// The epoch rule (lifeboat_core::role), as for every role.
+    seen: lifeboat_core::EpochRatchet,
 }
 
 impl Services {
@@ -93,6 +95,7 @@ impl Services {
             services,
             cancel,
             tasks,
+            seen: lifeboat_core::EpochRatchet::new(),
         })
     }
 
@@ -212,7 +215,8 @@ impl DataRole for Services {
         st
     }
 
-    async fn fence(&self, _epoch: Epoch) -> Result<(), RoleError> {
+    async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
+        self.seen.fence(epoch);
         self.set_pilot_light(false);
         let max_stop = self
             .services
@@ -223,12 +227,14 @@ impl DataRole for Services {
         self.settle(max_stop + Duration::from_secs(2)).await
     }
 
-    async fn activate(&self, _a: &Activation) -> Result<(), RoleError> {
+    async fn activate(&self, a: &Activation) -> Result<(), RoleError> {
+        self.seen.admit(a.epoch)?;
         self.set_pilot_light(true);
         self.settle(Duration::from_secs(10)).await
     }
 
-    async fn follow(&self, _t: &FollowTarget) -> Result<(), RoleError> {
+    async fn follow(&self, t: &FollowTarget) -> Result<(), RoleError> {
+        self.seen.admit(t.epoch)?;
         self.set_pilot_light(false);
         Ok(())
     }

@@ -100,6 +100,11 @@ pub struct Params {
     pub activation_grace: Duration,
     /// How often an unanswered command is sent again.
     pub resend_every: Duration,
+    /// Two steps further apart than this mean the controller itself did not run in
+    /// between (SIGSTOP, a paused VM, a starved host): it cannot have seen the renewals
+    /// and reports sent meanwhile, so it treats the lease, the health evidence and the
+    /// hold-down as after a restart. None: never (tests that jump the clock).
+    pub stall_limit: Option<Duration>,
 }
 
 /// What the controller knows of one region's agent.
@@ -388,6 +393,8 @@ pub struct Machine {
     fence_hold_until: Option<Instant>,
     /// The epoch has no successor: journaled once.
     exhausted_reported: bool,
+    /// When the previous event was applied (stall detection, `Params::stall_limit`).
+    last_step: Option<Instant>,
 }
 
 impl Machine {
@@ -461,6 +468,7 @@ impl Machine {
             pending_fences: BTreeSet::new(),
             fence_hold_until: None,
             exhausted_reported: false,
+            last_step: None,
         }
     }
 
@@ -604,6 +612,13 @@ impl Machine {
     /// Apply one event.
     pub fn step(&mut self, now: Instant, event: Event) -> Output {
         let mut out = Output::default();
+        if let (Some(limit), Some(prev)) = (self.params.stall_limit, self.last_step) {
+            let gap = now.saturating_duration_since(prev);
+            if gap > limit {
+                self.on_stall(now, gap, &mut out);
+            }
+        }
+        self.last_step = Some(now.max(self.last_step.unwrap_or(now)));
         match event {
             Event::Tick => {}
             Event::Health(h) => {
@@ -1067,6 +1082,35 @@ impl Machine {
                 self.detect(now, out);
             }
         }
+    }
+
+    /// The controller did not run for `gap`: a renewal or a report sent meanwhile went
+    /// unseen, so "the holder stopped renewing" cannot be concluded from that time, nor
+    /// can a check result from probes that were frozen mid-flight be trusted. As after
+    /// a restart (rule 8), it assumes it granted the lease now (a promotion waits ttl +
+    /// margin from here unless the holder acknowledges a fence: only later, never
+    /// sooner), judges the active region's health afresh (from when it is seen healthy
+    /// again, or after the activation grace), and a failure not yet acted on counts its
+    /// hold-down from now.
+    fn on_stall(&mut self, now: Instant, gap: Duration, out: &mut Output) {
+        if let Some(l) = self.lease.as_mut() {
+            l.granted_at = l.granted_at.max(now);
+        }
+        self.active_since = now;
+        self.active_seen_healthy = false;
+        if let Some(f) = self.failure.as_mut()
+            && !f.confirmed
+        {
+            f.since = now;
+        }
+        out.journal(
+            JournalKind::Alert,
+            self.active.as_ref(),
+            format!(
+                "the controller did not run for {} ms (frozen, paused or starved): the lease, the health of the active region and any hold-down count from now, as after a restart",
+                gap.as_millis()
+            ),
+        );
     }
 
     fn detect(&mut self, now: Instant, out: &mut Output) {

@@ -25,6 +25,7 @@ fn params() -> Params {
         switchover_timeout: ms(10_000),
         activation_grace: ms(5_000),
         resend_every: ms(1000),
+        stall_limit: None,
     }
 }
 
@@ -1833,4 +1834,56 @@ fn a_controller_that_cannot_judge_yet_says_so_instead_of_refusing() {
         lease(&mut s, 0, a(), 9),
         Some(Reply::Lease { granted: false, .. })
     ));
+}
+
+/// Issue 10: the controller frozen (SIGSTOP) for 20 s while a keeps its lease on
+/// promises. On resume its clock says "no renewal for 20 s", but it did not run to see
+/// any: it must not call that a lapse and fail over. It treats the lease as granted at
+/// the resume; a renews and stays active at the same epoch. (A bench drill's 32 s
+/// controller pause once ended in a failover this way.)
+#[test]
+fn a_controller_that_did_not_run_does_not_take_its_own_pause_for_a_lapse() {
+    let mut p = params();
+    p.stall_limit = Some(ms(700));
+    let mut s = Sim::new(p);
+    steady(&mut s, 0, 3000, true);
+    // Frozen from t = 3000 to t = 23000: no step at all. The first thing it handles on
+    // resume is a tick of health (its own probes, frozen mid-flight, time out at once).
+    s.health(23_000, HealthStatus::Unhealthy, HealthStatus::Healthy);
+    s.report(23_050, b(), 1, false, true);
+    s.lease(23_100, a(), 1);
+    steady(&mut s, 23_200, 30_000, true);
+    assert_eq!(s.first(JournalKind::Detected), None, "{:?}", s.notes);
+    assert_eq!(s.first(JournalKind::Promoted), None, "{:?}", s.notes);
+    assert_eq!(s.m.epoch, Epoch(1));
+    assert_eq!(s.m.active, Some(a()));
+    assert!(
+        s.notes_of(JournalKind::Alert)
+            .iter()
+            .any(|d| d.contains("did not run for 20000 ms")),
+        "the pause is journaled: {:?}",
+        s.notes
+    );
+}
+
+/// The same stall, but a's agent really is gone: the failover still happens, counted
+/// from the resume (ttl + margin without a renewal, then the hold-down): later, never
+/// sooner.
+#[test]
+fn after_a_stall_a_lease_that_is_not_renewed_still_lapses_from_the_resume() {
+    let mut p = params();
+    p.stall_limit = Some(ms(700));
+    let mut s = Sim::new(p);
+    steady(&mut s, 0, 3000, true);
+    let mut t = 23_000;
+    while t <= 40_000 {
+        s.health(t, HealthStatus::Healthy, HealthStatus::Healthy);
+        s.report(t, b(), 1, false, true);
+        t += 100;
+    }
+    let detected = s.first(JournalKind::Detected).expect("lapse detected");
+    let promoted = s.first(JournalKind::Promoted).expect("promoted");
+    assert!(detected >= 23_000 + 2000 + 500, "detected at {detected}");
+    assert!(promoted > detected);
+    assert_eq!(s.m.epoch, Epoch(2));
 }

@@ -125,6 +125,8 @@ impl Controller {
             switchover_timeout: f.switchover_timeout,
             activation_grace: f.activation_grace,
             resend_every: (f.lease_ttl / 3).max(Duration::from_millis(200)),
+            // The agents renew every ttl/3; the machine steps every 50 ms at least.
+            stall_limit: Some((f.lease_ttl / 3).max(Duration::from_millis(200))),
         };
         let had_state = existing.is_some();
         let wait = !opts.no_wait_for_agents;

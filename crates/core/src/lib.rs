@@ -15,6 +15,7 @@ mod routing;
 pub use ids::{Epoch, RegionId, VantageId};
 pub use journal::{JournalEntry, JournalKind};
 pub use role::{
-    Activation, DataRole, FollowTarget, GuardTarget, RoleError, RoleHealth, RoleStatus, SharedRole,
+    Activation, DataRole, EpochRatchet, FollowTarget, GuardTarget, RoleError, RoleHealth,
+    RoleStatus, STATUS_DEADLINE, SharedRole,
 };
 pub use routing::{HealthStatus, RoutingTable};

@@ -21,6 +21,15 @@
 //!   agent stops feeding it (rule 2: a dead or frozen agent cannot leave its
 //!   region writable). Files, not pids: the guard reads them when it fires, so a server
 //!   restarted since the guard started is the one it kills.
+//!
+//! The epoch rule, the same for every role ([`EpochRatchet`] enforces it):
+//! - a fence is always carried out, whatever its epoch: fencing is never unsafe (a late
+//!   one can cost availability, never a second writer), and the agent already refuses
+//!   commands older than its own epoch before they reach a role (rule 1);
+//! - an activation or a follow older than the highest epoch the role has seen is
+//!   refused with [`RoleError::StaleEpoch`]: acting on it could make a region writable,
+//!   or repoint it, on a decision that has been superseded;
+//! - every accepted call raises the highest epoch seen; nothing lowers it.
 
 use crate::{Epoch, HealthStatus, RegionId};
 use serde::{Deserialize, Serialize};
@@ -125,12 +134,59 @@ pub enum GuardTarget {
     ProcessGroup { pgid_file: PathBuf },
 }
 
+/// The highest epoch a role has seen, and the module's epoch rule: fences always pass
+/// (and raise it), activations and follows below it are refused.
+#[derive(Debug, Default)]
+pub struct EpochRatchet(std::sync::Mutex<Epoch>);
+
+impl EpochRatchet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Epoch> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The highest epoch seen.
+    pub fn highest(&self) -> Epoch {
+        *self.lock()
+    }
+
+    /// A fence at `epoch`: always carried out; raises the ratchet.
+    pub fn fence(&self, epoch: Epoch) {
+        let mut seen = self.lock();
+        *seen = (*seen).max(epoch);
+    }
+
+    /// An activation or a follow at `epoch`: refused below the highest epoch seen,
+    /// otherwise it raises the ratchet.
+    pub fn admit(&self, epoch: Epoch) -> Result<(), RoleError> {
+        let mut seen = self.lock();
+        if epoch < *seen {
+            return Err(RoleError::StaleEpoch {
+                got: epoch,
+                seen: *seen,
+            });
+        }
+        *seen = epoch;
+        Ok(())
+    }
+}
+
+/// How long the agent waits for one role's [`DataRole::status`] before it reports "status
+/// timed out" for it. A role that bounds its own status (to say *what* did not answer)
+/// must use a shorter bound, or its own report can never arrive.
+pub const STATUS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A data layer of one region that the agent fences, promotes and demotes.
 #[async_trait::async_trait]
 pub trait DataRole: Send + Sync {
     /// Short stable name, e.g. "postgres", "objects", "services".
     fn name(&self) -> &str;
-    /// Current role, lag and readiness.
+    /// Current role, lag and readiness. Answers within [`STATUS_DEADLINE`].
     async fn status(&self) -> RoleStatus;
     /// Stop accepting writes in this region, for real. Idempotent.
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError>;
@@ -149,3 +205,29 @@ pub trait DataRole: Send + Sync {
 
 /// How roles are shared between the agent's tasks.
 pub type SharedRole = Arc<dyn DataRole>;
+
+#[cfg(test)]
+mod epoch_rule_tests {
+    use super::*;
+
+    #[test]
+    fn fences_always_pass_and_stale_activations_and_follows_are_refused() {
+        let r = EpochRatchet::new();
+        r.admit(Epoch(3)).expect("activate at 3");
+        // A late fence at an older epoch is carried out and lowers nothing.
+        r.fence(Epoch(2));
+        assert_eq!(r.highest(), Epoch(3));
+        match r.admit(Epoch(2)) {
+            Err(RoleError::StaleEpoch { got, seen }) => {
+                assert_eq!((got, seen), (Epoch(2), Epoch(3)));
+            }
+            other => panic!("a stale activation passed: {other:?}"),
+        }
+        // The same epoch again is idempotent; a fence at a newer one raises it.
+        r.admit(Epoch(3)).expect("same epoch");
+        r.fence(Epoch(5));
+        assert_eq!(r.highest(), Epoch(5));
+        assert!(r.admit(Epoch(4)).is_err(), "below a fence's epoch");
+        r.admit(Epoch(6)).expect("newer");
+    }
+}

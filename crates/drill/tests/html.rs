@@ -183,10 +183,9 @@ async fn the_report_renders_in_headless_chromium() {
     .kill_on_drop(true);
     let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
-            return;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "chromium is not installed: run the README's test command (it installs chromium) or apt-get install -y chromium"
+        ),
         Err(e) => panic!("running chromium: {e}"),
     };
     let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())

@@ -15,21 +15,20 @@ struct Ns {
 
 impl Ns {
     /// A namespace with an up veth pair (d0, d1), an address on d0 and a route through it.
-    fn create(tag: &str) -> Option<Ns> {
-        if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("SKIPPED: creating network namespaces needs root");
-            return None;
-        }
+    fn create(tag: &str) -> Ns {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "creating network namespaces needs root: run the README's test command as root (CI does)"
+        );
         let name = format!("lbdrill-{tag}-{}", std::process::id());
         let ns = Ns { name };
         let _ = Command::new("ip").args(["netns", "del", &ns.name]).output();
         match Command::new("ip").args(["netns", "add", &ns.name]).output() {
             Ok(o) if o.status.success() => {}
             Ok(o) => panic!("ip netns add: {}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => {
-                eprintln!("SKIPPED: no `ip` command ({e}); install iproute2");
-                return None;
-            }
+            Err(e) => panic!(
+                "no `ip` command ({e}): run the README's test command (it installs iproute2)"
+            ),
         }
         ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
         ns.ip(&["link", "set", "d1", "up"]);
@@ -37,7 +36,7 @@ impl Ns {
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["link", "set", "d0", "up"]);
         ns.ip(&["route", "add", "198.20.7.0/24", "via", "198.19.7.2"]);
-        Some(ns)
+        ns
     }
 
     fn ip(&self, args: &[&str]) -> String {
@@ -84,7 +83,7 @@ impl Drop for Ns {
 
 #[tokio::test]
 async fn a_partition_cuts_the_namespace_and_restore_heals_it() {
-    let Some(ns) = Ns::create("cut") else { return };
+    let ns = Ns::create("cut");
     assert!(ns.d0_up() && ns.has_route());
     let (mut guard, injected) =
         Injected::inject(&Injection::Netns(ns.name.clone()), ns.env()).await;
@@ -103,7 +102,7 @@ async fn a_partition_cuts_the_namespace_and_restore_heals_it() {
 
 #[tokio::test]
 async fn a_dropped_guard_heals_the_partition_too() {
-    let Some(ns) = Ns::create("drop") else { return };
+    let ns = Ns::create("drop");
     let (guard, injected) = Injected::inject(&Injection::Netns(ns.name.clone()), ns.env()).await;
     injected.unwrap();
     assert!(!ns.d0_up());
@@ -113,10 +112,10 @@ async fn a_dropped_guard_heals_the_partition_too() {
 
 #[tokio::test]
 async fn a_missing_namespace_is_an_error_and_leaves_nothing_to_undo() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root");
-        return;
-    }
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root: run the README's test command as root (CI does)"
+    );
     let env = CmdEnv {
         region: RegionId::new("a"),
         scenario: Scenario::Partition,

@@ -101,16 +101,47 @@ pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) ->
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", lifeboat_drill::render_summary(&report));
     let _ = out.flush();
-    // A drill is a test: two primaries, a run that did not recover or a drill that
-    // stopped early fail it (lost writes are a figure, expected with async replication).
-    let bad = report.summary.dual_primary_any
-        || report.summary.recovered < report.summary.runs
-        || report.error.is_some();
-    Ok(if bad {
-        ExitCode::FAILURE
-    } else {
+    let sync = cfg
+        .database
+        .as_ref()
+        .is_some_and(|d| d.mode == lifeboat_config::database::ReplicationMode::Sync);
+    let failures = drill_failures(&report.summary, report.error.as_deref(), sync);
+    for f in &failures {
+        eprintln!("lifeboat drill: FAILED: {f}");
+    }
+    Ok(if failures.is_empty() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
+}
+
+/// Why a drill fails, if it does. A drill is a test: two primaries, a run that did not
+/// recover or a drill that stopped early fail it. Lost writes are a figure with
+/// asynchronous replication (its RPO); with synchronous replication, which promises that
+/// no acknowledged write is lost, they fail it too.
+fn drill_failures(s: &lifeboat_drill::Summary, error: Option<&str>, sync: bool) -> Vec<String> {
+    let mut why = Vec::new();
+    if s.dual_primary_any {
+        why.push("two databases took writes at once (see dual_primary in the report)".to_owned());
+    }
+    if s.recovered < s.runs {
+        why.push(format!(
+            "{} of {} runs did not recover",
+            s.runs - s.recovered,
+            s.runs
+        ));
+    }
+    if let Some(e) = error {
+        why.push(format!("the drill stopped early: {e}"));
+    }
+    if sync && s.lost_acknowledged_writes_total > 0 {
+        why.push(format!(
+            "{} acknowledged writes were lost with synchronous replication ([database] mode = \"sync\"), which promises none (the report's runs say which)",
+            s.lost_acknowledged_writes_total
+        ));
+    }
+    why
 }
 
 /// The flags, checked together: a random schedule draws its own scenarios and count.
@@ -168,4 +199,45 @@ pub async fn sample_app(opts: lifeboat_sample_app::Options) -> Result<ExitCode> 
     crate::run::cancel_on_signal(cancel.clone());
     lifeboat_sample_app::serve(listener, opts, cancel).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod drill_verdict_tests {
+    use super::drill_failures;
+    use lifeboat_drill::Summary;
+
+    fn summary(lost: usize) -> Summary {
+        Summary {
+            runs: 3,
+            recovered: 3,
+            lost_acknowledged_writes_total: lost,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn lost_writes_fail_a_drill_only_with_synchronous_replication() {
+        assert!(drill_failures(&summary(0), None, true).is_empty());
+        assert!(
+            drill_failures(&summary(470), None, false).is_empty(),
+            "async: the RPO"
+        );
+        let why = drill_failures(&summary(470), None, true);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("470 acknowledged writes were lost"),
+            "{why:?}"
+        );
+    }
+
+    #[test]
+    fn two_primaries_an_unrecovered_run_and_an_early_stop_fail_any_drill() {
+        let mut s = summary(0);
+        s.dual_primary_any = true;
+        s.recovered = 2;
+        let why = drill_failures(&s, Some("read-back failed"), false);
+        assert_eq!(why.len(), 3, "{why:?}");
+        assert!(why[1].contains("1 of 3 runs did not recover"), "{why:?}");
+        assert!(why[2].contains("read-back failed"), "{why:?}");
+    }
 }

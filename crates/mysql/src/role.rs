@@ -40,8 +40,13 @@ use tokio::time::Instant;
 
 const ROLE: &str = "mysql";
 
-/// The longest a status report may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a status report may take: inside the agent's own deadline, so that
+/// "the server did not answer" arrives rather than the agent's bare "status timed out".
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1500);
+const _: () = assert!(
+    STATUS_TIMEOUT.as_millis() < lifeboat_core::STATUS_DEADLINE.as_millis(),
+    "MariaDB's status bound must fire before the agent's"
+);
 
 /// How long a managed server gets to shut down cleanly when fenced before SIGKILL.
 const FENCE_GRACE: Duration = Duration::from_secs(5);
@@ -77,7 +82,6 @@ struct Settings {
 
 #[derive(Debug, Default)]
 struct State {
-    seen: Epoch,
     fenced: bool,
     last_rejoin: Option<RejoinReport>,
 }
@@ -88,6 +92,8 @@ pub struct MysqlRole {
     inst: Instance,
     settings: Settings,
     state: std::sync::Mutex<State>,
+    /// The epoch rule (lifeboat_core::role).
+    seen: lifeboat_core::EpochRatchet,
     /// Serializes fence / activate / follow: a promotion is never interleaved with a fence.
     op: tokio::sync::Mutex<()>,
 }
@@ -146,6 +152,7 @@ impl MysqlRole {
             inst,
             settings,
             state: Default::default(),
+            seen: lifeboat_core::EpochRatchet::new(),
             op: tokio::sync::Mutex::new(()),
         })
     }
@@ -179,15 +186,7 @@ impl MysqlRole {
     }
 
     fn check_epoch(&self, epoch: Epoch) -> Result<(), RoleError> {
-        let mut st = self.lock_state();
-        if epoch < st.seen {
-            return Err(RoleError::StaleEpoch {
-                got: epoch,
-                seen: st.seen,
-            });
-        }
-        st.seen = epoch;
-        Ok(())
+        self.seen.admit(epoch)
     }
 
     async fn connect(&self) -> Result<Conn, RoleError> {
@@ -828,10 +827,7 @@ impl DataRole for MysqlRole {
 
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
         let _op = self.op.lock().await;
-        {
-            let mut st = self.lock_state();
-            st.seen = st.seen.max(epoch);
-        }
+        self.seen.fence(epoch);
         self.do_fence().await
     }
 

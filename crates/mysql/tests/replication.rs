@@ -679,3 +679,52 @@ async fn errant_ddl_is_kept_and_the_rejoin_refuses_to_guess() {
         "nothing undone"
     );
 }
+
+/// SIGCONTs the frozen server on drop, also when the test fails.
+struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
+/// A frozen server (SIGSTOP: a stalled VM, a hung disk) is reported by MariaDB's own
+/// status, naming the server, inside the deadline the agent gives every role: a bound
+/// longer than the agent's could never fire, leaving only "status timed out".
+#[tokio::test]
+async fn a_frozen_server_is_reported_within_the_agents_status_deadline() {
+    let pair = MysqlPair::start_primary(PairOptions::default())
+        .await
+        .unwrap();
+    let role = MysqlRole::new(&pair.config, &region_a()).unwrap();
+    assert_eq!(role.status().await.role, RoleHealth::Primary);
+    let pid = pair
+        .files(&region_a())
+        .running_pid()
+        .expect("mariadbd runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let frozen = Frozen(pid);
+    let st = tokio::time::timeout(lifeboat_core::STATUS_DEADLINE, role.status())
+        .await
+        .expect("MariaDB's own status answers before the agent's deadline");
+    assert_eq!(st.health, lifeboat_core::HealthStatus::Unhealthy, "{st:?}");
+    assert!(st.detail.contains("did not answer within"), "{st:?}");
+    let inst = pair.instance(&region_a()).unwrap();
+    assert!(
+        st.detail.contains(&inst.port.to_string()),
+        "names the server: {st:?}"
+    );
+    drop(frozen);
+    wait_for("the thawed server to report primary again", || async {
+        role.status().await.role == RoleHealth::Primary
+    })
+    .await;
+}

@@ -28,6 +28,9 @@ pub struct ObjectMetrics {
     /// Destination copies that no longer matched and were copied again.
     pub(crate) repaired_total: AtomicU64,
     pub(crate) latency_alerts_total: AtomicU64,
+    /// Periodic reconcile passes that completed (source listed and, when active,
+    /// every destination copy checked).
+    pub(crate) reconciles_total: AtomicU64,
     /// Backfill: operations enqueued by the last backfill and how many are done.
     pub(crate) backfill_total: AtomicU64,
     pub(crate) backfill_done: AtomicU64,
@@ -51,6 +54,7 @@ impl ObjectMetrics {
             failures_total: AtomicU64::new(0),
             repaired_total: AtomicU64::new(0),
             latency_alerts_total: AtomicU64::new(0),
+            reconciles_total: AtomicU64::new(0),
             backfill_total: AtomicU64::new(0),
             backfill_done: AtomicU64::new(0),
             oldest_pending_ms: AtomicU64::new(0),
@@ -89,6 +93,10 @@ impl ObjectMetrics {
     }
     pub fn repaired(&self) -> u64 {
         self.repaired_total.load(Ordering::Relaxed)
+    }
+    /// Periodic reconcile passes completed.
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles_total.load(Ordering::Relaxed)
     }
     /// (done, total) of the current backfill.
     pub fn backfill_progress(&self) -> (u64, u64) {
@@ -166,6 +174,12 @@ impl ObjectMetrics {
             "counter",
             "Objects whose replication took longer than latency_alert.",
             g(&self.latency_alerts_total).to_string(),
+        );
+        line(
+            "lifeboat_objects_reconciles_total",
+            "counter",
+            "Periodic reconcile passes completed (source listed; when active, destination copies checked).",
+            g(&self.reconciles_total).to_string(),
         );
         line(
             "lifeboat_objects_backfill_total",

@@ -110,7 +110,7 @@ pub(crate) struct Inner {
     /// Cancelled by `fence`: abandons the copies in flight.
     fence_token: Mutex<CancellationToken>,
     hints_tx: mpsc::UnboundedSender<Change>,
-    highest_epoch: Mutex<Epoch>,
+    highest_epoch: lifeboat_core::EpochRatchet,
     /// `state_dir/kept`: local writes a fence found unsent, copied out of the store.
     keep_dir: std::path::PathBuf,
 }
@@ -178,7 +178,7 @@ impl Replicator {
             events: broadcast::channel(256).0,
             fence_token: Mutex::new(CancellationToken::new()),
             hints_tx,
-            highest_epoch: Mutex::new(Epoch::ZERO),
+            highest_epoch: lifeboat_core::EpochRatchet::new(),
             keep_dir: keep_dir(state_dir),
         });
         inner.refresh_gauges();
@@ -285,20 +285,9 @@ pub struct RegionRole {
 }
 
 impl RegionRole {
+    /// Activations and follows (lifeboat_core::role: the epoch rule).
     fn check_epoch(&self, epoch: Epoch) -> Result<(), RoleError> {
-        let mut seen = self
-            .inner
-            .highest_epoch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if epoch < *seen {
-            return Err(RoleError::StaleEpoch {
-                got: epoch,
-                seen: *seen,
-            });
-        }
-        *seen = epoch;
-        Ok(())
+        self.inner.highest_epoch.admit(epoch)
     }
 }
 
@@ -351,7 +340,8 @@ impl DataRole for RegionRole {
     }
 
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
-        self.check_epoch(epoch)?;
+        // Always carried out (lifeboat_core::role: the epoch rule).
+        self.inner.highest_epoch.fence(epoch);
         let inner = &self.inner;
         inner.desired.send_replace(Mode::Fenced);
         // Stop at once: the dispatcher checks the effective mode before every copy,
@@ -886,13 +876,19 @@ async fn observe(
                     }
                     continue;
                 }
+                let mut complete = true;
                 if let Err(e) = inner.reconcile_source(mode).await {
                     tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "reconciling the source store failed");
+                    complete = false;
                 }
                 if mode == Mode::Active
                     && let Err(e) = inner.check_destinations().await
                 {
                     tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "checking destination copies failed");
+                    complete = false;
+                }
+                if complete {
+                    inner.metrics.reconciles_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }

@@ -125,7 +125,16 @@ async fn local_to_s3_paged_listing_multipart_and_odd_keys() {
     }
     // The destination check lists S3 too: a full reconcile must not copy anything again.
     let before = a.metrics.replicated();
-    tokio::time::sleep(cfg.reconcile_interval * 3).await;
+    let passes = a.metrics.reconciles();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while a.metrics.reconciles() < passes + 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no two reconcile passes in 30 s (reconcile_interval {:?})",
+            cfg.reconcile_interval
+        );
+        tokio::time::sleep(cfg.reconcile_interval / 4).await;
+    }
     assert_eq!(
         a.metrics.replicated(),
         before,

@@ -109,7 +109,7 @@ pub struct PostgresRole {
     max_lag_bytes: Option<u64>,
     max_lag: Option<Duration>,
     keep_dir: Option<PathBuf>,
-    seen_epoch: Mutex<Epoch>,
+    seen_epoch: lifeboat_core::EpochRatchet,
     hba_fence: Mutex<Option<HbaFence>>,
     /// Where `hba_fence` is persisted.
     hba_fence_file: PathBuf,
@@ -172,7 +172,7 @@ impl PostgresRole {
             max_lag_bytes: db.max_lag_bytes,
             max_lag: db.max_lag,
             keep_dir: pg.keep_dir.clone(),
-            seen_epoch: Mutex::new(Epoch::ZERO),
+            seen_epoch: lifeboat_core::EpochRatchet::new(),
             hba_fence: Mutex::new(hba_fence),
             hba_fence_file,
             last_rejoin: Mutex::new(None),
@@ -248,15 +248,7 @@ impl PostgresRole {
     }
 
     fn check_epoch(&self, epoch: Epoch) -> Result<(), RoleError> {
-        let mut seen = lock(&self.seen_epoch);
-        if epoch < *seen {
-            return Err(RoleError::StaleEpoch {
-                got: epoch,
-                seen: *seen,
-            });
-        }
-        *seen = epoch;
-        Ok(())
+        self.seen_epoch.admit(epoch)
     }
 
     fn other(&self, region: &RegionId) -> Result<&Instance, RoleError> {
@@ -851,12 +843,7 @@ impl DataRole for PostgresRole {
 
     async fn fence(&self, epoch: Epoch) -> Result<(), RoleError> {
         let _op = self.op.lock().await;
-        {
-            let mut seen = lock(&self.seen_epoch);
-            if epoch > *seen {
-                *seen = epoch;
-            }
-        }
+        self.seen_epoch.fence(epoch);
         self.fence_inner(epoch)
             .await
             .map_err(|e| self.role_error(e))

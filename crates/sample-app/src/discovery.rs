@@ -1,17 +1,26 @@
 //! Where the database is: the controller's `GET /v1/discovery`, cached.
 //!
-//! Guarantees: an answer is at most [`MAX_AGE`] old when the discovery endpoint answers
-//! (so a failover is seen within about a second); one request at a time goes to the
-//! controller however many callers ask; [`Discoverer::refresh`] bypasses the cache (used
-//! after a database connection error). When the controller cannot be reached, the last
-//! good answer keeps being used (a controller outage alone must not take the application
-//! down; a region whose lease lapses is fenced by its agent, so a stale answer cannot
-//! reach a writable old primary for long) and carries the discovery error with it.
+//! Guarantees: an answer is at most [`MAX_AGE`] plus one request old when the discovery
+//! endpoint answers (so a failover is seen within about a second); one request at a time
+//! goes to the controller however many callers ask; [`Discoverer::refresh`] bypasses the
+//! cache (used after a database connection error). When the controller cannot be
+//! reached, the last good answer keeps being used (a controller outage alone must not
+//! take the application down; a region whose lease lapses is fenced by its agent, so a
+//! stale answer cannot reach a writable old primary for long) and carries the discovery
+//! error with it.
+//!
+//! [`Discoverer::get`] never waits for the controller once it has an answer: an expired
+//! answer is returned at once and renewed in the background. A controller that is
+//! frozen (SIGSTOP, a stalled VM) accepts connections and answers nothing, so waiting
+//! for it would stall every request of the application for the request timeout each
+//! time the cache expires (docs/architecture.md, rule 7: a witness outage is not an
+//! application outage).
 
 use lifeboat_api::types::Discovery;
 use lifeboat_core::Epoch;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -95,6 +104,9 @@ pub struct Discoverer {
     cache: std::sync::Mutex<Cache>,
     /// Held while a request to the controller is in flight (one at a time).
     fetching: tokio::sync::Mutex<()>,
+    /// A background renewal is running (at most one).
+    renewing: std::sync::atomic::AtomicBool,
+    max_age: Duration,
 }
 
 impl fmt::Debug for Discoverer {
@@ -107,9 +119,19 @@ impl fmt::Debug for Discoverer {
 
 impl Discoverer {
     pub fn new(url: impl Into<String>) -> anyhow::Result<Self> {
+        Self::with_limits(url, MAX_AGE, REQUEST_TIMEOUT)
+    }
+
+    /// A discoverer whose answers expire after `max_age` and whose requests give up
+    /// after `timeout` ([`Discoverer::new`]: [`MAX_AGE`] and [`REQUEST_TIMEOUT`]).
+    pub fn with_limits(
+        url: impl Into<String>,
+        max_age: Duration,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(REQUEST_TIMEOUT)
+            .timeout(timeout)
+            .connect_timeout(timeout)
             .build()
             .map_err(|e| anyhow::anyhow!("building the discovery HTTP client: {e}"))?;
         Ok(Self {
@@ -117,6 +139,8 @@ impl Discoverer {
             http,
             cache: std::sync::Mutex::new(Cache::default()),
             fetching: tokio::sync::Mutex::new(()),
+            renewing: std::sync::atomic::AtomicBool::new(false),
+            max_age,
         })
     }
 
@@ -124,12 +148,42 @@ impl Discoverer {
         &self.url
     }
 
-    /// The cached answer if it is younger than [`MAX_AGE`], else a fresh one.
-    pub async fn get(&self) -> Result<Discovered, DiscoveryError> {
-        if let Some(r) = self.cached(ago(MAX_AGE)) {
+    /// The cached answer if it is younger than the maximum age. An older answer is
+    /// returned as it is while a renewal runs in the background; only a discoverer
+    /// that never had an answer waits for the controller.
+    pub async fn get(self: &Arc<Self>) -> Result<Discovered, DiscoveryError> {
+        if let Some(r) = self.cached(ago(self.max_age)) {
             return r;
         }
-        self.fetch(false).await
+        let old = {
+            let c = lock(&self.cache);
+            c.answer.is_some().then(|| self.result_of(&c))
+        };
+        match old {
+            Some(old) => {
+                self.renew_in_background();
+                old
+            }
+            None => self.fetch(false).await,
+        }
+    }
+
+    /// Start one background renewal unless one is running.
+    fn renew_in_background(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self
+            .renewing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        // Nothing to collect: the outcome lands in the cache (an error included).
+        tokio::spawn(async move {
+            let _ = me.fetch(false).await;
+            me.renewing.store(false, Ordering::Release);
+        });
     }
 
     /// A fresh answer (or, if the controller cannot be reached, the last good one marked
@@ -179,7 +233,7 @@ impl Discoverer {
         let since = if force {
             asked
         } else {
-            asked.checked_sub(MAX_AGE).unwrap_or(asked)
+            asked.checked_sub(self.max_age).unwrap_or(asked)
         };
         if let Some(r) = self.cached(since) {
             return r;
