@@ -104,7 +104,7 @@ async fn a_killed_leader_is_replaced_with_no_failover_and_no_gap() {
     d.proc(&format!("controller-{old}")).kill9();
     d.procs.remove(&format!("controller-{old}"));
     let (new, _) = d
-        .wait_for("a new leader", Duration::from_secs(10), || async {
+        .wait_for("a new leader", Duration::from_secs(30), || async {
             d.leader().await.filter(|(n, _)| *n != old)
         })
         .await;
@@ -118,7 +118,7 @@ async fn a_killed_leader_is_replaced_with_no_failover_and_no_gap() {
     let st = d
         .wait_for(
             "a's lease granted by the new leader",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async {
                 d.leader()
                     .await
@@ -240,13 +240,13 @@ async fn a_frozen_leader_resumes_as_a_follower_and_grants_nothing() {
     let old_proc = format!("controller-{old}");
     d.proc(&old_proc).signal(nix::sys::signal::Signal::SIGSTOP);
     let (new, _) = d
-        .wait_for("a new leader", Duration::from_secs(10), || async {
+        .wait_for("a new leader", Duration::from_secs(30), || async {
             d.leader().await.filter(|(n, _)| *n != old)
         })
         .await;
     d.wait_for(
         "a renewing with the new leader",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || async {
             d.member_client(&new).status().await.ok().filter(|st| {
                 st.lease
