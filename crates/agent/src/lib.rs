@@ -150,8 +150,8 @@ impl Agent {
         let store = AgentStore::open(&cfg.agent_state_dir(&region))?;
         let (epoch, fenced_epoch) = store.load_epoch()?;
         let view = store.load_view()?;
-        let controller = ApiClient::new(
-            format!("http://{}", cfg.controller.api_addr),
+        let controller = ApiClient::any_of(
+            cfg.controller.api_urls(),
             Some(token.as_str().to_owned()),
             (cfg.failover.lease_ttl / 3).max(Duration::from_millis(200)),
         );

@@ -32,12 +32,31 @@ impl ClientError {
     }
 }
 
-/// A client of one lifeboat HTTP API (controller or agent).
+/// A client of one lifeboat HTTP API (controller or agent), or of several
+/// controllers of which one leads ([`ApiClient::any_of`]).
 #[derive(Clone)]
 pub struct ApiClient {
-    base: String,
+    bases: std::sync::Arc<Vec<String>>,
+    /// The base that answered last: tried first next time.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
+}
+
+/// The status a follower controller answers a call only the leader takes
+/// (421 Misdirected Request): the client tries the next controller.
+pub const NOT_LEADER: u16 = 421;
+
+impl ClientError {
+    /// Another controller may answer where this one did not: it is unreachable or
+    /// not the leader. Any other answer is a controller's, and final.
+    fn try_another(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Status { status, .. } => *status == NOT_LEADER,
+            _ => false,
+        }
+    }
 }
 
 impl ApiClient {
@@ -50,14 +69,74 @@ impl ApiClient {
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
-            base: base.into().trim_end_matches('/').to_owned(),
+            bases: std::sync::Arc::new(vec![base.into().trim_end_matches('/').to_owned()]),
+            current: std::sync::Arc::default(),
             token,
             http,
         }
     }
 
+    /// A client of several controllers (`[controller] store = "etcd"`): each call
+    /// goes to the one that answered last and, if it is unreachable or not the
+    /// leader (421), to the next in turn; the first real answer wins. Reads are
+    /// answered by any controller, the rest by the leader only.
+    pub fn any_of(bases: Vec<String>, token: Option<String>, timeout: Duration) -> Self {
+        let mut c = Self::new(bases.first().cloned().unwrap_or_default(), token, timeout);
+        let bases: Vec<String> = bases
+            .into_iter()
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .collect();
+        if !bases.is_empty() {
+            c.bases = std::sync::Arc::new(bases);
+        }
+        c
+    }
+
+    /// The base that answered last (the first one before any call).
     pub fn base(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.bases
+            .get(i)
+            .or(self.bases.first())
+            .map_or("", |b| b.as_str())
+    }
+
+    /// Every base this client tries.
+    pub fn bases(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// Call `path` on each base in turn from the current one until one answers
+    /// (see [`ApiClient::any_of`]).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T, ClientError> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let start = self.current.load(Ordering::Relaxed) % n.max(1);
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let url = format!("{}{path}", self.bases[i]);
+            let req = match body {
+                Some(b) => self.http.post(&url).json(b),
+                None => self.http.get(&url),
+            };
+            match self.send(req, &url).await {
+                Ok(v) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if e.try_another() && k + 1 < n => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unreachable {
+            url: path.to_owned(),
+            reason: "no controller configured".into(),
+        }))
     }
 
     async fn send<T: DeserializeOwned>(
@@ -100,8 +179,7 @@ impl ApiClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.get(&url), &url).await
+        self.call(path, None).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -109,12 +187,15 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.post(&url).json(body), &url).await
+        let body = serde_json::to_value(body).map_err(|e| ClientError::Decode {
+            url: path.to_owned(),
+            reason: format!("encoding the request: {e}"),
+        })?;
+        self.call(path, Some(&body)).await
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let resp = self
             .http
             .get(&url)

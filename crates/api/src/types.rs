@@ -155,6 +155,10 @@ pub struct LeaseView {
     pub epoch: Epoch,
     /// Milliseconds until the controller considers the lease certainly expired.
     pub expires_in_ms: i64,
+    /// The holder renewed it with this controller (false: the lease a controller
+    /// assumes when it starts or takes over the leadership).
+    #[serde(default)]
+    pub renewed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +192,43 @@ pub struct ControllerStatus {
     pub lease: Option<LeaseView>,
     pub regions: Vec<RegionView>,
     pub failovers: u64,
+    /// Several controllers (store = "etcd"): who leads, each controller and etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadership: Option<LeadershipView>,
+}
+
+/// Leadership among several controllers (`[controller] store = "etcd"`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LeadershipView {
+    /// The controller that answered.
+    pub this: String,
+    /// The leader's member name, as etcd has it (None: nobody leads right now).
+    pub leader: Option<String>,
+    /// The leader's API, `http://host:port`.
+    pub leader_url: Option<String>,
+    /// This controller leads and may grant agent leases now.
+    pub leading: bool,
+    /// Each etcd endpoint and whether it answered its last status request.
+    pub etcd: Vec<EtcdEndpointView>,
+    /// Each controller and whether it answered its last `/healthz`, as this
+    /// controller saw it (every second).
+    #[serde(default)]
+    pub controllers: Vec<ControllerMemberView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ControllerMemberView {
+    pub name: String,
+    pub api_url: String,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EtcdEndpointView {
+    pub endpoint: String,
+    pub healthy: bool,
+    /// etcd's own view: this member is its raft leader.
+    pub raft_leader: bool,
 }
 
 /// `GET /v1/health`: per check, the decision and each vantage point's view.

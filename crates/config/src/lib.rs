@@ -11,6 +11,7 @@ pub mod dns;
 pub mod drill;
 pub mod duration;
 mod error;
+pub mod etcd;
 pub mod mysql;
 pub mod objects;
 pub mod postgres;
@@ -82,8 +83,54 @@ pub struct ControllerConfig {
     /// Authoritative DNS (UDP and TCP). No DNS when absent.
     #[serde(default)]
     pub dns_addr: Option<SocketAddr>,
-    /// Durable state: epoch, active region, lease grants, journal.
+    /// Durable state: epoch, active region, lease grants, journal (SQLite), and
+    /// the agents' default state directories.
     pub state_dir: PathBuf,
+    /// `sqlite` (one controller, the default) or `etcd` (several, see [`etcd`]).
+    #[serde(default)]
+    pub store: etcd::StoreKind,
+    #[serde(default)]
+    pub etcd: Option<etcd::EtcdConfig>,
+    /// `store = "etcd"`: every controller of the deployment.
+    #[serde(default)]
+    pub members: Vec<etcd::ControllerMember>,
+}
+
+impl ControllerConfig {
+    /// The API of every controller, the one in `api_addr` first: agents and the CLI
+    /// try them in turn and stay with whichever leads.
+    pub fn api_urls(&self) -> Vec<String> {
+        let mut out = vec![format!("http://{}", self.api_addr)];
+        for m in &self.members {
+            let url = format!("http://{}", m.api_addr);
+            if !out.contains(&url) {
+                out.push(url);
+            }
+        }
+        out
+    }
+
+    /// This process's part as controller `name` of the members: its API and DNS
+    /// addresses replace `api_addr` / `dns_addr`.
+    pub fn as_member(&mut self, name: &str) -> Result<(), String> {
+        let m = self
+            .members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| {
+                format!(
+                    "no controller named {name:?} in [[controller.members]] (members: {})",
+                    self.members
+                        .iter()
+                        .map(|m| m.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+        self.api_addr = m.api_addr;
+        self.dns_addr = m.dns_addr;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -487,6 +534,8 @@ impl Config {
             ),
             _ => {}
         }
+
+        etcd::validate(&self.controller, v);
 
         let f = &self.failover;
         if f.lease_ttl < Duration::from_millis(300) {

@@ -190,3 +190,79 @@ fn secrets_load_from_file_and_report_missing() {
             .contains("absent")
     );
 }
+
+/// The example's `[controller]` table with an etcd store of three controllers.
+fn with_etcd(etcd_table: &str) -> String {
+    let at = EXAMPLE
+        .find("[controller]")
+        .expect("example has [controller]");
+    let end = EXAMPLE[at..].find("\n\n").map_or(EXAMPLE.len(), |e| at + e);
+    format!(
+        "{}\nstore = \"etcd\"\n\n[controller.etcd]\n{etcd_table}\n\n\
+         [[controller.members]]\nname = \"c1\"\napi_addr = \"127.0.0.1:7101\"\ndns_addr = \"127.0.0.1:5301\"\n\n\
+         [[controller.members]]\nname = \"c2\"\napi_addr = \"127.0.0.1:7102\"\n\n\
+         [[controller.members]]\nname = \"c3\"\napi_addr = \"127.0.0.1:7103\"\n{}",
+        &EXAMPLE[..end],
+        &EXAMPLE[end..]
+    )
+}
+
+#[test]
+fn an_etcd_store_of_three_controllers_is_valid() {
+    let text = with_etcd(
+        "endpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/lifeboat/shop\"\nuser = \"lb\"\npassword_env = \"ETCD_PW\"",
+    );
+    let mut cfg = parse(&text).expect("parses");
+    let c = &cfg.controller;
+    assert_eq!(c.store, etcd::StoreKind::Etcd);
+    let e = c.etcd.as_ref().expect("etcd table");
+    assert_eq!(e.lease_ttl, Duration::from_secs(3), "the default");
+    assert_eq!(e.password().env.as_deref(), Some("ETCD_PW"));
+    // The CLI and agents try `api_addr` first, then every member.
+    assert_eq!(c.api_urls().len(), 4);
+    cfg.controller.as_member("c1").expect("c1 is a member");
+    assert_eq!(cfg.controller.api_addr.port(), 7101);
+    assert_eq!(
+        cfg.controller.dns_addr.map(|a| a.port()),
+        Some(5301),
+        "c1's DNS"
+    );
+    let e = cfg.controller.as_member("c9").expect_err("no c9");
+    assert!(e.contains("c1, c2, c3"), "{e}");
+}
+
+#[test]
+fn etcd_errors_name_their_key() {
+    let text = with_etcd(
+        "endpoints = [\"127.0.0.1:2379\"]\nprefix = \"lifeboat/\"\nlease_ttl = \"1500ms\"\nuser = \"lb\"",
+    );
+    let errs = parse(&text).expect_err("rejected").0;
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    for k in [
+        "controller.etcd.endpoints[0]",
+        "controller.etcd.prefix",
+        "controller.etcd.lease_ttl",
+        "controller.etcd.user",
+    ] {
+        assert!(keys.contains(&k), "no error for {k}: {errs:?}");
+    }
+    // Located on the line of the key where one exists.
+    let e = errs
+        .iter()
+        .find(|e| e.key == "controller.etcd.prefix")
+        .expect("prefix error");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("prefix ="))
+        .expect("line")
+        + 1;
+    assert_eq!(e.line, line, "{e}");
+}
+
+#[test]
+fn an_etcd_store_needs_its_table_and_members() {
+    let text = EXAMPLE.replacen("[controller]", "[controller]\nstore = \"etcd\"", 1);
+    let e = only_error(&text);
+    assert_eq!(e.key, "controller.store", "{e}");
+    assert!(e.message.contains("[controller.etcd]"), "{e}");
+}

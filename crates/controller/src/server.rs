@@ -6,7 +6,7 @@
 //! after it. Agent answers come back as events through a channel.
 
 use crate::machine::{Action, Event, Machine, Params, Reply};
-use crate::store::Store;
+use crate::store::{StateStore, Store};
 use anyhow::{Context, Result};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -45,12 +45,23 @@ pub struct ControllerOptions {
     /// config's initial active region) at once, without waiting for every agent's
     /// report first (see `machine`'s module doc, rule 8).
     pub no_wait_for_agents: bool,
+    /// Several controllers (store = "etcd"): whether this one may still grant an
+    /// agent lease at `now` (it leads and its etcd lease cannot have expired, with a
+    /// margin). A lease request it may not answer gets 503 (undecided), never a grant.
+    pub may_grant: Option<GrantGate>,
+    /// Several controllers: who leads, for status, metrics and the dashboard.
+    pub leadership: Option<LeadershipFn>,
 }
+
+/// See [`ControllerOptions::may_grant`].
+pub type GrantGate = Arc<dyn Fn(Instant) -> bool + Send + Sync>;
+/// See [`ControllerOptions::leadership`].
+pub type LeadershipFn = Arc<dyn Fn() -> LeadershipView + Send + Sync>;
 
 pub struct Controller {
     cfg: Arc<Config>,
     token: Token,
-    store: Arc<Store>,
+    store: Arc<dyn StateStore>,
     started: Instant,
     machine: tokio::sync::Mutex<Machine>,
     reports: Mutex<BTreeMap<RegionId, (Instant, AgentReport)>>,
@@ -72,21 +83,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Controller {
     /// Open (or create) the durable state and build the controller. `local` is the
     /// controller's own vantage point (its prober's states).
-    pub fn open(
+    pub async fn open(
         cfg: Arc<Config>,
         token: Token,
         local: watch::Receiver<CheckStates>,
         opts: ControllerOptions,
     ) -> Result<Arc<Self>> {
-        let store = Arc::new(Store::open(&cfg.controller.state_dir)?);
+        let store: Arc<dyn StateStore> = Arc::new(Store::open(&cfg.controller.state_dir)?);
+        Self::open_with(cfg, token, local, opts, store).await
+    }
+
+    /// Build the controller on `store`. A controller that just won the leadership of
+    /// several is built here too: from the store's state, exactly as if it had just
+    /// restarted (rule 8; it assumes a grant at this instant, docs/architecture.md).
+    pub async fn open_with(
+        cfg: Arc<Config>,
+        token: Token,
+        local: watch::Receiver<CheckStates>,
+        opts: ControllerOptions,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Arc<Self>> {
         let now = Instant::now();
         let regions = cfg.region_ids();
-        let existing = store.load()?;
+        let existing = store.load().await?;
         if let Some(active) = existing.as_ref().and_then(|d| d.active.as_ref()) {
             anyhow::ensure!(
                 cfg.region(active).is_some(),
                 "the state in {} says region {active:?} is active, but the config no longer defines it",
-                store.path().display()
+                store.describe()
             );
         }
         let f = &cfg.failover;
@@ -113,6 +137,7 @@ impl Controller {
             // it adopts: killed before that, it starts recovering again.)
             store
                 .save(&machine.durable())
+                .await
                 .context("persisting the initial state")?;
         }
         store.append(
@@ -134,7 +159,7 @@ impl Controller {
                     (true, false) => "state from disk, not waiting for the agents (--no-wait-for-agents)",
                 }
             ),
-        )?;
+        ).await?;
         let agents = cfg
             .regions
             .iter()
@@ -207,6 +232,7 @@ impl Controller {
                     // On disk before anything after it: the Sends below carry this epoch.
                     self.store
                         .save(&m.durable())
+                        .await
                         .context("persisting controller state")?;
                 }
                 Action::Journal {
@@ -216,6 +242,7 @@ impl Controller {
                 } => {
                     self.store
                         .append(self.mono_ms(), m.epoch, kind, region.as_ref(), &detail)
+                        .await
                         .context("writing the journal")?;
                     tracing::info!(epoch = %m.epoch, kind = kind.as_str(), region = ?region.as_ref().map(|r| r.to_string()), "{detail}");
                 }
@@ -350,13 +377,15 @@ impl Controller {
             }
         }
         let epoch = self.machine.lock().await.epoch;
-        self.store.append(
-            self.mono_ms(),
-            epoch,
-            JournalKind::Info,
-            None,
-            "controller stopped",
-        )?;
+        self.store
+            .append(
+                self.mono_ms(),
+                epoch,
+                JournalKind::Info,
+                None,
+                "controller stopped",
+            )
+            .await?;
         Ok(())
     }
 
@@ -419,6 +448,7 @@ impl Controller {
                 LeaseView {
                     holder: l.holder.clone(),
                     epoch: l.epoch,
+                    renewed: l.renewed,
                     expires_in_ms: if expires >= now {
                         i64::try_from(expires.duration_since(now).as_millis()).unwrap_or(i64::MAX)
                     } else {
@@ -428,7 +458,21 @@ impl Controller {
             }),
             regions,
             failovers: m.failovers,
+            leadership: self.opts.leadership.as_ref().map(|f| f()),
         }
+    }
+
+    /// The current epoch.
+    pub async fn epoch(&self) -> Epoch {
+        self.machine.lock().await.epoch
+    }
+
+    /// May this controller grant a lease now (see [`ControllerOptions::may_grant`])?
+    fn may_grant(&self) -> bool {
+        self.opts
+            .may_grant
+            .as_ref()
+            .is_none_or(|gate| gate(Instant::now()))
     }
 }
 
@@ -499,6 +543,7 @@ async fn journal(
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
     c.store
         .journal(q.since, q.limit.unwrap_or(10_000))
+        .await
         .map(Json)
         .map_err(internal)
 }
@@ -612,6 +657,15 @@ async fn lease(
             req.region.as_str()
         )));
     }
+    if !c.may_grant() {
+        // Not the leader any more, or its etcd lease may be about to expire: not a
+        // decision (503), so the active agent holds on promises (rule 7) until it
+        // finds the new leader.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this controller's leadership is ending: ask the leader",
+        ));
+    }
     let reply = c
         .step(Event::LeaseRequest {
             region: req.region,
@@ -621,6 +675,15 @@ async fn lease(
         .map_err(internal)?;
     let m = c.machine.lock().await;
     let (granted, reason) = match reply {
+        // Checked again after the step: the grant leaves only while the leadership
+        // that made it holds (the old leader's last grant precedes the new one's
+        // takeover, docs/architecture.md).
+        Some(Reply::Lease { granted: true, .. }) if !c.may_grant() => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this controller's leadership ended: ask the leader",
+            ));
+        }
         Some(Reply::Lease { granted, reason }) => (granted, reason),
         Some(Reply::LeaseUndecided { reason }) => {
             // Not a decision: the controller cannot judge yet. 503 makes the active
@@ -680,6 +743,50 @@ async fn report(
         epoch: m.epoch,
         active: m.active.clone(),
     }))
+}
+
+/// The leadership gauges (every controller, leader or not).
+pub fn leadership_metrics(out: &mut String, v: &LeadershipView) {
+    family(
+        out,
+        "lifeboat_controller_leading",
+        "gauge",
+        "1 while this controller leads and may grant leases, else 0.",
+    );
+    sample(
+        out,
+        "lifeboat_controller_leading",
+        &[("member", &v.this)],
+        f64::from(u8::from(v.leading)),
+    );
+    family(
+        out,
+        "lifeboat_etcd_endpoint_healthy",
+        "gauge",
+        "1 if the etcd endpoint answered its last status request, else 0.",
+    );
+    for e in &v.etcd {
+        sample(
+            out,
+            "lifeboat_etcd_endpoint_healthy",
+            &[("endpoint", &e.endpoint)],
+            f64::from(u8::from(e.healthy)),
+        );
+    }
+    family(
+        out,
+        "lifeboat_controller_up",
+        "gauge",
+        "1 if the controller answered its last /healthz from this one, else 0.",
+    );
+    for c in &v.controllers {
+        sample(
+            out,
+            "lifeboat_controller_up",
+            &[("member", &c.name)],
+            f64::from(u8::from(c.up)),
+        );
+    }
 }
 
 /// Durations between the steps of the most recent failover, from the journal.
@@ -849,7 +956,7 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
             );
         }
     }
-    if let Ok(journal) = c.store.journal(0, 100_000) {
+    if let Ok(journal) = c.store.journal(0, 100_000).await {
         family(
             &mut out,
             "lifeboat_failover_step_seconds",
@@ -864,6 +971,9 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
                 secs,
             );
         }
+    }
+    if let Some(v) = c.opts.leadership.as_ref().map(|f| f()) {
+        leadership_metrics(&mut out, &v);
     }
     for f in &c.opts.extra_metrics {
         f(&mut out);
@@ -882,7 +992,7 @@ async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
 
 async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
     let s = c.status_view().await;
-    let journal = c.store.journal(0, 100_000).unwrap_or_default();
+    let journal = c.store.journal(0, 100_000).await.unwrap_or_default();
     let esc = |t: &str| {
         t.replace('&', "&amp;")
             .replace('<', "&lt;")
@@ -925,7 +1035,7 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>lifeboat — {dep}</title>\
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.Healthy{{color:green}}.Unhealthy{{color:red}}</style></head>\
-<body><h1>lifeboat — {dep}</h1><p>epoch <b>{epoch}</b> · active <b>{active}</b> · phase {phase} · mode {mode} · failovers {fo}</p>\
+<body><h1>lifeboat — {dep}</h1>{leader}<p>epoch <b>{epoch}</b> · active <b>{active}</b> · phase {phase} · mode {mode} · failovers {fo}</p>\
 <h2>Regions</h2><table><tr><th>region</th><th>role</th><th>health</th><th>agent epoch</th><th>last report</th><th>data roles</th><th>witness</th></tr>{rows}</table>\
 <h2>Journal (newest first)</h2><table><tr><th>#</th><th>unix ms</th><th>epoch</th><th>step</th><th>detail</th></tr>{jrows}</table></body></html>",
         dep = esc(&s.deployment),
@@ -934,5 +1044,21 @@ async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
         phase = esc(&s.phase),
         mode = s.mode,
         fo = s.failovers,
+        leader = s.leadership.as_ref().map_or(String::new(), |v| format!(
+            "<p>controller <b>{}</b> leads · controllers: {} · etcd: {}</p>",
+            esc(&v.this),
+            esc(&v
+                .controllers
+                .iter()
+                .map(|c| format!("{} {}", c.name, if c.up { "up" } else { "down" }))
+                .collect::<Vec<_>>()
+                .join(", ")),
+            esc(&v
+                .etcd
+                .iter()
+                .map(|e| format!("{} {}", e.endpoint, if e.healthy { "up" } else { "down" }))
+                .collect::<Vec<_>>()
+                .join(", "))
+        )),
     ))
 }

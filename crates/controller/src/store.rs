@@ -1,5 +1,12 @@
-//! Durable controller state: the epoch, the active region and the journal, in SQLite.
+//! Durable controller state: the epoch, the active region and the journal.
 //!
+//! [`StateStore`] is what the controller needs of its storage; [`Store`] keeps it in
+//! SQLite (one controller, the embedded default) and `etcd::EtcdStore` (feature
+//! `etcd`) in etcd, for several controllers of which one leads. A `save` that
+//! returned is durable; one that failed leaves the old state, and the controller
+//! sends nothing that depends on it.
+//!
+//! SQLite:
 //! `synchronous = FULL` with WAL: a transaction that returned is on disk, so a kill -9
 //! at any instant leaves either the old or the new state, never a torn one. The state
 //! row carries a format version so a later release can migrate it.
@@ -16,17 +23,64 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
+/// The controller's durable state and journal, wherever they are kept.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync {
+    /// Where the state lives, for messages ("/var/lib/lifeboat/controller.db").
+    fn describe(&self) -> String;
+    async fn load(&self) -> Result<Option<Durable>>;
+    /// Persist the durable state; returns once it is durable.
+    async fn save(&self, state: &Durable) -> Result<()>;
+    async fn append(
+        &self,
+        mono_ms: u64,
+        epoch: Epoch,
+        kind: JournalKind,
+        region: Option<&RegionId>,
+        detail: &str,
+    ) -> Result<JournalEntry>;
+    /// Journal entries with `seq > since`, oldest first, at most `limit`.
+    async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>>;
+}
+
+#[async_trait::async_trait]
+impl StateStore for Store {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+    async fn load(&self) -> Result<Option<Durable>> {
+        Store::load(self)
+    }
+    async fn save(&self, state: &Durable) -> Result<()> {
+        Store::save(self, state)
+    }
+    async fn append(
+        &self,
+        mono_ms: u64,
+        epoch: Epoch,
+        kind: JournalKind,
+        region: Option<&RegionId>,
+        detail: &str,
+    ) -> Result<JournalEntry> {
+        Store::append(self, mono_ms, epoch, kind, region, detail)
+    }
+    async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
+        Store::journal(self, since, limit)
+    }
+}
+
+/// The state in SQLite: one controller.
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Versioned {
-    version: u32,
-    state: Durable,
+pub(crate) struct Versioned {
+    pub(crate) version: u32,
+    pub(crate) state: Durable,
 }
 
 pub fn unix_ms() -> u64 {
@@ -170,7 +224,7 @@ impl Store {
 }
 
 /// The state row's body, of any format up to this one's, as today's [`Durable`].
-fn decode(body: &str, path: &Path) -> Result<Durable> {
+pub(crate) fn decode(body: &str, path: &Path) -> Result<Durable> {
     let v: Versioned = serde_json::from_str(body)
         .with_context(|| format!("decoding controller state in {}", path.display()))?;
     anyhow::ensure!(

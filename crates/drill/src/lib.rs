@@ -241,8 +241,8 @@ pub async fn run(
     anyhow::ensure!(opts.runs > 0, "--runs must be at least 1");
     let clock = Clock::new();
     let started = clock.now_ms();
-    let controller = ApiClient::new(
-        format!("http://{}", cfg.controller.api_addr),
+    let controller = ApiClient::any_of(
+        cfg.controller.api_urls(),
         cfg.auth.secret().load().ok(),
         Duration::from_secs(3),
     );

@@ -298,6 +298,7 @@ async fn status(State(s): State<CtrlState>) -> axum::Json<ControllerStatus> {
             })
             .collect(),
         failovers: 0,
+        leadership: None,
     })
 }
 

@@ -25,6 +25,10 @@ pub enum Command {
         /// region). Only when an agent is gone for good and its region known dead.
         #[arg(long)]
         no_wait_for_agents: bool,
+        /// `[controller] store = "etcd"`: which of `[[controller.members]]` this is
+        /// (its API and DNS addresses).
+        #[arg(long)]
+        member: Option<String>,
     },
     /// Run one region's agent.
     Agent {
@@ -229,7 +233,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Controller {
             config,
             no_wait_for_agents,
-        } => crate::run::controller(&config, no_wait_for_agents).await,
+            member,
+        } => crate::run::controller(&config, no_wait_for_agents, member.as_deref()).await,
         Command::Agent { config, region } => crate::run::agent(&config, &region).await,
         Command::Status { config, json } => crate::ops::status(&config, json).await,
         Command::Failover {

@@ -49,6 +49,11 @@ pub struct DemoArgs {
     /// second, as systemd's Restart=always would).
     #[arg(long)]
     pub no_restart_controller: bool,
+    /// 3 or 5: that many controllers on a three- or five-member etcd cluster (Debian
+    /// package etcd-server; data under the demo's directory), one leading. Needs a
+    /// lifeboat built with `--features etcd`.
+    #[arg(long, default_value_t = 1)]
+    pub controllers: usize,
     #[command(flatten)]
     pub drill_args: DrillArgs,
 }
@@ -66,6 +71,21 @@ struct Ports {
     app: u16,
     agent: u16,
     db: BTreeMap<&'static str, u16>,
+    /// `--controllers N` > 1: the API and DNS ports of controllers c2..cN (c1 has
+    /// `api` and `dns`), and each etcd member's client and peer ports.
+    more_controllers: Vec<(u16, u16)>,
+    etcd: Vec<(u16, u16)>,
+}
+
+impl Ports {
+    /// (name, API port, DNS port) of every controller.
+    fn controllers(&self) -> Vec<(String, u16, u16)> {
+        let mut v = vec![("c1".to_owned(), self.api, self.dns)];
+        for (i, (api, dns)) in self.more_controllers.iter().enumerate() {
+            v.push((format!("c{}", i + 2), *api, *dns));
+        }
+        v
+    }
 }
 
 /// A port free on every one of `ips` (UDP too when asked), chosen below Linux's
@@ -94,7 +114,7 @@ fn free_on_all(ips: &[&str], udp_too: bool) -> Result<u16> {
     bail!("no port in 20000..32000 is free on {}", ips.join(", "))
 }
 
-fn choose_ports() -> Result<Ports> {
+fn choose_ports(controllers: usize) -> Result<Ports> {
     let region_ips: Vec<&str> = REGIONS.iter().map(|(_, ip)| *ip).collect();
     // The ports are not held between checks, so make sure no two came out equal.
     for _ in 0..20 {
@@ -109,9 +129,27 @@ fn choose_ports() -> Result<Ports> {
             app: free_on_all(&region_ips, false)?,
             agent: free_on_all(&region_ips, false)?,
             db,
+            more_controllers: (1..controllers)
+                .map(|_| {
+                    Ok((
+                        free_on_all(&["127.0.0.1"], false)?,
+                        free_on_all(&["127.0.0.1"], true)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
+            etcd: (0..if controllers > 1 { controllers } else { 0 })
+                .map(|_| {
+                    Ok((
+                        free_on_all(&["127.0.0.1"], false)?,
+                        free_on_all(&["127.0.0.1"], false)?,
+                    ))
+                })
+                .collect::<Result<_>>()?,
         };
         let mut all = vec![p.api, p.dns, p.app, p.agent];
         all.extend(p.db.values());
+        all.extend(p.more_controllers.iter().flat_map(|(a, d)| [*a, *d]));
+        all.extend(p.etcd.iter().flat_map(|(c, q)| [*c, *q]));
         let n = all.len();
         all.sort_unstable();
         all.dedup();
@@ -221,6 +259,26 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
         toml_str(&d("controller")),
         toml_str(&d("token")),
     );
+    if args.controllers > 1 {
+        // Into the [controller] table, which ends at its blank line.
+        let at = c
+            .find("\n\n[auth]")
+            .context("the generated [controller] table")?;
+        let mut etcd = format!(
+            "\nstore = \"etcd\"\n\n[controller.etcd]\nendpoints = [{}]\nprefix = \"/lifeboat/demo\"\n",
+            p.etcd
+                .iter()
+                .map(|(client, _)| format!("\"http://127.0.0.1:{client}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (name, api, dns) in p.controllers() {
+            etcd.push_str(&format!(
+                "\n[[controller.members]]\nname = \"{name}\"\napi_addr = \"127.0.0.1:{api}\"\ndns_addr = \"127.0.0.1:{dns}\"\n"
+            ));
+        }
+        c.insert_str(at, &etcd);
+    }
     for (i, (r, ip)) in REGIONS.iter().enumerate() {
         let poison = l.control.join(format!("poison-app-{r}"));
         let app = format!(
@@ -314,7 +372,13 @@ fn write_config(args: &DemoArgs, l: &Layout, p: &Ports) -> Result<()> {
         }
     }
     let ctl = l.control.display();
-    let controller_pid = format!("$(cat {ctl}/controller.pid)");
+    // Several controllers: the drill's controller faults hit c1 (which may or may
+    // not lead at that moment).
+    let controller_pid = if args.controllers > 1 {
+        format!("$(cat {ctl}/controller-c1.pid)")
+    } else {
+        format!("$(cat {ctl}/controller.pid)")
+    };
     c.push_str(&format!(
         "[drill.controller]\nkill = {}\nstart = {}\npause = {}\nresume = {}\n",
         // Held down for the fault's length: the supervisor would restart it in a second.
@@ -439,6 +503,60 @@ impl Children {
         Ok(addr)
     }
 
+    /// Start etcd member `i` of `members` (client, peer ports) on 127.0.0.1, its data
+    /// in the demo's directory; its log in the logs directory.
+    fn spawn_etcd(&mut self, i: usize, members: &[(u16, u16)]) -> Result<()> {
+        let name = format!("e{}", i + 1);
+        let (client, peer) = members[i];
+        let cluster = members
+            .iter()
+            .enumerate()
+            .map(|(k, (_, p))| format!("e{}=http://127.0.0.1:{p}", k + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("etcd-{name}.log")))?;
+        let mut cmd = Command::new(ETCD);
+        cmd.args(["--name", &name])
+            .arg("--data-dir")
+            .arg(Path::new(&self.layout).join(format!("etcd-{name}")))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-token", "lifeboat-demo"])
+            .args(["--initial-cluster-state", "new"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting etcd {name}"))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(
+                Path::new(&self.layout)
+                    .join("control")
+                    .join(format!("etcd-{name}.pid")),
+                pid.to_string(),
+            )?;
+        }
+        self.procs.insert(format!("etcd-{name}"), child);
+        Ok(())
+    }
+
     /// The process is there and has not exited (a stopped, SIGSTOPped one counts as
     /// running). An exited one is reaped here.
     fn running(&mut self, name: &str) -> bool {
@@ -466,7 +584,28 @@ impl Children {
     }
 }
 
+/// The Debian package etcd-server's binary.
+const ETCD: &str = "/usr/bin/etcd";
+
 fn check_prerequisites(args: &DemoArgs) -> Result<()> {
+    match args.controllers {
+        1 => {}
+        3 | 5 => {
+            if !cfg!(feature = "etcd") {
+                bail!(
+                    "--controllers {} needs a lifeboat built with etcd support:\n  cargo run --release -p lifeboat --features etcd -- demo --controllers {}\n(its build needs protoc: sudo apt-get install -y protobuf-compiler libprotobuf-dev)",
+                    args.controllers,
+                    args.controllers
+                );
+            }
+            if !Path::new(ETCD).exists() {
+                bail!(
+                    "etcd was not found ({ETCD}).\nInstall it with:  sudo apt-get install -y etcd-server   (then `systemctl disable --now etcd`: the demo starts its own members)"
+                );
+            }
+        }
+        n => bail!("--controllers {n}: 1 (SQLite), or 3 or 5 (on etcd)"),
+    }
     match args.database.as_str() {
         "postgres" | "postgresql" => {
             if lifeboat_pg::PgBin::locate(None).is_err() {
@@ -507,7 +646,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         }
     };
     let layout = Layout::new(dir)?;
-    let ports = choose_ports()?;
+    let ports = choose_ports(args.controllers)?;
     write_secret(&layout.dir.join("token"), &random_secret())?;
     write_secret(&layout.dir.join("db-password"), &random_secret())?;
     write_secret(&layout.dir.join("repl-password"), &random_secret())?;
@@ -536,7 +675,18 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     for (r, _) in REGIONS {
         children.stop(&format!("agent-{r}")).await;
     }
-    children.stop("controller").await;
+    for (name, _) in controller_procs(&cfg) {
+        children.stop(&name).await;
+    }
+    let etcd: Vec<String> = children
+        .procs
+        .keys()
+        .filter(|n| n.starts_with("etcd-"))
+        .cloned()
+        .collect();
+    for name in etcd {
+        children.stop(&name).await;
+    }
     stop_databases(&cfg).await;
     // What is left: pilot-light apps whose agent a drill killed (orphans), a server an
     // agent was starting as it was stopped (a rejoin right after a drill: no pid file
@@ -670,10 +820,21 @@ async fn run_inner(
     if let Some(my) = cfg.database.as_ref().and_then(|d| d.mysql.as_ref()) {
         create_app_database(my, l).await?;
     }
-    eprintln!("lifeboat demo: starting the controller and the agents");
-    children
-        .spawn("controller", &["controller"], "listening api ")
-        .await?;
+    if !p.etcd.is_empty() {
+        eprintln!(
+            "lifeboat demo: starting a {}-member etcd cluster",
+            p.etcd.len()
+        );
+        for i in 0..p.etcd.len() {
+            children.spawn_etcd(i, &p.etcd)?;
+        }
+        wait_etcd(&p.etcd, &cancel).await?;
+    }
+    eprintln!("lifeboat demo: starting the controller(s) and the agents");
+    for (name, args) in controller_procs(cfg) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        children.spawn(&name, &args, "listening api ").await?;
+    }
     for (r, _) in REGIONS {
         children
             .spawn(
@@ -683,17 +844,12 @@ async fn run_inner(
             )
             .await?;
     }
-    let client = lifeboat_api::ApiClient::new(
-        format!("http://127.0.0.1:{}", p.api),
-        None,
-        Duration::from_secs(3),
-    );
-    let ready = wait_ready(&client, p, &cancel).await;
+    let ready = wait_ready(cfg, p, &cancel).await;
     if let Err(e) = ready {
         eprintln!("lifeboat demo: {e:#}\nlogs are in {}", l.logs.display());
         return Ok(ExitCode::FAILURE);
     }
-    print_banner(args, cfg, l, p);
+    print_banner(args, cfg, l, p).await;
 
     let restart_controller = !args.no_restart_controller;
     if args.drill {
@@ -712,6 +868,7 @@ async fn run_inner(
             drill,
             supervise(
                 children,
+                cfg,
                 &l.control,
                 restart_controller,
                 supervising.clone()
@@ -727,7 +884,14 @@ async fn run_inner(
             ""
         }
     );
-    supervise(children, &l.control, restart_controller, cancel.clone()).await;
+    supervise(
+        children,
+        cfg,
+        &l.control,
+        restart_controller,
+        cancel.clone(),
+    )
+    .await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -765,11 +929,70 @@ async fn create_app_database(my: &lifeboat_config::mysql::MysqlConfig, l: &Layou
 }
 
 /// Wait until region a is active and its app answers.
-async fn wait_ready(
-    client: &lifeboat_api::ApiClient,
-    p: &Ports,
-    cancel: &CancellationToken,
-) -> Result<()> {
+/// Every controller process of the demo: its name (and pid file) and arguments.
+fn controller_procs(cfg: &Config) -> Vec<(String, Vec<String>)> {
+    if cfg.controller.members.is_empty() {
+        return vec![("controller".into(), vec!["controller".into()])];
+    }
+    cfg.controller
+        .members
+        .iter()
+        .map(|m| {
+            (
+                format!("controller-{}", m.name),
+                vec!["controller".into(), "--member".into(), m.name.clone()],
+            )
+        })
+        .collect()
+}
+
+/// The leading controller's status (with one controller, its status).
+async fn leader_status(cfg: &Config) -> Option<lifeboat_api::types::ControllerStatus> {
+    for url in cfg.controller.api_urls() {
+        let c = lifeboat_api::ApiClient::new(url, None, Duration::from_secs(2));
+        if let Ok(st) = c.status().await
+            && st.leadership.as_ref().is_none_or(|l| l.leading)
+        {
+            return Some(st);
+        }
+    }
+    None
+}
+
+/// Until every etcd member answers `/health` with true (the cluster has a leader).
+async fn wait_etcd(members: &[(u16, u16)], cancel: &CancellationToken) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut healthy = 0;
+        for (client, _) in members {
+            let url = format!("http://127.0.0.1:{client}/health");
+            if let Ok(r) = http.get(&url).send().await
+                && r.text().await.is_ok_and(|t| t.contains("true"))
+            {
+                healthy += 1;
+            }
+        }
+        if healthy == members.len() {
+            return Ok(());
+        }
+        if cancel.is_cancelled() {
+            bail!("interrupted");
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "etcd did not become healthy in 30 s ({healthy} of {} members)",
+                members.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_ready(cfg: &Config, p: &Ports, cancel: &CancellationToken) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -780,7 +1003,7 @@ async fn wait_ready(
         if cancel.is_cancelled() {
             bail!("interrupted");
         }
-        let st = client.status().await.ok();
+        let st = leader_status(cfg).await;
         let active = st.as_ref().is_some_and(|s| {
             s.active.as_ref().map(|r| r.as_str()) == Some("a") && s.phase == "steady"
         });
@@ -808,13 +1031,15 @@ async fn wait_ready(
 /// shutdown stops it.
 async fn supervise(
     children: &mut Children,
+    cfg: &Config,
     control: &Path,
     restart_controller: bool,
     stop: CancellationToken,
 ) {
     let hold = control.join("hold-controller");
     let start = control.join("start-controller");
-    let mut controller_down_since: Option<tokio::time::Instant> = None;
+    let controllers = controller_procs(cfg);
+    let mut down_since: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -843,35 +1068,36 @@ async fn supervise(
             let _ = std::fs::remove_file(&start);
             let _ = std::fs::remove_file(&hold);
         }
-        if children.running("controller") {
-            controller_down_since = None;
-            continue;
-        }
-        let now = tokio::time::Instant::now();
-        let since = *controller_down_since.get_or_insert(now);
-        let due = restart_controller
-            && !hold.exists()
-            && now.duration_since(since) >= CONTROLLER_RESTART_DELAY;
-        if asked || due {
-            match children
-                .spawn("controller", &["controller"], "listening api ")
-                .await
-            {
+        for (name, args) in &controllers {
+            if children.running(name) {
+                down_since.remove(name);
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let since = *down_since.entry(name.clone()).or_insert(now);
+            let due = restart_controller
+                && !hold.exists()
+                && now.duration_since(since) >= CONTROLLER_RESTART_DELAY;
+            if !(asked || due) {
+                continue;
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match children.spawn(name, &args, "listening api ").await {
                 Ok(_) => {
-                    eprintln!("lifeboat demo: controller started again");
-                    controller_down_since = None;
+                    eprintln!("lifeboat demo: {name} started again");
+                    down_since.remove(name);
                 }
                 Err(e) => {
-                    eprintln!("lifeboat demo: cannot start the controller again: {e:#}");
+                    eprintln!("lifeboat demo: cannot start {name} again: {e:#}");
                     // Wait another delay before the next try, as systemd would.
-                    controller_down_since = Some(tokio::time::Instant::now());
+                    down_since.insert(name.clone(), tokio::time::Instant::now());
                 }
             }
         }
     }
 }
 
-fn print_banner(args: &DemoArgs, cfg: &Config, l: &Layout, p: &Ports) {
+async fn print_banner(args: &DemoArgs, cfg: &Config, l: &Layout, p: &Ports) {
     let engine = if args.database.starts_with("maria") || args.database == "mysql" {
         "MariaDB"
     } else {
@@ -906,10 +1132,36 @@ fn print_banner(args: &DemoArgs, cfg: &Config, l: &Layout, p: &Ports) {
         "  dns         127.0.0.1:{dns}   dig @127.0.0.1 -p {dns} app.demo.lifeboat. A +short\n",
         dns = p.dns
     ));
-    s.push_str(&format!(
-        "  controller  http://127.0.0.1:{}/   (dashboard, /metrics, /v1/status)\n",
-        p.api
-    ));
+    if p.more_controllers.is_empty() {
+        s.push_str(&format!(
+            "  controller  http://127.0.0.1:{}/   (dashboard, /metrics, /v1/status)\n",
+            p.api
+        ));
+    } else {
+        let leader = leader_status(cfg)
+            .await
+            .and_then(|st| st.leadership)
+            .and_then(|l| l.leader);
+        for (name, api, dns) in p.controllers() {
+            s.push_str(&format!(
+                "  controller  {name}: http://127.0.0.1:{api}/  dns 127.0.0.1:{dns}{}\n",
+                if leader.as_deref() == Some(name.as_str()) {
+                    "   (leads)"
+                } else {
+                    ""
+                }
+            ));
+        }
+        s.push_str(&format!(
+            "  etcd        {}   (data in {})\n",
+            p.etcd
+                .iter()
+                .map(|(c, _)| format!("http://127.0.0.1:{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            l.dir.display()
+        ));
+    }
     for (r, ip) in REGIONS {
         s.push_str(&format!(
             "  database    region {r}: {engine} on {ip}:{}{}\n",

@@ -20,8 +20,8 @@ fn client(cfg: &Config, with_token: bool) -> Result<ApiClient> {
     } else {
         cfg.auth.secret().load().ok()
     };
-    Ok(ApiClient::new(
-        format!("http://{}", cfg.controller.api_addr),
+    Ok(ApiClient::any_of(
+        cfg.controller.api_urls(),
         token,
         Duration::from_secs(10),
     ))
@@ -59,7 +59,7 @@ pub fn validate(path: &Path) -> Result<ExitCode> {
 pub async fn status(path: &Path, json: bool) -> Result<ExitCode> {
     let cfg = crate::run::load_config(path)?;
     let c = client(&cfg, false)?;
-    let st = match c.status().await {
+    let mut st = match c.status().await {
         Ok(st) => st,
         Err(e) => {
             // The witness is what an operator most needs to see past when it is gone:
@@ -67,6 +67,18 @@ pub async fn status(path: &Path, json: bool) -> Result<ExitCode> {
             return agents_status(&cfg, &e.to_string(), json).await;
         }
     };
+    // Several controllers: a follower knows the state, the leader knows the agents.
+    if let Some(url) = st
+        .leadership
+        .as_ref()
+        .filter(|l| !l.leading)
+        .and_then(|l| l.leader_url.clone())
+    {
+        let leader = ApiClient::new(url, cfg.auth.secret().load().ok(), Duration::from_secs(3));
+        if let Ok(from_leader) = leader.status().await {
+            st = from_leader;
+        }
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -169,6 +181,28 @@ pub fn render_status(st: &ControllerStatus) -> String {
         out.push_str(&format!(
             "lease    {} (epoch {}), certainly expired in {} ms\n",
             l.holder, l.epoch, l.expires_in_ms
+        ));
+    }
+    if let Some(v) = &st.leadership {
+        out.push_str(&format!(
+            "leader   {} (answered by {}{})  etcd: {}\n",
+            v.leader.as_deref().unwrap_or("nobody"),
+            v.this,
+            if v.leading {
+                ", leading"
+            } else {
+                ", following"
+            },
+            v.etcd
+                .iter()
+                .map(|e| format!(
+                    "{} {}{}",
+                    e.endpoint,
+                    if e.healthy { "up" } else { "DOWN" },
+                    if e.raft_leader { " (raft leader)" } else { "" }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     out.push_str(&format!(

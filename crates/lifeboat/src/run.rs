@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use lifeboat_agent::{Agent, services::Services};
 use lifeboat_api::types::CheckReport;
 use lifeboat_config::Config;
+use lifeboat_config::etcd::StoreKind;
 use lifeboat_controller::{Controller, ControllerOptions};
 use lifeboat_core::{RegionId, SharedRole, VantageId};
 use lifeboat_health::{CheckStates, Prober};
@@ -87,8 +88,30 @@ pub(crate) fn to_reports(states: &CheckStates) -> BTreeMap<String, CheckReport> 
         .collect()
 }
 
-pub async fn controller(path: &Path, no_wait_for_agents: bool) -> Result<ExitCode> {
-    let cfg = load_config(path)?;
+pub async fn controller(
+    path: &Path,
+    no_wait_for_agents: bool,
+    member: Option<&str>,
+) -> Result<ExitCode> {
+    let mut cfg = load_config(path)?;
+    match (cfg.controller.store, member) {
+        (StoreKind::Sqlite, None) => {}
+        (StoreKind::Sqlite, Some(_)) => anyhow::bail!(
+            "--member is for several controllers ([controller] store = \"etcd\" in {})",
+            cfg.source.display()
+        ),
+        (StoreKind::Etcd, None) => anyhow::bail!(
+            "{} keeps the controllers' state in etcd: say which controller this is with --member NAME (one of [[controller.members]])",
+            cfg.source.display()
+        ),
+        (StoreKind::Etcd, Some(name)) => {
+            let mut c = (*cfg).clone();
+            c.controller
+                .as_member(name)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cfg.source.display()))?;
+            cfg = Arc::new(c);
+        }
+    }
     let token = lifeboat_agent::load_token(&cfg)?;
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
@@ -99,29 +122,30 @@ pub async fn controller(path: &Path, no_wait_for_agents: bool) -> Result<ExitCod
     let tasks = tokio_util::task::TaskTracker::new();
     let probe_cancel = cancel.child_token();
     tasks.spawn(prober.run(probe_cancel.clone()));
-
-    let ctrl = Controller::open(
-        cfg.clone(),
-        token,
-        local,
-        ControllerOptions {
-            discovery: Some(crate::wiring::discovery()),
-            no_wait_for_agents,
-            ..ControllerOptions::default()
-        },
-    )
-    .with_context(|| {
-        format!(
-            "opening controller state in {}",
-            cfg.controller.state_dir.display()
-        )
-    })?;
+    let opts = ControllerOptions {
+        discovery: Some(crate::wiring::discovery()),
+        no_wait_for_agents,
+        ..ControllerOptions::default()
+    };
+    let served = match member {
+        None => Served::One(
+            Controller::open(cfg.clone(), token, local, opts)
+                .await
+                .with_context(|| {
+                    format!(
+                        "opening controller state in {}",
+                        cfg.controller.state_dir.display()
+                    )
+                })?,
+        ),
+        Some(name) => ha_controller(&cfg, name, token, local, opts)?,
+    };
     if let (Some(_), Some(addr)) = (&cfg.dns, cfg.controller.dns_addr) {
         let (udp, tcp) = bind_dns(addr, "controller.dns_addr").await?;
-        let dns =
-            lifeboat_dns::DnsServer::new(&cfg, ctrl.routing()).context("building the DNS zone")?;
+        let dns = lifeboat_dns::DnsServer::new(&cfg, served.routing())
+            .context("building the DNS zone")?;
         let metrics = dns.metrics();
-        ctrl.add_metrics(Arc::new(move |out: &mut String| {
+        served.add_metrics(Arc::new(move |out: &mut String| {
             metrics.render_prometheus(out)
         }));
         tasks.spawn(dns.run(udp, tcp, probe_cancel.clone()));
@@ -133,21 +157,89 @@ pub async fn controller(path: &Path, no_wait_for_agents: bool) -> Result<ExitCod
         )
     })?;
     announce("api", format!("http://{}", listener.local_addr()?));
-    let app = ctrl.router();
+    let app = served.router();
     let http_cancel = cancel.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { http_cancel.cancelled().await })
             .await
     });
-    let result = ctrl.clone().run(cancel.clone()).await;
+    let result = served.run(cancel.clone()).await;
     cancel.cancel();
-    let _ = server.await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("the controller API server: {e}"),
+        Err(e) => tracing::error!("the controller API server panicked: {e}"),
+    }
     probe_cancel.cancel();
     tasks.close();
     tasks.wait().await;
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One controller on SQLite, or one of several on etcd.
+enum Served {
+    One(Arc<Controller>),
+    #[cfg(feature = "etcd")]
+    Ha(Arc<lifeboat_controller::ha::HaController>),
+}
+
+impl Served {
+    fn routing(&self) -> watch::Receiver<lifeboat_core::RoutingTable> {
+        match self {
+            Served::One(c) => c.routing(),
+            #[cfg(feature = "etcd")]
+            Served::Ha(h) => h.routing(),
+        }
+    }
+    fn add_metrics(&self, f: lifeboat_controller::MetricsFn) {
+        match self {
+            Served::One(c) => c.add_metrics(f),
+            #[cfg(feature = "etcd")]
+            Served::Ha(h) => h.add_metrics(f),
+        }
+    }
+    fn router(&self) -> axum::Router {
+        match self {
+            Served::One(c) => c.router(),
+            #[cfg(feature = "etcd")]
+            Served::Ha(h) => h.router(),
+        }
+    }
+    async fn run(self, cancel: CancellationToken) -> Result<()> {
+        match self {
+            Served::One(c) => c.run(cancel).await,
+            #[cfg(feature = "etcd")]
+            Served::Ha(h) => h.run(cancel).await,
+        }
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn ha_controller(
+    cfg: &Arc<Config>,
+    name: &str,
+    token: lifeboat_api::http::Token,
+    local: watch::Receiver<CheckStates>,
+    opts: ControllerOptions,
+) -> Result<Served> {
+    lifeboat_controller::ha::HaController::new(cfg.clone(), name, token, local, opts)
+        .map(Served::Ha)
+}
+
+#[cfg(not(feature = "etcd"))]
+fn ha_controller(
+    cfg: &Arc<Config>,
+    _name: &str,
+    _token: lifeboat_api::http::Token,
+    _local: watch::Receiver<CheckStates>,
+    _opts: ControllerOptions,
+) -> Result<Served> {
+    anyhow::bail!(
+        "{} has [controller] store = \"etcd\", but this lifeboat was built without etcd support: build it with `cargo build --release -p lifeboat --features etcd` (needs protoc: apt-get install protobuf-compiler libprotobuf-dev)",
+        cfg.source.display()
+    )
 }
 
 /// Bind DNS on UDP and TCP at the same address (port 0: the same free port for both).
@@ -193,8 +285,8 @@ async fn agent_dns(
         return Ok(());
     };
     let (udp, tcp) = bind_dns(addr, &format!("dns.nameservers (region {region})")).await?;
-    let client = lifeboat_api::ApiClient::new(
-        format!("http://{}", cfg.controller.api_addr),
+    let client = lifeboat_api::ApiClient::any_of(
+        cfg.controller.api_urls(),
         Some(token),
         std::time::Duration::from_secs(2),
     );

@@ -14,6 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub mod etcd;
+
 pub const TOKEN: &str = "test-token-7f3a";
 
 pub fn bin() -> &'static str {
@@ -167,6 +169,8 @@ pub struct Deployment {
     pub regions: Vec<RegionSpec>,
     pub procs: BTreeMap<String, Proc>,
     pub dns_addr: Option<String>,
+    /// Several controllers on etcd: (member name, API address), in config order.
+    pub members: Vec<(String, String)>,
 }
 
 pub struct Options {
@@ -176,6 +180,10 @@ pub struct Options {
     /// (inside a network namespace of their own, where every port is free).
     pub fixed_ports: BTreeMap<String, (u16, u16)>,
     pub failover_extra: String,
+    /// Non-empty: `[controller] store = "etcd"` on these endpoints, with
+    /// `controllers` members c1, c2 … on 127.0.0.1.
+    pub etcd_endpoints: Vec<String>,
+    pub controllers: usize,
 }
 
 impl Default for Options {
@@ -188,6 +196,8 @@ impl Default for Options {
             ],
             fixed_ports: BTreeMap::new(),
             failover_extra: String::new(),
+            etcd_endpoints: Vec::new(),
+            controllers: 0,
         }
     }
 }
@@ -200,14 +210,43 @@ impl Deployment {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("token"), TOKEN).unwrap();
-        let ctrl_port = free_port(&opts.ctrl_ip);
-        let ctrl_addr = format!("{}:{ctrl_port}", opts.ctrl_ip);
+        let members: Vec<(String, String)> = (1..=opts.controllers)
+            .map(|i| {
+                (
+                    format!("c{i}"),
+                    format!("{}:{}", opts.ctrl_ip, free_port(&opts.ctrl_ip)),
+                )
+            })
+            .collect();
+        let ctrl_addr = match members.first() {
+            Some((_, addr)) => addr.clone(),
+            None => format!("{}:{}", opts.ctrl_ip, free_port(&opts.ctrl_ip)),
+        };
         let mut cfg = format!(
             "[deployment]\nname = \"test\"\n\n[controller]\napi_addr = \"{ctrl_addr}\"\ndns_addr = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[auth]\ntoken_file = \"{}\"\n\n[failover]\nlease_ttl = \"2s\"\nlease_margin = \"500ms\"\nreport_ttl = \"2s\"\n{}\n",
             d.join("controller").display(),
             d.join("token").display(),
             opts.failover_extra,
         );
+        if !members.is_empty() {
+            // The [controller] table ends at its blank line: the etcd keys go there.
+            let at = cfg.find("\n\n[auth]").unwrap();
+            let mut etcd = format!(
+                "\nstore = \"etcd\"\n\n[controller.etcd]\nendpoints = [{}]\nprefix = \"/lifeboat/test-{}\"\n",
+                opts.etcd_endpoints
+                    .iter()
+                    .map(|e| format!("\"{e}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                std::process::id()
+            );
+            for (name, addr) in &members {
+                etcd.push_str(&format!(
+                    "\n[[controller.members]]\nname = \"{name}\"\napi_addr = \"{addr}\"\ndns_addr = \"127.0.0.1:0\"\n"
+                ));
+            }
+            cfg.insert_str(at, &etcd);
+        }
         let mut regions = Vec::new();
         for (i, (name, ip)) in opts.regions.iter().enumerate() {
             let (agent_port, app_port) = opts
@@ -252,7 +291,47 @@ impl Deployment {
             regions,
             procs: BTreeMap::new(),
             dns_addr: None,
+            members,
         }
+    }
+
+    /// Start controller `name` of the members (`lifeboat controller --member`).
+    pub async fn start_member(&mut self, name: &str) {
+        let mut cmd = self.command(None);
+        cmd.args(["controller", "--config"])
+            .arg(&self.config)
+            .args(["--member", name])
+            .env("LIFEBOAT_LOG", "info");
+        let proc_name = format!("controller-{name}");
+        let mut p = Proc::spawn(&proc_name, cmd, &self.log(&proc_name));
+        p.wait_line("listening api ", Duration::from_secs(30)).await;
+        let dns = p.wait_line("listening dns ", Duration::from_secs(5)).await;
+        if self.dns_addr.is_none() {
+            self.dns_addr = Some(dns);
+        }
+        self.procs.insert(proc_name, p);
+    }
+
+    /// A client of one member only.
+    pub fn member_client(&self, name: &str) -> ApiClient {
+        let (_, addr) = self.members.iter().find(|(n, _)| n == name).unwrap();
+        ApiClient::new(
+            format!("http://{addr}"),
+            Some(TOKEN.into()),
+            Duration::from_secs(2),
+        )
+    }
+
+    /// The member whose own status says it leads, with that status.
+    pub async fn leader(&self) -> Option<(String, ControllerStatus)> {
+        for (name, _) in &self.members {
+            if let Ok(st) = self.member_client(name).status().await
+                && st.leadership.as_ref().is_some_and(|l| l.leading)
+            {
+                return Some((name.clone(), st));
+            }
+        }
+        None
     }
 
     pub fn log(&self, name: &str) -> PathBuf {
@@ -322,8 +401,18 @@ impl Deployment {
     }
 
     pub fn client(&self) -> ApiClient {
-        ApiClient::new(
-            format!("http://{}", self.ctrl_addr),
+        if self.members.is_empty() {
+            return ApiClient::new(
+                format!("http://{}", self.ctrl_addr),
+                Some(TOKEN.into()),
+                Duration::from_secs(3),
+            );
+        }
+        ApiClient::any_of(
+            self.members
+                .iter()
+                .map(|(_, a)| format!("http://{a}"))
+                .collect(),
             Some(TOKEN.into()),
             Duration::from_secs(3),
         )
@@ -367,8 +456,23 @@ impl Deployment {
             .ok()
     }
 
+    /// The controller's status; with several, the leader's (followers know less).
     pub async fn status(&self) -> Option<ControllerStatus> {
-        self.client().status().await.ok()
+        if self.members.is_empty() {
+            return self.client().status().await.ok();
+        }
+        // A term can end on one etcd transport error (its outcome unknown) and the
+        // next leader follows within a follow period: give it a few seconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some((_, st)) = self.leader().await {
+                return Some(st);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn journal(&self) -> Vec<JournalEntry> {

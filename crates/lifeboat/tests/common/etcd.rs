@@ -1,0 +1,223 @@
+//! Real etcd members for the tests of several controllers: `etcd` (Debian package
+//! etcd-server, installed by scripts/test), each member on loopback ports found
+//! free, its data in the test's directory, killed on Drop.
+
+use super::{Proc, free_port};
+use std::path::{Path, PathBuf};
+
+use std::process::Command;
+use std::time::Duration;
+
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    peer_url: String,
+    data_dir: PathBuf,
+    log: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+pub struct EtcdCluster {
+    /// Dropped (killed) before `dir` is removed: fields drop in this order.
+    pub members: Vec<EtcdMember>,
+    initial_cluster: String,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+/// The etcd binary, or None (the caller skips, saying so) when it is not installed.
+pub fn etcd_bin() -> Option<PathBuf> {
+    ["/usr/bin/etcd", "/usr/local/bin/etcd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+impl EtcdCluster {
+    /// Start `n` members, their data in a temp dir of their own (removed on Drop,
+    /// kept with LIFEBOAT_KEEP_TEST_DIR), and wait until the cluster has a leader.
+    pub async fn start(n: usize) -> EtcdCluster {
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
+            eprintln!("keeping etcd data in {}", dir.path().display());
+            dir.disable_cleanup(true);
+        }
+        let mut members = Vec::new();
+        for i in 1..=n {
+            let name = format!("e{i}");
+            members.push(EtcdMember {
+                client_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
+                peer_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
+                data_dir: dir.path().join(format!("etcd-{name}")),
+                log: dir.path().join(format!("etcd-{name}.log")),
+                name,
+                proc: None,
+            });
+        }
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            members,
+            initial_cluster,
+            token: format!("lifeboat-test-{}", std::process::id()),
+            dir,
+        };
+        for i in 0..n {
+            c.start_member(i);
+        }
+        c.wait_healthy(Duration::from_secs(30)).await;
+        c
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// Start (or restart, on its data) member `i`.
+    pub fn start_member(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let mut cmd = Command::new(etcd_bin().expect("etcd is installed"));
+        cmd.args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &m.client_url])
+            .args(["--advertise-client-urls", &m.client_url])
+            .args(["--listen-peer-urls", &m.peer_url])
+            .args(["--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // Debian's etcd 3.4 on amd64 needs nothing more; on other architectures
+            // it asks for ETCD_UNSUPPORTED_ARCH.
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+        m.proc = Some(Proc::spawn(&format!("etcd-{}", m.name), cmd, &m.log));
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.kill9();
+        }
+    }
+
+    /// True if the member answers `/health` with health true (it is part of a
+    /// cluster with a leader).
+    pub async fn healthy(&self, i: usize) -> bool {
+        let url = format!("{}/health", self.members[i].client_url);
+        super::http_get(&url)
+            .await
+            .is_some_and(|(s, body)| s == 200 && body.contains("true"))
+    }
+
+    /// Wait until every running member says healthy.
+    pub async fn wait_healthy(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut all = true;
+            for i in 0..self.members.len() {
+                if self.members[i].proc.is_some() && !self.healthy(i).await {
+                    all = false;
+                }
+            }
+            if all {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd never became healthy; logs:\n{}",
+                self.members
+                    .iter()
+                    .map(|m| format!(
+                        "--- {}\n{}",
+                        m.name,
+                        std::fs::read_to_string(&m.log)
+                            .unwrap_or_default()
+                            .lines()
+                            .rev()
+                            .take(15)
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A TCP forwarder in front of one etcd member that can be *cut*: from then on it
+/// forwards nothing in either direction and keeps every connection open, as a
+/// firewall dropping the packets would (the client sees timeouts, not resets).
+/// Stands between one controller and etcd: that controller alone is cut off.
+pub struct CuttableProxy {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    pub async fn start(upstream: &str) -> CuttableProxy {
+        use std::sync::atomic::Ordering;
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                for (mut r, mut w) in [
+                    (
+                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(ur), Box::new(dw)),
+                ] {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if c.load(Ordering::Relaxed) {
+                                continue;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        CuttableProxy { addr, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,133 @@
+//! `lifeboat demo --controllers 3`: a three-member etcd cluster under the demo's
+//! directory and three controllers, as a newcomer would run it; kill -9 of the
+//! leader is not an outage. (Needs the etcd feature, etcd-server and PostgreSQL.)
+#![cfg(feature = "etcd")]
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn lifeboat_status(config: &str) -> String {
+    let out = Command::new(bin())
+        .args(["status", "--config", config])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many takeovers `lifeboat journal` shows.
+fn takeovers(config: &str) -> usize {
+    let out = Command::new(bin())
+        .args(["journal", "--config", config])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" leads (term "))
+        .count()
+}
+
+/// The leader named on `lifeboat status`'s leader line.
+fn leader_of(status: &str) -> Option<String> {
+    let line = status.lines().find(|l| l.starts_with("leader "))?;
+    let name = line.split_whitespace().nth(1)?;
+    (name != "nobody").then(|| name.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_three_controllers_shows_its_leader_and_outlives_its_kill() {
+    if common::etcd::etcd_bin().is_none() {
+        panic!(
+            "etcd is not installed: apt-get install -y etcd-server (./scripts/test installs it; a missing dependency fails its test, it never skips)"
+        );
+    }
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
+        eprintln!("keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    let demo_dir = dir.path().join("demo");
+    let mut cmd = Command::new(bin());
+    cmd.args(["demo", "--controllers", "3", "--dir"])
+        .arg(&demo_dir)
+        .env("LIFEBOAT_LOG", "info");
+    let mut demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
+    let config = demo.wait_line("  config", Duration::from_secs(180)).await;
+    // The banner names the leader among the three.
+    let banner = demo.lines.lock().unwrap().join("\n");
+    let leads: Vec<&str> = banner
+        .lines()
+        .filter(|l| l.trim_start().starts_with("controller") && l.contains("(leads)"))
+        .collect();
+    assert_eq!(leads.len(), 1, "one leader in the banner:\n{banner}");
+    assert_eq!(
+        banner
+            .lines()
+            .filter(|l| l.trim_start().starts_with("controller"))
+            .count(),
+        3,
+        "{banner}"
+    );
+
+    let st = lifeboat_status(&config);
+    let old = leader_of(&st).unwrap_or_else(|| panic!("status names a leader:\n{st}"));
+    assert!(st.contains("epoch 1  active a  phase steady"), "{st}");
+    assert!(st.contains("raft leader"), "etcd's health is shown:\n{st}");
+
+    let before = takeovers(&config);
+    let pid: i32 = std::fs::read_to_string(demo_dir.join(format!("control/controller-{old}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // Another controller leads, or the killed one, restarted by the demo's
+    // supervisor a second later, won the election again: a new term either way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = lifeboat_status(&config);
+        if leader_of(&st).is_some() && st.contains("phase steady") && takeovers(&config) > before {
+            break st;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader after {old}'s kill:\n{st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        st.contains("epoch 1  active a"),
+        "a leader change is no failover:\n{st}"
+    );
+
+    demo.signal(nix::sys::signal::Signal::SIGINT);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while demo.child.try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo did not stop on Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let needle = demo_dir.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(&needle).then(|| format!("{pid}: {c}"))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "still running after the demo stopped (etcd members?): {left:#?}"
+    );
+}
