@@ -119,9 +119,9 @@ pub async fn controller(
     let prober =
         Prober::new(&cfg, VantageId::Controller).context("setting up the controller's probes")?;
     let local = prober.subscribe();
-    let tasks = tokio_util::task::TaskTracker::new();
     let probe_cancel = cancel.child_token();
-    tasks.spawn(prober.run(probe_cancel.clone()));
+    let mut workers = Workers::new(probe_cancel.clone());
+    workers.spawn("controller's prober", prober.run(probe_cancel.clone()));
     let opts = ControllerOptions {
         discovery: Some(crate::wiring::discovery()),
         no_wait_for_agents,
@@ -148,7 +148,10 @@ pub async fn controller(
         served.add_metrics(Arc::new(move |out: &mut String| {
             metrics.render_prometheus(out)
         }));
-        tasks.spawn(dns.run(udp, tcp, probe_cancel.clone()));
+        workers.spawn(
+            "controller's DNS server",
+            dns.run(udp, tcp, probe_cancel.clone()),
+        );
     }
     let listener = bind_api(cfg.controller.api_addr).await.with_context(|| {
         format!(
@@ -164,7 +167,22 @@ pub async fn controller(
             .with_graceful_shutdown(async move { http_cancel.cancelled().await })
             .await
     });
-    let result = served.run(cancel.clone()).await;
+    // A worker that fails (its DNS server, its prober) stops the controller with that
+    // error rather than leaving it running without: a supervisor starts it again, and
+    // the active region holds its lease on promises meanwhile (rule 7).
+    let run = served.run(cancel.clone());
+    tokio::pin!(run);
+    let result = tokio::select! {
+        r = &mut run => r,
+        e = workers.first_failure() => {
+            tracing::error!("{e:#}: stopping the controller");
+            cancel.cancel();
+            if let Err(stop) = (&mut run).await {
+                tracing::error!("while stopping: {stop:#}");
+            }
+            Err(e)
+        }
+    };
     cancel.cancel();
     match server.await {
         Ok(Ok(())) => {}
@@ -172,8 +190,7 @@ pub async fn controller(
         Err(e) => tracing::error!("the controller API server panicked: {e}"),
     }
     probe_cancel.cancel();
-    tasks.close();
-    tasks.wait().await;
+    workers.shutdown().await;
     result?;
     Ok(ExitCode::SUCCESS)
 }
@@ -324,7 +341,14 @@ async fn agent_dns(
     }
     let (tx, rx) = watch::channel(initial);
     let server = lifeboat_dns::DnsServer::new(&cfg, rx).context("building the DNS zone")?;
-    tasks.spawn(server.run(udp, tcp, cancel.clone()));
+    let dns_cancel = cancel.clone();
+    let dns_region = region.to_owned();
+    // Logged, never dropped; the region's other nameservers keep answering.
+    tasks.spawn(async move {
+        if let Err(e) = server.run(udp, tcp, dns_cancel).await {
+            tracing::error!(region = %dns_region, "the agent's secondary DNS server failed: {e:#}");
+        }
+    });
     tasks.spawn(async move {
         loop {
             tokio::select! {
@@ -404,7 +428,13 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     let mut states = prober.subscribe();
     let (checks_tx, checks_rx) = watch::channel(to_reports(&states.borrow()));
     let probe_cancel = CancellationToken::new();
-    tasks.spawn(prober.run(probe_cancel.clone()));
+    let pcancel = probe_cancel.clone();
+    // Logged, never dropped; an agent does not stop (and fence its region) for a probe.
+    tasks.spawn(async move {
+        if let Err(e) = prober.run(pcancel).await {
+            tracing::error!("the agent's prober failed: {e:#}; its checks stay as last seen");
+        }
+    });
     let pc = probe_cancel.clone();
     tasks.spawn(async move {
         loop {
@@ -466,4 +496,89 @@ pub async fn agent(path: &Path, region: &str) -> Result<ExitCode> {
     tasks.wait().await;
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The background workers of one process, each with a name. A worker whose `Result`
+/// is an error (or that panics, or ends on its own before shutdown) is never dropped
+/// on the floor: [`Workers::first_failure`] returns it, naming the worker, and
+/// [`Workers::shutdown`] logs any that fail while stopping.
+pub(crate) struct Workers {
+    set: tokio::task::JoinSet<(&'static str, Result<()>)>,
+    stopping: CancellationToken,
+}
+
+impl Workers {
+    /// `stopping`: once cancelled, a worker that ends is expected to.
+    pub(crate) fn new(stopping: CancellationToken) -> Self {
+        Self {
+            set: tokio::task::JoinSet::new(),
+            stopping,
+        }
+    }
+
+    pub(crate) fn spawn(
+        &mut self,
+        name: &'static str,
+        work: impl std::future::Future<Output = Result<()>> + Send + 'static,
+    ) {
+        self.set.spawn(async move { (name, work.await) });
+    }
+
+    /// The first worker to fail, or to stop before shutdown; pending while all run.
+    pub(crate) async fn first_failure(&mut self) -> anyhow::Error {
+        loop {
+            match self.set.join_next().await {
+                None => std::future::pending::<()>().await,
+                Some(Ok((name, Err(e)))) => return e.context(format!("the {name} failed")),
+                Some(Ok((name, Ok(())))) if !self.stopping.is_cancelled() => {
+                    return anyhow::anyhow!("the {name} stopped on its own");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return anyhow::anyhow!("a background worker panicked: {e}"),
+            }
+        }
+    }
+
+    /// Wait for every worker; log the ones that failed.
+    pub(crate) async fn shutdown(mut self) {
+        while let Some(r) = self.set.join_next().await {
+            match r {
+                Ok((_, Ok(()))) => {}
+                Ok((name, Err(e))) => tracing::error!("the {name} failed while stopping: {e:#}"),
+                Err(e) => tracing::error!("a background worker panicked: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod workers_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_worker_is_reported_by_name_and_a_finished_one_is_not() {
+        let stop = CancellationToken::new();
+        let mut w = Workers::new(stop.clone());
+        let s = stop.clone();
+        w.spawn("prober", async move {
+            s.cancelled().await;
+            Ok(())
+        });
+        w.spawn("DNS server", async { anyhow::bail!("socket closed") });
+        let e = w.first_failure().await;
+        assert_eq!(format!("{e:#}"), "the DNS server failed: socket closed");
+        stop.cancel();
+        w.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_ends_before_shutdown_is_a_failure() {
+        let mut w = Workers::new(CancellationToken::new());
+        w.spawn("routing poller", async { Ok(()) });
+        let e = w.first_failure().await;
+        assert!(
+            e.to_string().contains("routing poller stopped on its own"),
+            "{e}"
+        );
+    }
 }
