@@ -82,6 +82,31 @@ impl Demo {
         (text, r)
     }
 
+    /// The end of every log of the demo's processes, for a failed assertion: a fault
+    /// that went wrong in CI must be readable from CI's output alone.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        let dir = self.demo_dir.join("logs");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        names.sort();
+        for path in names {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("lifeboat_health::prober"))
+                .collect();
+            out.push_str(&format!(
+                "\n--- {} (last {} lines) ---\n{}\n",
+                path.display(),
+                lines.len().min(60),
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            ));
+        }
+        out
+    }
+
     /// Ctrl-C the demo; everything it started must end.
     async fn stop(mut self) {
         let mut demo = self.proc.take().unwrap();
@@ -197,6 +222,9 @@ async fn random_schedule(database: &str) {
         "the seed is printed: {text}"
     );
     let result = std::panic::catch_unwind(|| assert_every_fault_healed(&text, &r, 8));
+    if result.is_err() {
+        eprintln!("the demo's logs:{}", demo.log_tails());
+    }
     demo.stop().await;
     if let Err(p) = result {
         std::panic::resume_unwind(p);
@@ -254,6 +282,9 @@ async fn a_killed_or_frozen_controller_is_not_an_outage() {
         if results.last().is_some_and(|r| r.is_err()) {
             break;
         }
+    }
+    if results.iter().any(|r| r.is_err()) {
+        eprintln!("the demo's logs:{}", demo.log_tails());
     }
     demo.stop().await;
     for result in results {
