@@ -102,6 +102,19 @@ struct Running {
     _dir: tempfile::TempDir,
 }
 
+/// Two regions, a 1 s lease, the controller at `addr`; state under `dir`.
+fn test_config(dir: &tempfile::TempDir, addr: std::net::SocketAddr) -> Arc<Config> {
+    let text = format!(
+        "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"{addr}\"\n\
+         dns_addr = \"127.0.0.1:9\"\nstate_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
+         [failover]\nlease_ttl = \"1s\"\nlease_margin = \"300ms\"\n\n\
+         [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
+         [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
+        dir.path().display().to_string()
+    );
+    Arc::new(Config::parse(&dir.path().join("t.toml"), &text).unwrap())
+}
+
 async fn start() -> Running {
     let fake = Arc::new(FakeController::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -112,15 +125,7 @@ async fn start() -> Running {
         .with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"{addr}\"\n\
-         dns_addr = \"127.0.0.1:9\"\nstate_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
-         [failover]\nlease_ttl = \"1s\"\nlease_margin = \"300ms\"\n\n\
-         [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
-         [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
-        dir.path().display().to_string()
-    );
-    let cfg = Arc::new(Config::parse(&dir.path().join("t.toml"), &text).unwrap());
+    let cfg = test_config(&dir, addr);
     let role = Arc::new(SlowActivate {
         takes: TTL * 3,
         calls: AtomicU32::new(0),
@@ -304,15 +309,7 @@ async fn a_just_started_agent_is_not_ready_until_its_roles_answered() {
         );
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"{addr}\"\n\
-         dns_addr = \"127.0.0.1:9\"\nstate_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
-         [failover]\nlease_ttl = \"1s\"\nlease_margin = \"300ms\"\n\n\
-         [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
-         [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
-        dir.path().display().to_string()
-    );
-    let cfg = Arc::new(Config::parse(&dir.path().join("t.toml"), &text).unwrap());
+    let cfg = test_config(&dir, addr);
     let role = Arc::new(LateStatus {
         answer: tokio::sync::Notify::new(),
         answered: AtomicBool::new(false),

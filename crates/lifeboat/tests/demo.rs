@@ -69,34 +69,6 @@ fn run_drill(
     (summary, r)
 }
 
-/// Ctrl-C the demo and wait (bounded) until it has exited; nothing it started (servers
-/// restarted by agents during a drill included) may be left running.
-async fn stop_demo(mut demo: Proc, demo_dir: &std::path::Path) {
-    demo.signal(nix::sys::signal::Signal::SIGINT);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while demo.child.try_wait().unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "demo did not stop on Ctrl-C"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let needle = demo_dir.display().to_string();
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            c.contains(&needle).then(|| format!("{pid}: {c}"))
-        })
-        .collect();
-    assert!(
-        left.is_empty(),
-        "still running after the demo stopped: {left:#?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     let (dir, demo_dir, demo, config_path, config) = start_demo().await;

@@ -107,27 +107,5 @@ async fn the_demo_with_three_controllers_shows_its_leader_and_outlives_its_kill(
         "a leader change is no failover:\n{st}"
     );
 
-    demo.signal(nix::sys::signal::Signal::SIGINT);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while demo.child.try_wait().unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "demo did not stop on Ctrl-C"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let needle = demo_dir.display().to_string();
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            c.contains(&needle).then(|| format!("{pid}: {c}"))
-        })
-        .collect();
-    assert!(
-        left.is_empty(),
-        "still running after the demo stopped (etcd members?): {left:#?}"
-    );
+    stop_demo(demo, &demo_dir).await;
 }

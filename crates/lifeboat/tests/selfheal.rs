@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -109,35 +109,9 @@ impl Demo {
 
     /// Ctrl-C the demo; everything it started must end.
     async fn stop(mut self) {
-        let mut demo = self.proc.take().unwrap();
-        demo.signal(nix::sys::signal::Signal::SIGINT);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while demo.child.try_wait().unwrap().is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "demo did not stop on Ctrl-C"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_nothing_left(&self.demo_dir);
+        let demo = self.proc.take().unwrap();
+        stop_demo(demo, &self.demo_dir).await;
     }
-}
-
-fn assert_nothing_left(demo_dir: &Path) {
-    let needle = demo_dir.display().to_string();
-    let left: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            c.contains(&needle).then(|| format!("{pid}: {c}"))
-        })
-        .collect();
-    assert!(
-        left.is_empty(),
-        "still running after the demo stopped: {left:#?}"
-    );
 }
 
 fn seed() -> u64 {

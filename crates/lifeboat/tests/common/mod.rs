@@ -692,3 +692,31 @@ impl Drop for NetNs {
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
+
+/// Ctrl-C a `lifeboat demo` and wait (bounded) until it has exited; nothing it started
+/// (servers restarted by agents during a drill, etcd members) may be left running.
+pub async fn stop_demo(mut demo: Proc, demo_dir: &Path) {
+    demo.signal(nix::sys::signal::Signal::SIGINT);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while demo.child.try_wait().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo did not stop on Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let needle = demo_dir.display().to_string();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            c.contains(&needle).then(|| format!("{pid}: {c}"))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "still running after the demo stopped: {left:#?}"
+    );
+}
