@@ -538,7 +538,7 @@ impl MysqlRole {
             return Ok(());
         }
         let report = self
-            .rejoin(&mut conn, &view, &primary, &pview, target)
+            .rejoin(&mut conn, &primary, &pview, target)
             .await
             .map_err(failed_chain)?;
         self.unlock_accounts(&mut conn)
@@ -555,7 +555,6 @@ impl MysqlRole {
     async fn rejoin(
         &self,
         conn: &mut Conn,
-        view: &ServerView,
         primary: &Instance,
         pview: &ServerView,
         target: &FollowTarget,
@@ -563,6 +562,10 @@ impl MysqlRole {
         conn.query_drop("SET SESSION sql_log_bin=0").await?;
         conn.query_drop("SET GLOBAL read_only=1").await?;
         conn.query_drop("STOP SLAVE").await.context("STOP SLAVE")?;
+        // The positions as they are now that nothing applies any more: a view read
+        // before STOP SLAVE can be behind what the SQL thread applied since, and resuming
+        // from it would apply those transactions twice (a duplicate key stops the replica).
+        let view = &repl::observe(conn).await?;
         let tail = repl::binlog_tail(conn, |g| pview.binlog_state.contains(g)).await?;
         let gtids: Vec<_> = tail.iter().map(|t| t.gtid).collect();
         let (common, errant) = split_errant(&gtids, &pview.binlog_state);

@@ -375,6 +375,97 @@ async fn split_brain_then_rejoin_keeps_the_errant_transactions() {
     );
 }
 
+/// The drill's "unknown outcome" case: the primary is cut off from its replica while a
+/// commit waits for the semi-sync acknowledgement, so the write is in the old primary's
+/// binlog but nowhere else; it is fenced, the replica is promoted, and the client writes
+/// the same key again there. The old primary's rejoin must set its copy aside (errant),
+/// or its SQL thread stops on a duplicate key and it never converges.
+#[tokio::test]
+async fn an_unacknowledged_write_written_again_on_the_new_primary_does_not_stop_the_rejoin() {
+    let opts = PairOptions {
+        semi_sync: true,
+        semi_sync_timeout: "60s".into(),
+        ..PairOptions::default()
+    };
+    let pair = MysqlPair::start(opts).await.unwrap();
+    let mut a = pair.admin(&region_a()).await.unwrap();
+    create_table(&mut a).await;
+    for i in 0..5 {
+        a.query_drop(format!("INSERT INTO app.t VALUES ({i}, 'common')"))
+            .await
+            .unwrap();
+    }
+    wait_for("replication", || async {
+        rows_on(&pair, &region_b()).await == 5
+    })
+    .await;
+
+    // Partition: b stops receiving; a's next commit waits for an acknowledgement (as
+    // with `[database] strict`, it waits with no replica connected too).
+    a.query_drop("SET GLOBAL rpl_semi_sync_master_wait_no_slave = ON")
+        .await
+        .unwrap();
+    let mut b = pair.admin(&region_b()).await.unwrap();
+    b.query_drop("STOP SLAVE IO_THREAD").await.unwrap();
+    let mut app = pair.admin(&region_a()).await.unwrap();
+    let pending = tokio::spawn(async move {
+        app.query_drop("INSERT INTO app.t VALUES (197, 'unacknowledged')")
+            .await
+    });
+    wait_for("the commit to wait for its acknowledgement", || async {
+        let mut c = pair.admin(&region_a()).await.unwrap();
+        let row: Option<(String, String)> = c
+            .query_first("SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")
+            .await
+            .unwrap();
+        row.is_some_and(|(_, v)| v != "0")
+    })
+    .await;
+
+    let role_a = MysqlRole::new(&pair.config, &region_a()).unwrap();
+    role_a.fence(Epoch(2)).await.expect("fence");
+    // Whatever the client was told, it never saw an acknowledgement it could trust.
+    let _ = pending.await.unwrap();
+
+    let role_b = MysqlRole::new(&pair.config, &region_b()).unwrap();
+    role_b
+        .activate(&activation(2, false))
+        .await
+        .expect("promotion");
+    let mut b = pair.admin(&region_b()).await.unwrap();
+    b.query_drop("INSERT INTO app.t VALUES (197, 'written again')")
+        .await
+        .unwrap();
+    b.query_drop("INSERT INTO app.t VALUES (198, 'after')")
+        .await
+        .unwrap();
+
+    role_a
+        .follow(&FollowTarget {
+            epoch: Epoch(2),
+            active: region_b(),
+        })
+        .await
+        .expect("rejoin");
+    let report = role_a.last_rejoin().expect("a rejoin report");
+    assert_eq!(report.errant_count, 1, "{report:?}");
+    b.query_drop("INSERT INTO app.t VALUES (199, 'after rejoin')")
+        .await
+        .unwrap();
+    wait_for("the rejoined replica to catch up", || async {
+        rows_on(&pair, &region_a()).await == 8
+    })
+    .await;
+    let mut a = pair.admin(&region_a()).await.unwrap();
+    let v: Option<String> = a
+        .query_first("SELECT v FROM app.t WHERE id = 197")
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("written again"));
+    let st = role_a.status().await;
+    assert_eq!(st.role, RoleHealth::Standby, "{st:?}");
+}
+
 #[tokio::test]
 async fn semi_sync_acknowledged_writes_survive_kill_9() {
     let opts = PairOptions {
