@@ -1,0 +1,249 @@
+//! `/metrics`: the controller's Prometheus text (epoch, phase, leases, health,
+//! the last failover's steps, leadership), plus any extra families the binary adds.
+
+use super::*;
+
+/// The leadership gauges (every controller, leader or not).
+pub fn leadership_metrics(out: &mut String, v: &LeadershipView) {
+    family(
+        out,
+        "lifeboat_controller_leading",
+        "gauge",
+        "1 while this controller leads and may grant leases, else 0.",
+    );
+    sample(
+        out,
+        "lifeboat_controller_leading",
+        &[("member", &v.this)],
+        f64::from(u8::from(v.leading)),
+    );
+    family(
+        out,
+        "lifeboat_etcd_endpoint_healthy",
+        "gauge",
+        "1 if the etcd endpoint answered its last status request, else 0.",
+    );
+    for e in &v.etcd {
+        sample(
+            out,
+            "lifeboat_etcd_endpoint_healthy",
+            &[("endpoint", &e.endpoint)],
+            f64::from(u8::from(e.healthy)),
+        );
+    }
+    family(
+        out,
+        "lifeboat_controller_up",
+        "gauge",
+        "1 if the controller answered its last /healthz from this one, else 0.",
+    );
+    for c in &v.controllers {
+        sample(
+            out,
+            "lifeboat_controller_up",
+            &[("member", &c.name)],
+            f64::from(u8::from(c.up)),
+        );
+    }
+}
+
+/// Durations between the steps of the most recent failover, from the journal.
+pub(super) fn last_failover_steps(journal: &[JournalEntry]) -> Vec<(&'static str, f64)> {
+    let Some(promoted) = journal
+        .iter()
+        .rposition(|e| e.kind == JournalKind::Promoted)
+    else {
+        return vec![];
+    };
+    let start = journal[..promoted]
+        .iter()
+        .rposition(|e| matches!(e.kind, JournalKind::Detected | JournalKind::OperatorRequest))
+        .unwrap_or(promoted);
+    let find = |k: JournalKind, from: usize| {
+        journal[from..]
+            .iter()
+            .find(|e| e.kind == k)
+            .map(|e| e.mono_ms)
+    };
+    let t = |k| find(k, start);
+    let mut out = Vec::new();
+    let pairs = [
+        (
+            "detect_to_confirm",
+            JournalKind::Detected,
+            JournalKind::Confirmed,
+        ),
+        (
+            "confirm_to_fence",
+            JournalKind::Confirmed,
+            JournalKind::Fenced,
+        ),
+        (
+            "fence_to_promote",
+            JournalKind::Fenced,
+            JournalKind::Promoted,
+        ),
+        (
+            "promote_to_verify",
+            JournalKind::Promoted,
+            JournalKind::Verified,
+        ),
+        (
+            "detect_to_verify",
+            JournalKind::Detected,
+            JournalKind::Verified,
+        ),
+    ];
+    for (name, a, b) in pairs {
+        if let (Some(x), Some(y)) = (t(a), t(b))
+            && y >= x
+        {
+            out.push((name, (y - x) as f64 / 1000.0));
+        }
+    }
+    out
+}
+
+pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let (epoch, active, failovers) = {
+        let m = c.machine.lock().await;
+        (m.epoch, m.active.clone(), m.failovers)
+    };
+    family(
+        &mut out,
+        "lifeboat_epoch",
+        "gauge",
+        "Current epoch (fencing token).",
+    );
+    sample(&mut out, "lifeboat_epoch", &[], epoch.0 as f64);
+    family(
+        &mut out,
+        "lifeboat_active_region",
+        "gauge",
+        "1 for the active region, 0 for the others.",
+    );
+    for r in c.cfg.region_ids() {
+        sample(
+            &mut out,
+            "lifeboat_active_region",
+            &[("region", r.as_str())],
+            f64::from(u8::from(active.as_ref() == Some(&r))),
+        );
+    }
+    family(
+        &mut out,
+        "lifeboat_failovers_total",
+        "counter",
+        "Promotions since the deployment started.",
+    );
+    sample(&mut out, "lifeboat_failovers_total", &[], failovers as f64);
+    // Witness-loss promises (rule 7, docs/architecture.md), from each region's latest report: what
+    // holds a promotion back, and who serves on promises instead of a grant.
+    let reports = lock(&c.reports).clone();
+    let now = Instant::now();
+    family(
+        &mut out,
+        "lifeboat_region_promise_remaining_ms",
+        "gauge",
+        "Milliseconds the region's agent still promises not to activate (0: no promise).",
+    );
+    family(
+        &mut out,
+        "lifeboat_region_witness_lost",
+        "gauge",
+        "1 while the region's agent holds its lease on promises (witness lost), else 0.",
+    );
+    for r in c.cfg.region_ids() {
+        let rep = reports.get(&r);
+        let remaining = rep
+            .and_then(|(at, rep)| {
+                let p = rep.promised.as_ref()?;
+                let age = u64::try_from(now.saturating_duration_since(*at).as_millis())
+                    .unwrap_or(u64::MAX);
+                Some(p.remaining_ms.saturating_sub(age))
+            })
+            .unwrap_or(0);
+        sample(
+            &mut out,
+            "lifeboat_region_promise_remaining_ms",
+            &[("region", r.as_str())],
+            remaining as f64,
+        );
+        sample(
+            &mut out,
+            "lifeboat_region_witness_lost",
+            &[("region", r.as_str())],
+            f64::from(u8::from(rep.is_some_and(|(_, rep)| rep.witness_lost))),
+        );
+    }
+    let decision = lock(&c.decision).clone();
+    family(
+        &mut out,
+        "lifeboat_region_health",
+        "gauge",
+        "Region health by quorum: 1 healthy, 0 unhealthy, -1 unknown.",
+    );
+    for (r, h) in &decision.regions {
+        sample(
+            &mut out,
+            "lifeboat_region_health",
+            &[("region", r.as_str())],
+            health_value(*h),
+        );
+    }
+    family(
+        &mut out,
+        "lifeboat_check_health",
+        "gauge",
+        "Check health per vantage point (and \"quorum\" for the decision).",
+    );
+    for (name, v) in &decision.checks {
+        sample(
+            &mut out,
+            "lifeboat_check_health",
+            &[("check", name), ("vantage", "quorum")],
+            health_value(v.status),
+        );
+        for (vp, h) in &v.vantage {
+            sample(
+                &mut out,
+                "lifeboat_check_health",
+                &[("check", name), ("vantage", &vp.to_string())],
+                health_value(*h),
+            );
+        }
+    }
+    if let Ok(journal) = c.store.journal(0, 100_000).await {
+        family(
+            &mut out,
+            "lifeboat_failover_step_seconds",
+            "gauge",
+            "Duration of each step of the most recent failover.",
+        );
+        for (step, secs) in last_failover_steps(&journal) {
+            sample(
+                &mut out,
+                "lifeboat_failover_step_seconds",
+                &[("step", step)],
+                secs,
+            );
+        }
+    }
+    if let Some(v) = c.opts.leadership.as_ref().map(|f| f()) {
+        leadership_metrics(&mut out, &v);
+    }
+    for f in &c.opts.extra_metrics {
+        f(&mut out);
+    }
+    for f in lock(&c.late_metrics).iter() {
+        f(&mut out);
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+}
