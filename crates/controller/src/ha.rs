@@ -368,7 +368,7 @@ impl HaController {
         }
         tracing::info!(member = %self.me.name, %epoch, "leading");
         let term_cancel = cancel.child_token();
-        let run = tokio::spawn(controller.clone().run(term_cancel.clone()));
+        let mut run = tokio::spawn(controller.clone().run(term_cancel.clone()));
         let publish = tokio::spawn(publish_routing(
             controller.routing(),
             self.routing.clone(),
@@ -388,9 +388,22 @@ impl HaController {
         ));
         let lost = store.lost();
         let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut ended = None;
         let why = loop {
             let event = tokio::select! {
                 _ = term_cancel.cancelled() => break "stopping".to_owned(),
+                // A term's controller that stopped (a store write failed, and it makes
+                // no more decisions) must not leave this member leading with nobody
+                // deciding: end the term, and the next one starts from etcd's state.
+                res = &mut run, if ended.is_none() => {
+                    let why = match &res {
+                        Ok(Ok(())) => "the term's controller stopped".to_owned(),
+                        Ok(Err(e)) => format!("the term's controller stopped: {e:#}"),
+                        Err(e) => format!("the term's controller panicked: {e}"),
+                    };
+                    ended = Some(res);
+                    LeaderEvent::Lost { why }
+                }
                 _ = lost.cancelled() => LeaderEvent::Lost { why: "a write guarded by the leader key was refused or unanswered".into() },
                 ev = events.recv() => ev.unwrap_or(LeaderEvent::Lost { why: "the keep-alive loop ended".into() }),
                 _ = tick.tick() => LeaderEvent::Tick,
@@ -406,7 +419,11 @@ impl HaController {
         // The gate already refuses every grant; stop the rest of the term.
         self.end_term(&why);
         term_cancel.cancel();
-        match run.await {
+        let res = match ended {
+            Some(res) => res,
+            None => run.await,
+        };
+        match res {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("the term's controller ended: {e:#}"),
             Err(e) => tracing::error!("the term's controller panicked: {e}"),

@@ -82,6 +82,11 @@ pub struct Controller {
     opts: ControllerOptions,
     /// Metrics sources added after start (DNS is built from the routing channel).
     late_metrics: Mutex<Vec<MetricsFn>>,
+    /// Set when a write to the store failed: the machine has moved on in memory to a
+    /// state that is not on disk, so it makes no further decision (no later step may
+    /// send a command that depends on it); the run loop exits with this error and a
+    /// supervisor starts the controller again from what is on disk (rule 8).
+    broken: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,6 +213,7 @@ impl Controller {
             results_rx: Mutex::new(Some(results_rx)),
             opts,
             late_metrics: Mutex::new(Vec::new()),
+            broken: Mutex::new(None),
         }))
     }
 
@@ -232,6 +238,21 @@ impl Controller {
     /// Step the machine with one event and execute its actions in order.
     pub async fn step(&self, event: Event) -> Result<Option<Reply>> {
         let mut m = self.machine.lock().await;
+        if let Some(why) = lock(&self.broken).clone() {
+            anyhow::bail!("the controller makes no more decisions: {why}");
+        }
+        let result = self.step_locked(&mut m, event).await;
+        if let Err(e) = &result {
+            let mut broken = lock(&self.broken);
+            if broken.is_none() {
+                tracing::error!("{e:#}: this controller stops deciding; restart it");
+                *broken = Some(format!("{e:#}"));
+            }
+        }
+        result
+    }
+
+    async fn step_locked(&self, m: &mut Machine, event: Event) -> Result<Option<Reply>> {
         let out = m.step(Instant::now(), event);
         let mut publish = false;
         for action in out.actions {
@@ -265,7 +286,7 @@ impl Controller {
             }
         }
         if publish {
-            self.publish(&m);
+            self.publish(m);
         }
         Ok(out.reply)
     }
@@ -481,5 +502,120 @@ impl Controller {
             .may_grant
             .as_ref()
             .is_none_or(|gate| gate(Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Durable;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The real SQLite store, whose writes fail once `failing` is set (a full or
+    /// vanished disk).
+    struct FailingStore {
+        inner: Store,
+        failing: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl StateStore for FailingStore {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn load(&self) -> Result<Option<Durable>> {
+            StateStore::load(&self.inner).await
+        }
+        async fn save(&self, state: &Durable) -> Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                anyhow::bail!("disk I/O error");
+            }
+            StateStore::save(&self.inner, state).await
+        }
+        async fn append(
+            &self,
+            mono_ms: u64,
+            epoch: Epoch,
+            kind: JournalKind,
+            region: Option<&RegionId>,
+            detail: &str,
+        ) -> Result<JournalEntry> {
+            if self.failing.load(Ordering::SeqCst) {
+                anyhow::bail!("disk I/O error");
+            }
+            StateStore::append(&self.inner, mono_ms, epoch, kind, region, detail).await
+        }
+        async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
+            StateStore::journal(&self.inner, since, limit).await
+        }
+    }
+
+    /// A decision the controller could not persist is not acted on later: once a store
+    /// write failed, every further step is refused (the run loop then exits, and a
+    /// restart starts from the disk), instead of the in-memory machine sending commands
+    /// whose state a crash would take back.
+    #[tokio::test]
+    async fn after_a_failed_write_the_controller_makes_no_more_decisions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = format!(
+            "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"127.0.0.1:9\"\n\
+             state_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
+             [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
+             [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
+            dir.path().display().to_string()
+        );
+        let cfg = Config::parse(&dir.path().join("t.toml"), &text).expect("config");
+        let store = Arc::new(FailingStore {
+            inner: Store::open(dir.path()).expect("store"),
+            failing: AtomicBool::new(false),
+        });
+        let (_tx, local) = watch::channel(CheckStates::default());
+        let opts = ControllerOptions {
+            no_wait_for_agents: true,
+            ..ControllerOptions::default()
+        };
+        let c = Controller::open_with(Arc::new(cfg), Token::new("t"), local, opts, store.clone())
+            .await
+            .expect("controller");
+        for (region, active) in [("a", true), ("b", false)] {
+            c.step(Event::Report {
+                region: RegionId::new(region),
+                epoch: Epoch(1),
+                active,
+                fenced: !active,
+                ready: true,
+                caught_up: true,
+                detail: String::new(),
+                promised: None,
+                witness_lost: false,
+                view_active: Some(RegionId::new("a")),
+            })
+            .await
+            .expect("a healthy step");
+        }
+
+        store.failing.store(true, Ordering::SeqCst);
+        let failed = c
+            .step(Event::Failover {
+                to: RegionId::new("b"),
+                force: true,
+            })
+            .await;
+        assert!(
+            failed.is_err(),
+            "the move could not be persisted: {failed:?}"
+        );
+        store.failing.store(false, Ordering::SeqCst);
+        let err = c
+            .step(Event::Tick)
+            .await
+            .expect_err("no decision after a failed write");
+        assert!(format!("{err:#}").contains("no more decisions"), "{err:#}");
+        let err = c
+            .clone()
+            .run(CancellationToken::new())
+            .await
+            .expect_err("run stops");
+        assert!(format!("{err:#}").contains("disk I/O error"), "{err:#}");
     }
 }
