@@ -1,0 +1,457 @@
+//! The observer: turns change hints and periodic listings of the region's store into
+//! rows of the state database (LOCAL while active, REPLICA while standby), checks the
+//! destinations' copies while active, and runs mode transitions (a standby finishes
+//! observing what arrived before it becomes active).
+
+use crate::db::{self, Observation};
+use crate::source::{Change, ChangeSource, FsWatcher};
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use lifeboat_core::JournalKind;
+use object_store::ObjectStoreExt as _;
+use object_store::path::Path as ObjectPath;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Inner, Mode};
+
+impl Inner {
+    /// What an object seen now means under `mode` (the mode it arrived under).
+    pub(super) fn present(
+        &self,
+        key: String,
+        size: u64,
+        etag: Option<String>,
+        mode: Mode,
+        backfill_scan: Option<bool>,
+    ) -> Observation {
+        let local = mode == Mode::Active;
+        let rule = self.rule_for(&key);
+        let push = match (local, rule, backfill_scan) {
+            (false, _, _) | (_, None, _) => false,
+            // The first scan of a store: existing objects go only where backfill is on.
+            (true, Some(r), Some(true)) => r.backfill,
+            (true, Some(_), _) => true,
+        };
+        Observation::Present {
+            key,
+            size,
+            etag,
+            origin: if local { db::LOCAL } else { db::REPLICA },
+            push_to: if push {
+                self.dests.keys().cloned().collect()
+            } else {
+                Vec::new()
+            },
+            backfill: backfill_scan == Some(true),
+        }
+    }
+
+    pub(super) fn absent(&self, key: String, mode: Mode) -> Observation {
+        let delete =
+            mode == Mode::Active && self.rule_for(&key).is_some_and(|r| r.delete_replication);
+        Observation::Absent {
+            key,
+            delete_from: if delete {
+                self.dests.keys().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub(super) fn apply(&self, batch: &[Observation]) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = self
+            .db
+            .apply(batch, db::now_ms())
+            .context("recording observed changes")?;
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// List a prefix of the source store with paged listing, resuming after the last
+    /// key seen (list_with_offset) when a page fails.
+    pub(super) async fn list_source(
+        &self,
+        prefix: Option<&ObjectPath>,
+        f: &mut (dyn FnMut(object_store::ObjectMeta) + Send),
+    ) -> anyhow::Result<()> {
+        let mut last: Option<ObjectPath> = None;
+        let mut failures = 0;
+        loop {
+            let mut stream = match &last {
+                None => self.source.inner.list(prefix),
+                Some(offset) => self.source.inner.list_with_offset(prefix, offset),
+            };
+            let mut failed = None;
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(meta) => {
+                        last = Some(meta.location.clone());
+                        f(meta);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failed {
+                None => return Ok(()),
+                Some(e) => {
+                    failures += 1;
+                    if failures > 3 {
+                        return Err(e).with_context(|| format!("listing {}", self.source.describe));
+                    }
+                    tracing::warn!(error = %e, store = %self.source.describe, "listing failed; resuming after the last key");
+                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+                }
+            }
+        }
+    }
+
+    /// Compare the whole source store with what was last seen, and record every
+    /// difference as having happened under `mode`.
+    pub(super) async fn reconcile_source(&self, mode: Mode) -> anyhow::Result<()> {
+        let start = db::now_ms();
+        let first_scan = self.db.get_meta("scanned")?.is_none();
+        let seen = self.db.seen_objects()?;
+        let mut listed: HashSet<String> = HashSet::with_capacity(seen.len());
+        let mut batch = Vec::new();
+        for prefix in self.list_prefixes() {
+            let mut found = Vec::new();
+            self.list_source(prefix.as_ref(), &mut |meta| found.push(meta))
+                .await?;
+            for meta in found {
+                let key = meta.location.to_string();
+                if self.rule_for(&key).is_none() || !listed.insert(key.clone()) {
+                    continue;
+                }
+                let unchanged = seen
+                    .get(&key)
+                    .is_some_and(|(s, _)| s.size == meta.size && s.etag == meta.e_tag);
+                if !unchanged {
+                    batch.push(self.present(key, meta.size, meta.e_tag, mode, Some(first_scan)));
+                    if batch.len() >= 1000 {
+                        self.apply(&batch)?;
+                        batch.clear();
+                    }
+                }
+            }
+        }
+        for (key, (_, updated_ms)) in seen {
+            // A row written after this listing started may be newer than the listing.
+            if !listed.contains(&key) && updated_ms < start {
+                batch.push(self.absent(key, mode));
+            }
+        }
+        self.apply(&batch)?;
+        if first_scan {
+            self.db.set_meta("scanned", "1")?;
+        }
+        Ok(())
+    }
+
+    /// Look at one key (a hint).
+    pub(super) async fn observe_key(
+        &self,
+        key: &ObjectPath,
+        mode: Mode,
+    ) -> anyhow::Result<Option<Observation>> {
+        let k = key.to_string();
+        if self.rule_for(&k).is_none() {
+            return Ok(None);
+        }
+        let seen = self.db.seen_object(&k)?;
+        match self.source.inner.head(key).await {
+            Ok(meta) => {
+                if seen.is_some_and(|s| s.size == meta.size && s.etag == meta.e_tag) {
+                    return Ok(None);
+                }
+                Ok(Some(self.present(k, meta.size, meta.e_tag, mode, None)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(seen.map(|_| self.absent(k, mode))),
+            Err(e) => {
+                Err(e).with_context(|| format!("looking at {key} in {}", self.source.describe))
+            }
+        }
+    }
+
+    pub(super) async fn observe_prefix(
+        &self,
+        prefix: &ObjectPath,
+        mode: Mode,
+    ) -> anyhow::Result<()> {
+        let mut found = Vec::new();
+        self.list_source(Some(prefix), &mut |meta| found.push(meta))
+            .await?;
+        let mut batch = Vec::new();
+        for meta in found {
+            let key = meta.location.to_string();
+            if self.rule_for(&key).is_none() {
+                continue;
+            }
+            let seen = self.db.seen_object(&key)?;
+            if !seen.is_some_and(|s| s.size == meta.size && s.etag == meta.e_tag) {
+                batch.push(self.present(key, meta.size, meta.e_tag, mode, None));
+            }
+        }
+        self.apply(&batch)
+    }
+
+    /// While active: list every destination and copy again whatever no longer matches
+    /// the verified copy (missing, other size, other e_tag).
+    pub(super) async fn check_destinations(&self) -> anyhow::Result<()> {
+        for (dest, store) in &self.dests {
+            let completed = self.db.completed_copies(dest)?;
+            if completed.is_empty() {
+                continue;
+            }
+            let mut present: HashMap<String, object_store::ObjectMeta> = HashMap::new();
+            for prefix in self.list_prefixes() {
+                let mut stream = store.inner.list(prefix.as_ref());
+                while let Some(item) = stream.next().await {
+                    let meta = item.with_context(|| format!("listing {}", store.describe))?;
+                    present.insert(meta.location.to_string(), meta);
+                }
+            }
+            let mut changed = Vec::new();
+            for (key, copy) in &completed {
+                let ok = present.get(key).is_some_and(|m| {
+                    m.size == copy.size
+                        && match (&copy.dest_etag, &m.e_tag) {
+                            (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
+                            _ => true,
+                        }
+                });
+                if !ok {
+                    changed.push(key.clone());
+                }
+            }
+            if !changed.is_empty() {
+                let n = self.db.requeue(
+                    &changed,
+                    dest,
+                    "the copy at the destination changed or vanished; copying again",
+                    db::now_ms(),
+                )?;
+                self.metrics.repaired_total.fetch_add(n, Ordering::Relaxed);
+                tracing::warn!(region = %self.region, dest = %dest, count = n, "destination copies changed or missing: copying again");
+                self.emit(
+                    JournalKind::Info,
+                    format!("{n} object copies at region {dest} changed or vanished and are copied again"),
+                );
+                self.wake.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn enqueue_backfill(&self) -> anyhow::Result<()> {
+        let dests: Vec<String> = self.dests.keys().cloned().collect();
+        let n = self.db.enqueue_backfill(
+            &dests,
+            &|key| self.rule_for(key).is_some_and(|r| r.backfill),
+            db::now_ms(),
+        )?;
+        if n > 0 {
+            tracing::info!(region = %self.region, enqueued = n, "backfill enqueued");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+}
+
+/// The observer task: change hints, periodic reconciliation, mode transitions.
+pub(super) async fn observe(
+    inner: Arc<Inner>,
+    mut hints: mpsc::UnboundedReceiver<Change>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut desired = inner.desired.subscribe();
+    // Wait for a role: until then nobody knows whether what is in the store is ours.
+    loop {
+        if *desired.borrow_and_update() != Mode::Unassigned {
+            break;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = desired.changed() => if r.is_err() { return Ok(()) },
+        }
+    }
+    let mut watcher: Option<FsWatcher> = match &inner.source.local_root {
+        Some(root) => match FsWatcher::new(root) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "no directory watcher; relying on periodic reconciliation");
+                None
+            }
+        },
+        None => None,
+    };
+    // Changes made while lifeboat was not running happened under the last mode. With
+    // no last mode (a new state database), what the store holds predates lifeboat: it
+    // is this region's own data, never a replica — even though the agent's first word
+    // is a fence (no lease yet at start-up). It is pushed once the region is active.
+    // (`fence` records its mode before the observer first runs, so "never observed"
+    // is what marks a new state database, not a missing mode.)
+    let last = inner.db.get_meta("mode")?.map(|m| Mode::parse(&m));
+    let never_observed = inner.db.get_meta("observed")?.is_none();
+    let target = *desired.borrow();
+    let offline_mode = if never_observed {
+        Mode::Active
+    } else {
+        last.unwrap_or(target)
+    };
+    transition(&inner, offline_mode, target).await?;
+    inner.db.set_meta("observed", "1")?;
+
+    let mut tick = tokio::time::interval(inner.cfg.reconcile_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let mode = *inner.effective.borrow();
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            r = desired.changed() => {
+                if r.is_err() { return Ok(()); }
+                let target = *desired.borrow_and_update();
+                if let Err(e) = transition(&inner, mode, target).await {
+                    tracing::error!(error = %format!("{e:#}"), "object replication role change failed; retrying at the next reconcile");
+                }
+            }
+            batch = next_hints(&mut watcher) => {
+                match batch {
+                    Some(batch) => handle_hints(&inner, batch, mode).await,
+                    None => watcher = None,
+                }
+            }
+            Some(first) = hints.recv() => {
+                let mut batch = vec![first];
+                while let Ok(more) = hints.try_recv() { batch.push(more); }
+                handle_hints(&inner, batch, mode).await;
+            }
+            _ = tick.tick() => {
+                let target = *desired.borrow();
+                if target != mode {
+                    if let Err(e) = transition(&inner, mode, target).await {
+                        tracing::error!(error = %format!("{e:#}"), "object replication role change failed");
+                    }
+                    continue;
+                }
+                let mut complete = true;
+                if let Err(e) = inner.reconcile_source(mode).await {
+                    tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "reconciling the source store failed");
+                    complete = false;
+                }
+                if mode == Mode::Active
+                    && let Err(e) = inner.check_destinations().await
+                {
+                    tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "checking destination copies failed");
+                    complete = false;
+                }
+                if complete {
+                    inner.metrics.reconciles_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn next_hints(watcher: &mut Option<FsWatcher>) -> Option<Vec<Change>> {
+    match watcher {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(super) async fn handle_hints(inner: &Inner, batch: Vec<Change>, mode: Mode) {
+    let mut keys: Vec<ObjectPath> = Vec::new();
+    let mut prefixes = Vec::new();
+    let mut rescan = false;
+    for c in batch {
+        match c {
+            Change::Key(k) => {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            Change::Prefix(p) => prefixes.push(p),
+            Change::Rescan => rescan = true,
+        }
+    }
+    if rescan {
+        if let Err(e) = inner.reconcile_source(mode).await {
+            tracing::warn!(error = %format!("{e:#}"), "rescanning the source store failed");
+        }
+        return;
+    }
+    let mut observations = Vec::new();
+    for k in &keys {
+        match inner.observe_key(k, mode).await {
+            Ok(Some(o)) => observations.push(o),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "change hint"),
+        }
+    }
+    if let Err(e) = inner.apply(&observations) {
+        tracing::error!(error = %format!("{e:#}"), "recording changes failed");
+    }
+    for p in prefixes {
+        if let Err(e) = inner.observe_prefix(&p, mode).await {
+            tracing::debug!(error = %format!("{e:#}"), "change hint (prefix)");
+        }
+    }
+}
+
+/// Move from `from` to `to`. Becoming active first finishes observing what arrived
+/// under the old mode, so replicas are never mistaken for local writes.
+pub(super) async fn transition(inner: &Inner, from: Mode, to: Mode) -> anyhow::Result<()> {
+    match to {
+        Mode::Active => {
+            let observe_as = if from == Mode::Active {
+                Mode::Active
+            } else {
+                Mode::Standby
+            };
+            inner.reconcile_source(observe_as).await?;
+            *inner
+                .fence_token
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = CancellationToken::new();
+            inner.db.set_meta("mode", Mode::Active.as_str())?;
+            inner.effective.send_replace(Mode::Active);
+            inner.enqueue_backfill()?;
+            if let Err(e) = inner.check_destinations().await {
+                tracing::warn!(error = %format!("{e:#}"), "checking destination copies failed");
+            }
+            tracing::info!(region = %inner.region, "object replication active: pushing to {:?}", inner.dests.keys().collect::<Vec<_>>());
+        }
+        Mode::Standby | Mode::Fenced => {
+            inner.effective.send_replace(to);
+            inner.db.set_meta("mode", to.as_str())?;
+            // Whatever changed while lifeboat was down, seen now, arrived as a replica
+            // unless this region was active then.
+            inner
+                .reconcile_source(if from == Mode::Active {
+                    Mode::Active
+                } else {
+                    to
+                })
+                .await?;
+            tracing::info!(region = %inner.region, mode = to.as_str(), "object replication receives only");
+        }
+        Mode::Unassigned => {}
+    }
+    inner.wake.notify_one();
+    Ok(())
+}
