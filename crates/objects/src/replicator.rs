@@ -116,6 +116,9 @@ pub(crate) struct Inner {
     highest_epoch: lifeboat_core::EpochRatchet,
     /// `state_dir/kept`: local writes a fence found unsent, copied out of the store.
     keep_dir: std::path::PathBuf,
+    /// The active region this one was last told to follow: a new state database's first
+    /// look compares the store with that region's copies.
+    following: Mutex<Option<RegionId>>,
 }
 
 /// The replicator of one region. See the module documentation.
@@ -183,6 +186,7 @@ impl Replicator {
             hints_tx,
             highest_epoch: lifeboat_core::EpochRatchet::new(),
             keep_dir: keep_dir(state_dir),
+            following: Mutex::new(None),
         });
         inner.refresh_gauges();
         Ok(Self { inner, hints_rx })
@@ -401,6 +405,11 @@ impl DataRole for RegionRole {
 
     async fn follow(&self, target: &FollowTarget) -> Result<(), RoleError> {
         self.check_epoch(target.epoch)?;
+        *self
+            .inner
+            .following
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(target.active.clone());
         self.inner.desired.send_replace(Mode::Standby);
         Ok(())
     }

@@ -566,3 +566,92 @@ async fn objects_present_before_the_first_start_replicate_after_a_fence_at_start
         "a's own object must not be taken for a replica"
     );
 }
+
+/// A standby whose replicator starts (with a new state database) after the active
+/// region has already copied objects into its store: its first look records the
+/// byte-identical ones as replicas, not as its own data — nothing pending on the
+/// standby, and nothing copied back when it is promoted. An object only it has (it
+/// predates lifeboat) stays its own and goes out once it is active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_started_after_the_first_pushes_takes_them_for_replicas() {
+    let t = two();
+    let cfg = config(vec![]);
+    let a = Running::start(&cfg, "a", &t.state_a, t.stores());
+    a.activate(1).await;
+    for i in 0..3 {
+        write(
+            &t.a,
+            &format!("pushed-{i}.txt"),
+            format!("from a {i}").as_bytes(),
+        );
+    }
+    wait_until(20, "a's objects in b's store", || {
+        (0..3).all(|i| read(&t.b, &format!("pushed-{i}.txt")).is_some())
+    })
+    .await;
+    wait_until(20, "a recorded its copies", || a.metrics.replicated() >= 3).await;
+    let a_mtimes: Vec<_> = (0..3)
+        .map(|i| {
+            std::fs::metadata(t.a.join(format!("pushed-{i}.txt")))
+                .unwrap()
+                .modified()
+                .unwrap()
+        })
+        .collect();
+    write(&t.b, "only-in-b.txt", b"b's own, from before lifeboat");
+
+    // b's agent starts now: a fence first (no lease yet), then the follow.
+    let b = Running::start(&cfg, "b", &t.state_b, t.stores());
+    b.fence(1).await;
+    b.follow(1, "a").await;
+    let db_b = b.db();
+    wait_until(20, "b's first look", || {
+        db_b.seen_object("only-in-b.txt").unwrap().is_some()
+            && (0..3).all(|i| {
+                db_b.seen_object(&format!("pushed-{i}.txt"))
+                    .unwrap()
+                    .is_some()
+            })
+    })
+    .await;
+    for i in 0..3 {
+        let seen = db_b
+            .seen_object(&format!("pushed-{i}.txt"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.status, "REPLICA", "pushed-{i}.txt");
+    }
+    assert_eq!(
+        db_b.seen_object("only-in-b.txt").unwrap().unwrap().status,
+        "LOCAL"
+    );
+    assert_eq!(
+        db_b.counts().unwrap().pending_ops,
+        0,
+        "nothing pending on a standby"
+    );
+
+    hand_over(&a, &b, 2).await;
+    wait_until(20, "b's own object reached a", || {
+        read(&t.a, "only-in-b.txt").is_some()
+    })
+    .await;
+    wait_until(20, "b recorded its copy", || b.metrics.replicated() >= 1).await;
+    assert_eq!(
+        b.metrics.replicated(),
+        1,
+        "b sent only its own object, not a's back"
+    );
+    for (i, m) in a_mtimes.iter().enumerate() {
+        assert_eq!(
+            &std::fs::metadata(t.a.join(format!("pushed-{i}.txt")))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            m,
+            "a's pushed-{i}.txt never overwritten"
+        );
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -5,9 +5,10 @@
 
 use crate::db::{self, Observation};
 use crate::source::{Change, ChangeSource, FsWatcher};
+use crate::transfer;
 use anyhow::Context as _;
 use futures::StreamExt as _;
-use lifeboat_core::JournalKind;
+use lifeboat_core::{JournalKind, RegionId};
 use object_store::ObjectStoreExt as _;
 use object_store::path::Path as ObjectPath;
 use std::collections::{HashMap, HashSet};
@@ -161,6 +162,84 @@ impl Inner {
         Ok(())
     }
 
+    /// A new state database's first look at a standby's store, while it follows
+    /// `active`: an object byte-identical (size and SHA-256) to `active`'s copy arrived
+    /// from there (pushed before this replicator ever ran, or while it looks): a
+    /// replica. Anything else predates lifeboat: this region's own data, pushed once it
+    /// is active (backfill), as on an active region's first scan. Nothing is enqueued
+    /// here: a standby pushes nothing.
+    pub(super) async fn first_look(&self, active: &RegionId) -> anyhow::Result<()> {
+        let theirs = self.dests.get(active.as_str());
+        let (mut replicas, mut own) = (0usize, 0usize);
+        let mut batch = Vec::new();
+        for prefix in self.list_prefixes() {
+            let mut found = Vec::new();
+            self.list_source(prefix.as_ref(), &mut |meta| found.push(meta))
+                .await?;
+            for meta in found {
+                let key = meta.location.to_string();
+                if self.rule_for(&key).is_none() {
+                    continue;
+                }
+                let replica = match theirs {
+                    Some(store) => self.identical(store, active, &meta).await,
+                    None => false,
+                };
+                if replica {
+                    replicas += 1;
+                } else {
+                    own += 1;
+                }
+                batch.push(Observation::Present {
+                    key,
+                    size: meta.size,
+                    etag: meta.e_tag,
+                    origin: if replica { db::REPLICA } else { db::LOCAL },
+                    push_to: Vec::new(),
+                    backfill: false,
+                });
+                if batch.len() >= 1000 {
+                    self.apply(&batch)?;
+                    batch.clear();
+                }
+            }
+        }
+        self.apply(&batch)?;
+        tracing::info!(
+            region = %self.region,
+            active = %active,
+            replicas,
+            own,
+            "first look at the store: {replicas} object(s) identical to {active}'s copies recorded as replicas, {own} kept as this region's own"
+        );
+        Ok(())
+    }
+
+    /// Whether `meta`'s object in this region's store has the same bytes as `theirs`'s
+    /// copy. Any failure to tell (missing there, unreadable) says no: the object stays
+    /// this region's own, which loses nothing.
+    async fn identical(
+        &self,
+        theirs: &crate::store::Store,
+        name: &RegionId,
+        meta: &object_store::ObjectMeta,
+    ) -> bool {
+        match theirs.inner.head(&meta.location).await {
+            Ok(m) if m.size == meta.size => {}
+            _ => return false,
+        }
+        let mine = transfer::checksum_of(
+            self.source.inner.as_ref(),
+            self.region.as_str(),
+            &meta.location,
+        );
+        let other = transfer::checksum_of(theirs.inner.as_ref(), name.as_str(), &meta.location);
+        match tokio::join!(mine, other) {
+            (Ok((a, _, _)), Ok((b, _, _))) => a == b,
+            _ => false,
+        }
+    }
+
     /// Look at one key (a hint).
     pub(super) async fn observe_key(
         &self,
@@ -279,8 +358,19 @@ pub(super) async fn observe(
 ) -> anyhow::Result<()> {
     let mut desired = inner.desired.subscribe();
     // Wait for a role: until then nobody knows whether what is in the store is ours.
+    // A new state database waits for more: the region's part (active, or following
+    // whom). A fence — the agent's first word at start-up — says neither, and what the
+    // store holds may be the active region's copies, pushed before this replicator
+    // ever ran.
+    let never_observed = inner.db.get_meta("observed")?.is_none();
     loop {
-        if *desired.borrow_and_update() != Mode::Unassigned {
+        let target = *desired.borrow_and_update();
+        let decided = if never_observed {
+            matches!(target, Mode::Active | Mode::Standby)
+        } else {
+            target != Mode::Unassigned
+        };
+        if decided {
             break;
         }
         tokio::select! {
@@ -305,12 +395,20 @@ pub(super) async fn observe(
     // (`fence` records its mode before the observer first runs, so "never observed"
     // is what marks a new state database, not a missing mode.)
     let last = inner.db.get_meta("mode")?.map(|m| Mode::parse(&m));
-    let never_observed = inner.db.get_meta("observed")?.is_none();
     let target = *desired.borrow();
-    let offline_mode = if never_observed {
-        Mode::Active
-    } else {
-        last.unwrap_or(target)
+    let following = inner
+        .following
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let offline_mode = match (never_observed, target, following) {
+        // A standby's first look: copies of the active region's objects are replicas.
+        (true, Mode::Standby, Some(active)) => {
+            inner.first_look(&active).await?;
+            Mode::Standby
+        }
+        (true, _, _) => Mode::Active,
+        (false, _, _) => last.unwrap_or(target),
     };
     transition(&inner, offline_mode, target).await?;
     inner.db.set_meta("observed", "1")?;
