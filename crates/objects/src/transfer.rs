@@ -83,12 +83,29 @@ pub enum TransferError {
     #[error("checksum mismatch at destination: sent sha256 {sent}, destination holds {found}")]
     ChecksumMismatch { sent: String, found: String },
     /// Anything else (unreachable, timeouts, server errors): retried with backoff.
-    #[error("{context}: {source}")]
+    /// The message carries the whole chain of causes: object_store's own says where
+    /// ("error sending request"), the causes below it say why ("Connection refused").
+    #[error("{context}: {}", with_causes(.source))]
     Store {
         context: String,
         #[source]
         source: object_store::Error,
     },
+}
+
+/// `e` and every cause below it, each once: "a: b: c".
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 impl TransferError {

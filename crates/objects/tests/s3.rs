@@ -248,6 +248,11 @@ async fn unreachable_destination_keeps_objects_pending_until_it_returns() {
         err.contains("writing waiting.txt to s3 http://127.0.0.1"),
         "clear error: {err}"
     );
+    // The cause, not only where: an operator must see that nothing listens there.
+    assert!(
+        err.to_lowercase().contains("connection refused"),
+        "the error keeps its cause: {err}"
+    );
     let text = lifeboat_objects::cli::status_of_db(&db, &a.region, false).unwrap();
     assert!(
         text.contains("PENDING") && text.contains("waiting.txt"),
