@@ -7,8 +7,9 @@
 //! is found by comparing the new primary's timeline history with the old server's own
 //! (timeline 1 has no history file); the WAL the old server wrote past it is measured
 //! (LSNs, bytes) and decoded with pg_waldump (transactions committed, rows
-//! inserted/updated/deleted per table); if anything diverged, the whole old data
-//! directory is copied aside; a report (`report.json`, `report.txt`,
+//! inserted/updated/deleted per table); if the divergent WAL holds a committed
+//! transaction or a row change, or cannot be decoded, the whole old data directory is
+//! copied aside (checkpoint and maintenance records alone are only reported); a report (`report.json`, `report.txt`,
 //! `divergent-wal.txt`) is written; pg_rewind runs, the directory is made a standby at
 //! once (standby.signal, primary_conninfo, primary_slot_name), and only then is the slot
 //! ensured on the new primary. A "rejoin pending" marker ([`pending_marker`], outside
@@ -98,7 +99,7 @@ impl RejoinReport {
                 .all(|t| *t == RelationChanges::default())
         {
             return format!(
-                "region {} rejoined {} as a standby; its {} bytes of divergent WAL ({} .. {}) hold no committed transaction and no row change (checkpoint and maintenance records only); kept in {}",
+                "region {} rejoined {} as a standby; its {} bytes of divergent WAL ({} .. {}) hold no committed transaction and no row change (checkpoint and maintenance records only): nothing to keep but the report, in {}",
                 self.region,
                 self.new_primary,
                 self.divergent_bytes,
@@ -221,13 +222,28 @@ pub async fn rejoin(
     };
 
     if let Some(fork) = fork.filter(|_| divergent_bytes > 0) {
-        // Keep the whole old data directory first: whatever happens next, it is safe.
-        let copy = report_dir.join("old-data-dir");
-        let mut cp = tokio::process::Command::new("cp");
-        cp.arg("-a").arg(&dir).arg(&copy);
-        run_output(cp, "cp -a (keep the old data directory)").await?;
-        report.kept_copy = Some(copy);
-        match decode_divergence(bin, &dir, old.timeline, fork, primary_client).await {
+        // Decode first (read-only: pg_rewind has not run). The whole old data directory
+        // is copied aside unless the divergent WAL provably holds nothing a client
+        // wrote — no committed transaction, no row change (the end-of-recovery or
+        // shutdown checkpoint of a server that stopped after the fork, the common case).
+        // Copying it every time kept a full copy per rejoin for ever, and a region that
+        // failed over a few dozen times filled its disk.
+        let decoded = decode_divergence(bin, &dir, old.timeline, fork, primary_client).await;
+        let keep_copy = match &decoded {
+            Ok((_, d)) => {
+                d.commits > 0 || d.tables.values().any(|t| *t != RelationChanges::default())
+            }
+            // Not measured: keep everything.
+            Err(_) => true,
+        };
+        if keep_copy {
+            let copy = report_dir.join("old-data-dir");
+            let mut cp = tokio::process::Command::new("cp");
+            cp.arg("-a").arg(&dir).arg(&copy);
+            run_output(cp, "cp -a (keep the old data directory)").await?;
+            report.kept_copy = Some(copy);
+        }
+        match decoded {
             Ok((text, d)) => {
                 std::fs::write(report_dir.join("divergent-wal.txt"), text)?;
                 report.divergent_records = d.records;

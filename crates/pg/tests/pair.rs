@@ -208,6 +208,18 @@ async fn kill9_of_the_primary_then_activate_promotes_the_replica() {
     .expect("rejoin a");
     let report = ra.last_rejoin_report().expect("report");
     assert_eq!(report.tables.get("public.t"), None, "{report:?}");
+    // The crash recovery wrote past the fork (its end-of-recovery checkpoint) and
+    // nothing else: reported, but no copy of the whole data directory — one per
+    // rejoin filled the disk of a deployment that failed over a few dozen times.
+    assert!(report.divergent_bytes > 0, "{report:?}");
+    assert_eq!(report.divergent_commits, 0, "{report:?}");
+    assert!(
+        report.kept_copy.is_none(),
+        "nothing worth a copy: {report:?}"
+    );
+    assert!(!report.report_dir.join("old-data-dir").exists());
+    assert!(report.report_dir.join("report.json").is_file());
+    assert!(report.report_dir.join("divergent-wal.txt").is_file());
     wait_rows(&pair, "a", "t", 11).await;
     assert_eq!(ra.status().await.role, RoleHealth::Standby);
 }
