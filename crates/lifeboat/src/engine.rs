@@ -5,9 +5,11 @@
 
 use anyhow::{Context, Result, bail};
 use lifeboat_config::Config;
-use lifeboat_config::database::{DatabaseConfig, DatabaseEngine};
-use lifeboat_config::mysql::MysqlConfig;
+use lifeboat_config::database::{DatabaseConfig, DatabaseEngine, ReplicationMode};
+use lifeboat_config::mysql::{MysqlConfig, MysqlInstanceConfig};
+use lifeboat_config::postgres::{PostgresConfig, PostgresInstanceConfig};
 use lifeboat_core::{RegionId, SharedRole};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -121,6 +123,13 @@ pub(crate) async fn bootstrap(cfg: &Config, r: &RegionId) -> Result<()> {
     .with_context(|| format!("bootstrapping the database of region {r}"))
 }
 
+/// One region's server in the demo: its region, address and port.
+pub(crate) struct DemoServer<'a> {
+    pub region: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+}
+
 impl Engine {
     /// The demo needs this engine's server binaries installed.
     pub(crate) fn check_installed(self) -> Result<()> {
@@ -144,6 +153,83 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The demo's `[database]`: one server per region under `dir` (`pg-<region>` or
+    /// `mariadb-<region>`), the passwords in `dir/db-password` and `dir/repl-password`.
+    pub(crate) fn demo_database(
+        self,
+        mode: ReplicationMode,
+        dir: &Path,
+        servers: &[DemoServer<'_>],
+    ) -> DatabaseConfig {
+        let password_file = dir.join("db-password");
+        let replication_password_file = dir.join("repl-password");
+        let (max_lag_bytes, postgres, mysql) = match self {
+            Engine::Postgres => {
+                let regions = servers
+                    .iter()
+                    .map(|s| {
+                        let instance = PostgresInstanceConfig {
+                            host: s.host.to_owned(),
+                            port: s.port,
+                            data_dir: Some(dir.join(format!("pg-{}", s.region))),
+                            user: "postgres".to_owned(),
+                            password_file: Some(password_file.clone()),
+                            password_env: None,
+                            replication_user: "replicator".to_owned(),
+                            replication_password_file: Some(replication_password_file.clone()),
+                            replication_password_env: None,
+                            password: None,
+                            replication_password: None,
+                        };
+                        (s.region.to_owned(), instance)
+                    })
+                    .collect();
+                let pg = PostgresConfig {
+                    bin_dir: None,
+                    dbname: "postgres".to_owned(),
+                    wal_keep_size_mb: 256,
+                    keep_dir: None,
+                    regions,
+                };
+                (Some(64 << 20), Some(pg), None)
+            }
+            Engine::Mariadb => {
+                let regions: BTreeMap<_, _> = servers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let instance = MysqlInstanceConfig {
+                            host: s.host.to_owned(),
+                            port: s.port,
+                            datadir: Some(dir.join(format!("mariadb-{}", s.region))),
+                            user: "root".to_owned(),
+                            password_file: Some(password_file.clone()),
+                            password_env: None,
+                            server_id: Some(i as u32 + 1),
+                        };
+                        (s.region.to_owned(), instance)
+                    })
+                    .collect();
+                let mut my = MysqlConfig::new(regions);
+                my.replication_user = "replicator".to_owned();
+                my.replication_password_file = Some(replication_password_file);
+                (None, None, Some(my))
+            }
+        };
+        DatabaseConfig {
+            engine: match self {
+                Engine::Postgres => DatabaseEngine::Postgres,
+                Engine::Mariadb => DatabaseEngine::Mariadb,
+            },
+            mode,
+            strict: false,
+            max_lag_bytes,
+            max_lag: None,
+            postgres,
+            mysql,
+        }
     }
 
     /// The demo's shell command that kills region `r`'s server (`kill -9`, no clean stop).

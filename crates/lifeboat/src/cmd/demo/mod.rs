@@ -24,6 +24,8 @@
 //! writes), [`processes`] (starting, supervising and ending its processes).
 
 mod config;
+#[cfg(test)]
+mod old_config;
 mod ports;
 mod processes;
 
