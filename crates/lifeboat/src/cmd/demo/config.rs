@@ -45,12 +45,7 @@ fn addr(ip: &str, port: u16) -> Result<SocketAddr> {
 /// loopback addresses, each with the sample app as a pilot-light service, DNS served by
 /// the controller and by each agent, object replication, the database, and the
 /// drill's fault commands.
-pub(super) fn demo_config(
-    args: &DemoArgs,
-    engine: Engine,
-    l: &Layout,
-    p: &Ports,
-) -> Result<Config> {
+fn demo_config(args: &DemoArgs, engine: Engine, l: &Layout, p: &Ports) -> Result<Config> {
     let exe = exe()?;
     let ctl = l.control.display();
     let d = |name: &str| l.dir.join(name);
@@ -288,7 +283,7 @@ pub(super) fn demo_config(
 /// The nftables table a partition of `region` uses, when this demo can cut a region
 /// off (root, and `nft` installed); None otherwise (the drill then says the
 /// partition scenario is not configured).
-pub(super) fn partition_table(region: &str) -> Option<String> {
+fn partition_table(region: &str) -> Option<String> {
     let root = nix::unistd::Uid::effective().is_root();
     let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
         .iter()
@@ -309,7 +304,7 @@ pub(super) fn remove_partitions() {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
 
     #[derive(clap::Parser)]
@@ -319,14 +314,14 @@ pub(super) mod tests {
     }
 
     /// The demo's arguments from its command line (`--database mariadb`, ...).
-    pub(crate) fn demo_args(flags: &[&str]) -> DemoArgs {
+    fn demo_args(flags: &[&str]) -> DemoArgs {
         use clap::Parser;
         let argv = std::iter::once("demo").chain(flags.iter().copied());
         Cli::try_parse_from(argv).expect("demo flags").demo
     }
 
     /// Ports as `choose_ports` would choose them, fixed (nothing binds them here).
-    pub(crate) fn ports(controllers: usize) -> Ports {
+    fn ports(controllers: usize) -> Ports {
         let n = u16::try_from(controllers).expect("a few controllers");
         Ports {
             api: 21000,
@@ -342,7 +337,7 @@ pub(super) mod tests {
     }
 
     /// Every variant the demo's flags make: both engines, async, several controllers.
-    pub(crate) const VARIANTS: [&[&str]; 7] = [
+    const VARIANTS: [&[&str]; 7] = [
         &[],
         &["--database", "postgres"],
         &["--database", "mariadb"],

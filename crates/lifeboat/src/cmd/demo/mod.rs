@@ -24,8 +24,6 @@
 //! writes), [`processes`] (starting, supervising and ending its processes).
 
 mod config;
-#[cfg(test)]
-mod old_config;
 mod ports;
 mod processes;
 
