@@ -6,10 +6,10 @@
 //! Guarantees: the table named by `engine` must be present, and its regions are
 //! checked against `[regions]`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub engine: DatabaseEngine,
@@ -26,7 +26,11 @@ pub struct DatabaseConfig {
     #[serde(default)]
     pub max_lag_bytes: Option<u64>,
     /// ... and by at most this much time ("10s"). No limit when absent.
-    #[serde(default, deserialize_with = "crate::duration::de_opt")]
+    #[serde(
+        default,
+        deserialize_with = "crate::duration::de_opt",
+        serialize_with = "crate::duration::ser_opt"
+    )]
     pub max_lag: Option<Duration>,
     #[serde(default)]
     pub postgres: Option<crate::postgres::PostgresConfig>,
@@ -34,7 +38,7 @@ pub struct DatabaseConfig {
     pub mysql: Option<crate::mysql::MysqlConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum DatabaseEngine {
     Postgres,
@@ -43,7 +47,7 @@ pub enum DatabaseEngine {
 }
 
 /// How a commit on the primary relates to the standby.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationMode {
     /// The primary acknowledges a commit before a standby has it (lag may lose data

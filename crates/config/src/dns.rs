@@ -24,13 +24,13 @@
 //! region = "a"                      # value defaults to regions.a.address
 //! ```
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, de};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// The zone the DNS server is authoritative for.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// The zone's apex, e.g. "shop.example." (the final dot is optional).
@@ -49,7 +49,7 @@ pub struct DnsConfig {
 
 /// The SOA record's fields. The serial is not configured: it follows the routing table's
 /// version, so it increases on every change.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SoaConfig {
     /// MNAME, the primary nameserver. Default: the first of `nameservers`.
@@ -108,7 +108,7 @@ fn default_negative_ttl() -> u32 {
 }
 
 /// One NS record of the zone apex (and its glue address when the name is in the zone).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NameserverConfig {
     pub name: String,
@@ -125,7 +125,7 @@ pub struct NameserverConfig {
 }
 
 /// The record types a zone may hold. SOA and NS come from `[dns.soa]` and `[[dns.nameservers]]`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RecordKind {
     #[serde(alias = "a")]
     A,
@@ -155,7 +155,7 @@ impl RecordKind {
 }
 
 /// How the answer for a name and type is chosen among its records.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RoutingPolicy {
     /// Every record of the name and type is answered, always.
@@ -178,7 +178,7 @@ impl RoutingPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FailoverRole {
     Primary,
@@ -186,7 +186,7 @@ pub enum FailoverRole {
 }
 
 /// One record of the zone.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConfig {
     /// Relative to the zone ("www", "_sip._tcp", "@" for the apex) or absolute ("www.shop.example.").
@@ -779,6 +779,11 @@ value = "10 mail.example.net."
             .unwrap_or_else(|| panic!("no line {needle:?}"))
             .0
             + 1
+    }
+
+    #[test]
+    fn the_dns_section_written_back_reads_as_the_same_config() {
+        crate::tests::assert_round_trip(&format!("{BASE}{DNS}"));
     }
 
     #[test]

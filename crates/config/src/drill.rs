@@ -44,14 +44,14 @@
 //! its start, a pause its resume), the regions exist, there is a DNS server to ask, the
 //! databases are sampled at least every 200 ms, and every problem is reported at its key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::duration;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DrillConfig {
     /// The application's DNS name, e.g. "app.shop.example.".
@@ -67,22 +67,43 @@ pub struct DrillConfig {
     /// Writes per second.
     #[serde(default = "default_rate")]
     pub rate: u32,
-    #[serde(default = "default_warmup", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_warmup",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub warmup: Duration,
     #[serde(
         default = "default_recovery_timeout",
-        deserialize_with = "duration::de"
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
     )]
     pub recovery_timeout: Duration,
-    #[serde(default = "default_cooldown", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_cooldown",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub cooldown: Duration,
-    #[serde(default = "default_request_timeout", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub request_timeout: Duration,
-    #[serde(default = "default_steady_timeout", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_steady_timeout",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub steady_timeout: Duration,
     /// How often the drill asks every region's database whether it takes writes (at
     /// most 200 ms: a dual primary shorter than two samples would go unseen).
-    #[serde(default = "default_sample_interval", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_sample_interval",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub sample_interval: Duration,
     /// `[drill.regions.NAME]`: the fault commands of each region.
     #[serde(default)]
@@ -94,7 +115,7 @@ pub struct DrillConfig {
 
 /// How to kill or freeze the controller, and how to bring it back. Commands run like
 /// the regions' (`sh -c`, with the `LIFEBOAT_DRILL_*` variables).
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DrillControllerConfig {
     /// controller-kill: SIGKILL the controller process.
@@ -113,7 +134,7 @@ pub struct DrillControllerConfig {
 
 /// How to hurt one region, and how to undo it. Commands run with `sh -c`, with
 /// `LIFEBOAT_DRILL_REGION`, `LIFEBOAT_DRILL_SCENARIO` and `LIFEBOAT_DRILL_RUN` set.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DrillRegionConfig {
     /// region-outage: kill everything of the region.
@@ -212,6 +233,25 @@ fn not_empty(v: &mut crate::Validator<'_>, at: &str, keys: &[(&str, &Option<Stri
 }
 
 impl DrillConfig {
+    /// The two keys every `[drill]` sets; the others at their defaults.
+    pub fn new(app_name: impl Into<String>, app_port: u16) -> Self {
+        Self {
+            app_name: app_name.into(),
+            app_port,
+            app_path: default_app_path(),
+            dns_server: None,
+            rate: default_rate(),
+            warmup: default_warmup(),
+            recovery_timeout: default_recovery_timeout(),
+            cooldown: default_cooldown(),
+            request_timeout: default_request_timeout(),
+            steady_timeout: default_steady_timeout(),
+            sample_interval: default_sample_interval(),
+            regions: BTreeMap::new(),
+            controller: DrillControllerConfig::default(),
+        }
+    }
+
     /// The DNS server to ask: `dns_server`, else the controller's DNS address.
     pub fn dns_server(&self, cfg: &crate::Config) -> Option<SocketAddr> {
         self.dns_server.or(cfg.controller.dns_addr)
@@ -438,6 +478,11 @@ partition_netns = "lb-a"
 [drill.regions.b]
 db_crash = "kill -9 1"
 "#;
+
+    #[test]
+    fn the_drill_section_written_back_reads_as_the_same_config() {
+        crate::tests::assert_round_trip(&format!("{EXAMPLE}\n{GOOD}"));
+    }
 
     #[test]
     fn a_full_section_parses_with_defaults() {

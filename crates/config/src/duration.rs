@@ -1,6 +1,6 @@
 //! Human-readable durations in the config: "500ms", "5s", "1m 30s".
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serializer, de};
 use std::time::Duration;
 
 /// Parse a duration the way the config writes it.
@@ -25,4 +25,17 @@ pub fn de_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Er
 /// Format a duration back the way the config writes it.
 pub fn format(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+/// `#[serde(serialize_with = "duration::ser")]`: the syntax [`de`] reads ("500ms").
+pub fn ser<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format(*d))
+}
+
+/// `#[serde(serialize_with = "duration::ser_opt")]`: absent stays absent.
+pub fn ser_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&format(*d)),
+        None => s.serialize_none(),
+    }
 }

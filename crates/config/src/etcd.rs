@@ -26,13 +26,13 @@
 
 use crate::duration;
 use crate::{SecretRef, Validator};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the controller keeps the deployment's truth.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// One controller, SQLite in `state_dir` (the embedded default).
@@ -42,7 +42,7 @@ pub enum StoreKind {
     Etcd,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
     /// `http://host:port` (or `https://` with TLS) of every etcd member.
@@ -52,7 +52,11 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// The leader's etcd lease. A leader that cannot renew it stops granting agent
     /// leases before it can expire; another controller leads after it expired.
-    #[serde(default = "default_etcd_ttl", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_etcd_ttl",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub lease_ttl: Duration,
     #[serde(default)]
     pub user: Option<String>,
@@ -75,6 +79,21 @@ fn default_etcd_ttl() -> Duration {
 }
 
 impl EtcdConfig {
+    /// The two keys every `[controller.etcd]` sets; the others at their defaults.
+    pub fn new(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            endpoints,
+            prefix: prefix.into(),
+            lease_ttl: default_etcd_ttl(),
+            user: None,
+            password_file: None,
+            password_env: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+
     pub fn password(&self) -> SecretRef {
         SecretRef {
             file: self.password_file.clone(),
@@ -88,7 +107,7 @@ impl EtcdConfig {
 }
 
 /// One of the controllers of a `store = "etcd"` deployment.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerMember {
     pub name: String,

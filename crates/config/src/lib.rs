@@ -16,19 +16,20 @@ pub mod mysql;
 pub mod objects;
 pub mod postgres;
 mod secret;
+mod write;
 
 pub use error::{ConfigError, ConfigErrors, LoadError, Validator};
 pub use secret::{SecretError, SecretRef};
 
 use lifeboat_core::{RegionId, VantageId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole deployment.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -56,7 +57,7 @@ pub struct Config {
     pub source: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
     #[serde(default = "default_deployment_name")]
@@ -75,7 +76,7 @@ fn default_deployment_name() -> String {
     "lifeboat".to_owned()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
     /// HTTP API (status, journal, failover, metrics, dashboard).
@@ -133,7 +134,7 @@ impl ControllerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// File holding the bearer token.
@@ -153,7 +154,7 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FailoverMode {
     /// The controller fails over by itself when a region is down by quorum.
@@ -163,7 +164,7 @@ pub enum FailoverMode {
     Manual,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FailbackPolicy {
     /// A failed-over deployment stays where it is until an operator moves it.
@@ -173,20 +174,32 @@ pub enum FailbackPolicy {
     Automatic,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverConfig {
     #[serde(default)]
     pub mode: FailoverMode,
     /// How long a lease lasts. The active agent renews it every ttl/3.
-    #[serde(default = "default_lease_ttl", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_lease_ttl",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub lease_ttl: Duration,
     /// Extra wait after a lease's ttl before the controller may promote another region
     /// (covers clock-rate differences and in-flight renewals).
-    #[serde(default = "default_lease_margin", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_lease_margin",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub lease_margin: Duration,
     /// How long a failure must last, after a quorum first saw it, before a failover.
-    #[serde(default = "default_hold_down", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_hold_down",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub hold_down: Duration,
     #[serde(default)]
     pub failback: FailbackPolicy,
@@ -195,7 +208,11 @@ pub struct FailoverConfig {
     #[serde(default)]
     pub quorum: Option<usize>,
     /// A vantage point's report older than this is ignored (counts as unknown).
-    #[serde(default = "default_report_ttl", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_report_ttl",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub report_ttl: Duration,
     /// Refuse an automatic promotion when the standby's data roles are not ready
     /// (lag over the limit). An operator may force it.
@@ -206,13 +223,15 @@ pub struct FailoverConfig {
     /// services need time to start.
     #[serde(
         default = "default_activation_grace",
-        deserialize_with = "duration::de"
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
     )]
     pub activation_grace: Duration,
     /// How long a planned switchover waits for the standby to catch up.
     #[serde(
         default = "default_switchover_timeout",
-        deserialize_with = "duration::de"
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
     )]
     pub switchover_timeout: Duration,
 }
@@ -256,14 +275,14 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum InitialRole {
     Active,
     Standby,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RegionConfig {
     /// The agent's HTTP API.
@@ -281,7 +300,7 @@ pub struct RegionConfig {
     pub services: Vec<ServiceConfig>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServiceMode {
     /// Runs only in the active region; the standby's copy starts at promotion.
@@ -293,7 +312,7 @@ pub enum ServiceMode {
 
 /// A region's application process: either a process the agent runs and supervises
 /// (`command`), or shell commands that start and stop it (`start` / `stop`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     pub name: String,
@@ -313,7 +332,11 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub workdir: Option<PathBuf>,
     /// How long a managed process gets between SIGTERM and SIGKILL.
-    #[serde(default = "default_stop_timeout", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_stop_timeout",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub stop_timeout: Duration,
 }
 
@@ -321,7 +344,7 @@ fn default_stop_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     Http,
@@ -344,7 +367,7 @@ impl CheckKind {
 }
 
 /// What a database probe requires of the server.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DbExpect {
     /// It logs the probe in and answers a query.
@@ -354,7 +377,7 @@ pub enum DbExpect {
     Primary,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum CalcOp {
     /// Healthy when every child is healthy.
@@ -365,7 +388,7 @@ pub enum CalcOp {
 }
 
 /// A health check, Route 53 style.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     #[serde(rename = "type")]
@@ -398,9 +421,17 @@ pub struct CheckConfig {
     /// http / https: healthy only if this string is in the first 5,120 bytes of the body.
     #[serde(default)]
     pub search: Option<String>,
-    #[serde(default = "default_interval", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub interval: Duration,
-    #[serde(default = "default_timeout", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub timeout: Duration,
     /// Consecutive results needed to change state, in both directions.
     #[serde(default = "default_threshold")]
@@ -420,6 +451,32 @@ pub struct CheckConfig {
     /// Where the probe runs: "controller" and/or region names. Default: everywhere.
     #[serde(default)]
     pub vantage: Option<Vec<String>>,
+}
+
+impl CheckConfig {
+    /// A check of this kind with every other key at its default.
+    pub fn new(kind: CheckKind) -> Self {
+        Self {
+            kind,
+            region: None,
+            url: None,
+            addr: None,
+            user: None,
+            dbname: None,
+            password_file: None,
+            password_env: None,
+            expect: DbExpect::default(),
+            search: None,
+            interval: default_interval(),
+            timeout: default_timeout(),
+            failure_threshold: default_threshold(),
+            inverted: false,
+            children: Vec::new(),
+            op: CalcOp::default(),
+            min_healthy: None,
+            vantage: None,
+        }
+    }
 }
 
 fn default_interval() -> Duration {

@@ -27,25 +27,27 @@
 //! ```
 
 use crate::SecretRef;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlConfig {
     /// semi-sync: how long a commit waits for a replica's acknowledgement before the
     /// primary falls back to asynchronous replication (`rpl_semi_sync_master_timeout`).
     #[serde(
         default = "default_semi_sync_timeout",
-        deserialize_with = "crate::duration::de"
+        deserialize_with = "crate::duration::de",
+        serialize_with = "crate::duration::ser"
     )]
     pub semi_sync_timeout: Duration,
     /// How long a promotion waits for the replica to apply what it already received.
     #[serde(
         default = "default_apply_timeout",
-        deserialize_with = "crate::duration::de"
+        deserialize_with = "crate::duration::de",
+        serialize_with = "crate::duration::ser"
     )]
     pub apply_timeout: Duration,
     /// The account replicas use to read the primary's binary log.
@@ -67,7 +69,7 @@ pub struct MysqlConfig {
     pub regions: BTreeMap<String, MysqlInstanceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlInstanceConfig {
     pub host: String,
@@ -107,6 +109,20 @@ fn default_user() -> String {
 }
 
 impl MysqlConfig {
+    /// One instance per region; every other key at its default.
+    pub fn new(regions: BTreeMap<String, MysqlInstanceConfig>) -> Self {
+        Self {
+            semi_sync_timeout: default_semi_sync_timeout(),
+            apply_timeout: default_apply_timeout(),
+            replication_user: default_replication_user(),
+            replication_password_file: None,
+            replication_password_env: None,
+            keep_dir: None,
+            bin_dir: None,
+            regions,
+        }
+    }
+
     pub fn replication_password(&self) -> SecretRef {
         SecretRef {
             file: self.replication_password_file.clone(),
@@ -265,6 +281,11 @@ password_env = "MYSQL_B_PW"
 
     fn line_of(text: &str, needle: &str) -> usize {
         text.lines().position(|l| l.trim() == needle).expect("line") + 1
+    }
+
+    #[test]
+    fn the_mysql_section_written_back_reads_as_the_same_config() {
+        crate::tests::assert_round_trip(&format!("{EXAMPLE}{MYSQL}"));
     }
 
     #[test]

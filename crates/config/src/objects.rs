@@ -33,12 +33,12 @@
 //! its key.
 
 use crate::{SecretRef, duration};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectsConfig {
     /// One store per region (`[objects.stores.REGION]`).
@@ -51,11 +51,16 @@ pub struct ObjectsConfig {
     /// feed, and the only change source for remote stores). Also checks destinations.
     #[serde(
         default = "default_reconcile_interval",
-        deserialize_with = "duration::de"
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
     )]
     pub reconcile_interval: Duration,
     /// An object whose replication takes longer than this journals an alert.
-    #[serde(default = "default_latency_alert", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_latency_alert",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub latency_alert: Duration,
     /// Transfers in flight at once.
     #[serde(default = "default_concurrency")]
@@ -68,9 +73,17 @@ pub struct ObjectsConfig {
     #[serde(default = "default_true")]
     pub verify: bool,
     /// First retry delay after a failed transfer; doubles up to `retry_max`.
-    #[serde(default = "default_retry_initial", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_retry_initial",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub retry_initial: Duration,
-    #[serde(default = "default_retry_max", deserialize_with = "duration::de")]
+    #[serde(
+        default = "default_retry_max",
+        deserialize_with = "duration::de",
+        serialize_with = "duration::ser"
+    )]
     pub retry_max: Duration,
     /// Attempts that end in a non-transient error (checksum mismatch, refused write)
     /// before an object is marked FAILED. Access denied is FAILED at once; an
@@ -121,7 +134,7 @@ fn default_max_attempts() -> u32 {
     10
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// A directory on this machine (the embedded default).
@@ -135,7 +148,7 @@ pub enum StoreKind {
 }
 
 /// One region's object store. Which fields apply depends on `type`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     #[serde(rename = "type")]
@@ -252,7 +265,7 @@ impl StoreConfig {
 }
 
 /// A replication rule. The first rule whose prefix matches a key decides for it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Keys starting with this string are replicated ("" = every key).
@@ -572,6 +585,11 @@ backfill = false
             .position(|l| l.trim() == needle)
             .expect("line present")
             + 1
+    }
+
+    #[test]
+    fn the_objects_section_written_back_reads_as_the_same_config() {
+        crate::tests::assert_round_trip(&format!("{EXAMPLE}{OBJECTS}"));
     }
 
     #[test]

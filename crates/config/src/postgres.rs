@@ -24,13 +24,13 @@
 //! and takes its passwords from a file or an environment variable — never from the
 //! config text. Two instances never share an address and port.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::SecretRef;
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Directory of the PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup,
@@ -53,7 +53,7 @@ pub struct PostgresConfig {
 }
 
 /// One region's PostgreSQL server.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresInstanceConfig {
     /// The address the server listens on and clients (and the other region's standby)
@@ -286,6 +286,11 @@ replication_password_env = "PG_REPL_PASSWORD"
             .position(|l| l.trim() == needle)
             .expect("line present")
             + 1
+    }
+
+    #[test]
+    fn the_postgres_section_written_back_reads_as_the_same_config() {
+        crate::tests::assert_round_trip(&format!("{EXAMPLE}{PG}"));
     }
 
     #[test]

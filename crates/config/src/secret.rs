@@ -1,10 +1,10 @@
 //! Secrets are never in the config text: a `*_file` path or a `*_env` variable name.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Where a secret comes from. Exactly one of the two is set.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SecretRef {
     /// A file whose content (trimmed of surrounding white space) is the secret.

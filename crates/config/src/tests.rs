@@ -266,3 +266,56 @@ fn an_etcd_store_needs_its_table_and_members() {
     assert_eq!(e.key, "controller.store", "{e}");
     assert!(e.message.contains("[controller.etcd]"), "{e}");
 }
+
+/// A config written back by [`Config::to_toml`] reads as the same config.
+pub(crate) fn assert_round_trip(text: &str) {
+    let cfg = parse(text).unwrap_or_else(|e| panic!("the config to write back: {e}"));
+    let written = cfg.to_toml().expect("a config serializes");
+    let back = parse(&written).unwrap_or_else(|e| panic!("{e}\nin:\n{written}"));
+    assert_eq!(back, cfg, "written as:\n{written}");
+}
+
+#[test]
+fn a_config_written_back_reads_as_the_same_config() {
+    assert_round_trip(EXAMPLE);
+    assert_round_trip(&with_etcd(
+        "endpoints = [\"http://127.0.0.1:2379\", \"http://127.0.0.1:2381\"]\nprefix = \"/lifeboat/shop\"\nlease_ttl = \"5s\"\nuser = \"lb\"\npassword_env = \"ETCD_PW\"",
+    ));
+    // Every key away from its default, where the example leaves it at one.
+    let changed = EXAMPLE.replacen(
+        "[failover]\n",
+        "[failover]\nquorum = 2\nactivation_grace = \"1m 30s\"\nrequire_ready_standby = false\n",
+        1,
+    );
+    assert_round_trip(&changed);
+}
+
+#[test]
+fn a_written_config_leaves_defaults_out_and_writes_durations_as_the_parser_reads_them() {
+    let text = EXAMPLE.replacen("lease_margin = \"500ms\"", "lease_margin = \"300ms\"", 1);
+    let cfg = parse(&text).expect("example parses");
+    let written = cfg.to_toml().expect("serializes");
+    assert!(written.contains("lease_margin = \"300ms\""), "{written}");
+    assert!(written.contains("interval = \"500ms\""), "{written}");
+    // Defaults are not written, whether the example writes them or not.
+    assert!(!written.contains("lease_ttl"), "{written}");
+    assert!(!written.contains("switchover_timeout"), "{written}");
+    assert!(!written.contains("[dns.soa]"), "{written}");
+}
+
+#[test]
+fn constructors_set_what_the_parser_defaults_to() {
+    let drill: drill::DrillConfig =
+        toml::from_str("app_name = \"app.shop.\"\napp_port = 80").expect("parses");
+    assert_eq!(drill, drill::DrillConfig::new("app.shop.", 80));
+    let etcd: etcd::EtcdConfig =
+        toml::from_str("endpoints = [\"http://e1:2379\"]\nprefix = \"/p\"").expect("parses");
+    assert_eq!(
+        etcd,
+        etcd::EtcdConfig::new(vec!["http://e1:2379".into()], "/p")
+    );
+    let mysql: mysql::MysqlConfig = toml::from_str("regions = {}").expect("parses");
+    assert_eq!(mysql, mysql::MysqlConfig::new(BTreeMap::new()));
+    let check: CheckConfig = toml::from_str("type = \"tcp\"").expect("parses");
+    assert_eq!(check, CheckConfig::new(CheckKind::Tcp));
+}

@@ -1,99 +1,69 @@
-//! `lifeboat objects`, `lifeboat db`, `lifeboat drill` and `lifeboat sample-app`.
+//! `lifeboat drill`: a disaster-recovery drill against a running deployment, its
+//! RTO / RPO report, and the verdict (a drill is a test: it passes or fails). The demo
+//! runs the same drill with the same flags (`lifeboat demo --drill`).
 
-use crate::cli::{DbCommand, DrillArgs, ObjectsCommand};
-use crate::run::load_config;
+use crate::shared::load_config;
 use anyhow::{Context, Result};
-use lifeboat_config::database::DatabaseEngine;
-use lifeboat_core::RegionId;
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn region_of(cfg: &lifeboat_config::Config, region: &str) -> Result<RegionId> {
-    let id = RegionId::new(region);
-    anyhow::ensure!(
-        cfg.region(&id).is_some(),
-        "--region {region}: no such region in {} (regions: {})",
-        cfg.source.display(),
-        cfg.regions.keys().cloned().collect::<Vec<_>>().join(", ")
-    );
-    Ok(id)
+#[derive(clap::Args, Debug)]
+pub struct DrillCommandArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    #[command(flatten)]
+    drill: DrillArgs,
 }
 
-pub async fn objects(cmd: ObjectsCommand) -> Result<ExitCode> {
-    let out = match cmd {
-        ObjectsCommand::Status {
-            config,
-            region,
-            json,
-        } => {
-            let cfg = load_config(&config)?;
-            let r = region_of(&cfg, &region)?;
-            lifeboat_objects::cli::status(&cfg, &r, &cfg.agent_state_dir(&r), json).await?
-        }
-        ObjectsCommand::Retry {
-            config,
-            region,
-            prefix,
-        } => {
-            let cfg = load_config(&config)?;
-            let r = region_of(&cfg, &region)?;
-            lifeboat_objects::cli::retry(&cfg, &r, &cfg.agent_state_dir(&r), prefix.as_deref())
-                .await?
-        }
-        ObjectsCommand::Backfill { config, region } => {
-            let cfg = load_config(&config)?;
-            let r = region_of(&cfg, &region)?;
-            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            lifeboat_objects::cli::backfill(&cfg, &r, &cfg.agent_state_dir(&r), progress).await?
-        }
-    };
-    println!("{out}");
-    Ok(ExitCode::SUCCESS)
+/// `lifeboat drill --schedule`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillSchedule {
+    Random,
 }
 
-pub async fn db(cmd: DbCommand) -> Result<ExitCode> {
-    match cmd {
-        DbCommand::Bootstrap { config, region } => {
-            let cfg = load_config(&config)?;
-            let r = region_of(&cfg, &region)?;
-            bootstrap(&cfg, &r).await?;
-            println!("database of region {r} bootstrapped");
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+/// The drill's options, shared by `lifeboat drill` and `lifeboat demo --drill`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DrillArgs {
+    /// region-outage (the default), partition, db-crash, app-crash, controller-kill,
+    /// controller-pause, agent-kill or agent-pause.
+    #[arg(long)]
+    pub scenario: Option<lifeboat_drill::Scenario>,
+    /// Runs of --scenario (default 1).
+    #[arg(long)]
+    pub runs: Option<u32>,
+    /// How long each fault lasts before it is healed: seconds, or MIN-MAX to draw each
+    /// length from. Default: 10 for lifeboat's own processes, 1-45 for a random
+    /// schedule; the region scenarios otherwise last until another region is active.
+    #[arg(long, value_name = "SECONDS|MIN-MAX")]
+    pub fault_seconds: Option<lifeboat_drill::schedule::FaultLength>,
+    /// `random`: --faults faults drawn from every scenario the config sets up, each
+    /// healed and followed by a wait for the deployment to converge.
+    #[arg(long)]
+    pub schedule: Option<DrillSchedule>,
+    /// The random schedule's seed (printed; the same seed replays the same faults).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How many faults the random schedule draws (default 10).
+    #[arg(long)]
+    pub faults: Option<u32>,
+    /// Write the JSON report to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the HTML report (with an SVG timeline) to this file.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
-pub(crate) async fn bootstrap(cfg: &lifeboat_config::Config, r: &RegionId) -> Result<()> {
-    let db = cfg
-        .database
-        .as_ref()
-        .context("the config has no [database] section")?;
-    match db.engine {
-        DatabaseEngine::Postgres => lifeboat_pg::bootstrap_region(cfg, r).await,
-        DatabaseEngine::Mariadb => {
-            if cfg.initial_active().as_ref() == Some(r) {
-                lifeboat_mysql::bootstrap_primary(cfg, r).await.map(|_| ())
-            } else {
-                let primary = cfg
-                    .initial_active()
-                    .context("no region has role = \"active\"")?;
-                lifeboat_mysql::bootstrap_replica(cfg, r, &primary)
-                    .await
-                    .map(|_| ())
-            }
-        }
-    }
-    .with_context(|| format!("bootstrapping the database of region {r}"))
-}
-
-pub async fn drill(config: &Path, args: DrillArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: DrillCommandArgs) -> Result<ExitCode> {
+    let DrillCommandArgs { config, drill } = args;
     // A bad combination of flags is reported before anything is read or started.
-    drill_options(args.clone())?;
-    let cfg = load_config(config)?;
-    run_drill(&cfg, args).await
+    drill_options(drill.clone())?;
+    let cfg = load_config(&config)?;
+    run_drill(&cfg, drill).await
 }
 
+/// Run the drill, print its summary, and fail when its verdict does ([`drill_failures`]).
 pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) -> Result<ExitCode> {
     let opts = drill_options(args)?;
     let cancel = lifeboat_drill::cancel_on_ctrl_c().context("listening for Ctrl-C")?;
@@ -146,7 +116,6 @@ fn drill_failures(s: &lifeboat_drill::Summary, error: Option<&str>, sync: bool) 
 
 /// The flags, checked together: a random schedule draws its own scenarios and count.
 pub(crate) fn drill_options(args: DrillArgs) -> Result<lifeboat_drill::DrillOptions> {
-    use crate::cli::DrillSchedule;
     let random = match args.schedule {
         Some(DrillSchedule::Random) => {
             if let Some(s) = args.scenario {
@@ -188,17 +157,6 @@ pub(crate) fn drill_options(args: DrillArgs) -> Result<lifeboat_drill::DrillOpti
         fault_length: args.fault_seconds,
         random,
     })
-}
-
-pub async fn sample_app(opts: lifeboat_sample_app::Options) -> Result<ExitCode> {
-    let listener = tokio::net::TcpListener::bind(opts.bind)
-        .await
-        .with_context(|| format!("binding the sample app on {}", opts.bind))?;
-    crate::run::announce("app", format!("http://{}", listener.local_addr()?));
-    let cancel = tokio_util::sync::CancellationToken::new();
-    crate::run::cancel_on_signal(cancel.clone());
-    lifeboat_sample_app::serve(listener, opts, cancel).await?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

@@ -1,64 +1,28 @@
-//! Operator commands: status, failover, switchover, journal, validate.
+//! `lifeboat status`: the deployment's state as the controller sees it (regions,
+//! health, lease, epoch), or, when no controller answers, what each agent says.
 
-use anyhow::{Context, Result};
+use crate::shared::{api_client, load_config};
+use anyhow::Result;
 use lifeboat_api::ApiClient;
-use lifeboat_api::types::{ControllerStatus, MoveRequest};
+use lifeboat_api::types::ControllerStatus;
 use lifeboat_config::Config;
-use lifeboat_core::RegionId;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-fn client(cfg: &Config, with_token: bool) -> Result<ApiClient> {
-    let token = if with_token {
-        Some(cfg.auth.secret().load().with_context(|| {
-            format!(
-                "loading the bearer token named in {} [auth]",
-                cfg.source.display()
-            )
-        })?)
-    } else {
-        cfg.auth.secret().load().ok()
-    };
-    Ok(ApiClient::any_of(
-        cfg.controller.api_urls(),
-        token,
-        Duration::from_secs(10),
-    ))
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Machine-readable JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
-pub fn validate(path: &Path) -> Result<ExitCode> {
-    match Config::load(path) {
-        Ok(cfg) => {
-            println!(
-                "{}: ok ({} regions, {} checks{}{}{})",
-                path.display(),
-                cfg.regions.len(),
-                cfg.checks.len(),
-                if cfg.dns.is_some() { ", dns" } else { "" },
-                if cfg.objects.is_some() {
-                    ", objects"
-                } else {
-                    ""
-                },
-                if cfg.database.is_some() {
-                    ", database"
-                } else {
-                    ""
-                },
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-pub async fn status(path: &Path, json: bool) -> Result<ExitCode> {
-    let cfg = crate::run::load_config(path)?;
-    let c = client(&cfg, false)?;
+pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
+    let StatusArgs { config, json } = args;
+    let cfg = load_config(&config)?;
+    let c = api_client(&cfg, false)?;
     let mut st = match c.status().await {
         Ok(st) => st,
         Err(e) => {
@@ -252,88 +216,4 @@ pub fn render_status(st: &ControllerStatus) -> String {
         }
     }
     out
-}
-
-pub async fn move_to(
-    path: &Path,
-    to: &str,
-    force: bool,
-    switchover: bool,
-    no_wait: bool,
-) -> Result<ExitCode> {
-    let cfg = crate::run::load_config(path)?;
-    let to = RegionId::new(to);
-    if cfg.region(&to).is_none() {
-        anyhow::bail!(
-            "--to {to}: no such region in {} (regions: {})",
-            path.display(),
-            cfg.regions.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let c = client(&cfg, true)?;
-    let req = MoveRequest {
-        to: to.clone(),
-        force,
-    };
-    let what = if switchover { "switchover" } else { "failover" };
-    let resp = if switchover {
-        c.switchover(&req).await
-    } else {
-        c.failover(&req).await
-    };
-    let resp = match resp {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{what} refused: {e}");
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    println!("{}", resp.detail);
-    if no_wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let deadline =
-        tokio::time::Instant::now() + cfg.failover.switchover_timeout + cfg.failover.lease_ttl * 2;
-    loop {
-        let st = c.status().await?;
-        let verified =
-            st.active.as_ref() == Some(&to) && st.epoch > resp.epoch && st.phase == "steady";
-        if verified {
-            println!("{to} is active at epoch {}", st.epoch);
-            return Ok(ExitCode::SUCCESS);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            eprintln!(
-                "{what} to {to} not verified yet (phase: {}); see `lifeboat journal`",
-                st.phase
-            );
-            return Ok(ExitCode::FAILURE);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-pub async fn journal(path: &Path, since: u64, json: bool) -> Result<ExitCode> {
-    let cfg = crate::run::load_config(path)?;
-    let c = client(&cfg, false)?;
-    let entries = c
-        .journal(since)
-        .await
-        .context("reading the controller's journal")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
-    } else {
-        for e in entries {
-            println!(
-                "{:>6} {:>14} epoch {:<4} {:<20} {:<8} {}",
-                e.seq,
-                e.at_unix_ms,
-                e.epoch,
-                e.kind.as_str(),
-                e.region.as_ref().map_or("-", |r| r.as_str()),
-                e.detail
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
