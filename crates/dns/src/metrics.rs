@@ -7,8 +7,8 @@ use hickory_server::proto::rr::RecordType;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const QTYPES: [&str; 12] = [
-    "A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "SOA", "ANY", "AXFR", "OTHER", "NONE",
+const QTYPES: [&str; 13] = [
+    "A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "SOA", "ANY", "AXFR", "IXFR", "OTHER", "NONE",
 ];
 const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
@@ -26,8 +26,9 @@ fn qtype_index(t: Option<RecordType>) -> usize {
         Some(RecordType::SOA) => 7,
         Some(RecordType::ANY) => 8,
         Some(RecordType::AXFR) => 9,
-        Some(_) => 10,
-        None => 11,
+        Some(RecordType::IXFR) => 10,
+        Some(_) => 11,
+        None => 12,
     }
 }
 

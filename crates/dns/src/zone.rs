@@ -87,19 +87,26 @@ pub(crate) struct Snapshot {
     names: HashSet<LowerName>,
     /// Per group: the chosen member(s), to count answer switches between snapshots.
     choices: Vec<Vec<usize>>,
+    /// The SOA of negative answers: TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).
+    negative_soa: Arc<RecordSet>,
 }
 
-/// The result of a lookup.
+/// The result of a lookup. A CNAME chain (RFC 1034 §4.3.2 step 3.a) comes first in the
+/// answer section; the answer's RCODE is that of the chain's last name (RFC 6604 §2).
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    /// Records for the answer section (a CNAME chain comes first) and the additional section.
+    /// Records for the answer section (the chain, then the asked type at its end, or the
+    /// chain alone when it leaves the zone) and the additional section.
     Answer {
         answers: Vec<Arc<RecordSet>>,
         additionals: Vec<Arc<RecordSet>>,
     },
-    /// The name exists without the asked type.
-    NoData,
-    NxDomain,
+    /// The last name exists without the asked type (also an empty non-terminal):
+    /// NOERROR, the chain (maybe empty), the negative SOA in the authority section.
+    NoData { chain: Vec<Arc<RecordSet>> },
+    /// The last name does not exist in the zone: NXDOMAIN, the chain (maybe empty), the
+    /// negative SOA.
+    NxDomain { chain: Vec<Arc<RecordSet>> },
     /// The name is outside the zone.
     Refused,
 }
@@ -225,6 +232,8 @@ impl ZoneModel {
         for n in &self.nameservers {
             ns.add_rdata(RData::NS(NS(n.clone())));
         }
+        let mut negative_soa = soa.clone();
+        negative_soa.set_ttl(self.soa.ttl.min(self.soa.negative_ttl));
         for (rtype, set) in [(RecordType::SOA, soa), (RecordType::NS, ns)] {
             rrsets.insert((self.origin.clone(), rtype), Answer::Fixed(Arc::new(set)));
             types_at.entry(self.origin.clone()).or_default().push(rtype);
@@ -276,6 +285,7 @@ impl ZoneModel {
             types_at,
             names,
             choices,
+            negative_soa: Arc::new(negative_soa),
         }
     }
 
@@ -452,7 +462,15 @@ impl Snapshot {
         }
     }
 
+    /// The SOA for the authority section of NXDOMAIN and NODATA answers.
+    pub(crate) fn negative_soa(&self) -> Arc<RecordSet> {
+        self.negative_soa.clone()
+    }
+
     /// Answer `qtype` at `qname`.
+    ///
+    /// ANY (RFC 8482 §4.2) answers one RRset of the name: the one of the lowest type
+    /// number, as Knot DNS does, over UDP and TCP alike.
     pub(crate) fn lookup(
         &self,
         origin: &LowerName,
@@ -464,44 +482,60 @@ impl Snapshot {
         }
         let mut answers = Vec::new();
         if qtype == RecordType::ANY {
-            for t in self.types_at.get(qname).into_iter().flatten() {
-                answers.extend(self.pick(&(qname.clone(), *t)));
-            }
-        } else {
-            let mut name = qname.clone();
-            for _ in 0..=MAX_CNAME_CHAIN {
-                if let Some(set) = self.pick(&(name.clone(), qtype)) {
-                    answers.push(set);
-                    break;
-                }
-                if qtype == RecordType::CNAME {
-                    break;
-                }
-                let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME)) else {
-                    break;
-                };
-                let target = cname.records_without_rrsigs().find_map(|r| match &r.data {
-                    RData::CNAME(c) => Some(LowerName::new(&c.0)),
-                    _ => None,
-                });
-                answers.push(cname);
-                match target {
-                    Some(t) if origin.zone_of(&t) => name = t,
-                    _ => break,
-                }
-            }
-        }
-        if answers.is_empty() {
-            return if self.names.contains(qname) {
-                Lookup::NoData
-            } else {
-                Lookup::NxDomain
+            let first = self
+                .types_at
+                .get(qname)
+                .and_then(|types| types.iter().min_by_key(|t| u16::from(**t)));
+            return match first.and_then(|t| self.pick(&(qname.clone(), *t))) {
+                Some(set) => self.positive(origin, vec![set]),
+                None => self.negative(qname, answers),
             };
         }
+        let mut name = qname.clone();
+        for _ in 0..=MAX_CNAME_CHAIN {
+            if let Some(set) = self.pick(&(name.clone(), qtype)) {
+                answers.push(set);
+                return self.positive(origin, answers);
+            }
+            if qtype == RecordType::CNAME {
+                break;
+            }
+            let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME)) else {
+                break;
+            };
+            let target = cname.records_without_rrsigs().find_map(|r| match &r.data {
+                RData::CNAME(c) => Some(LowerName::new(&c.0)),
+                _ => None,
+            });
+            answers.push(cname);
+            match target {
+                Some(t) if origin.zone_of(&t) => name = t,
+                // The chain leaves the zone: the resolver follows it elsewhere.
+                _ => return self.positive(origin, answers),
+            }
+        }
+        if answers.len() > MAX_CNAME_CHAIN {
+            // A chain too long (or a loop): what was followed, as a positive answer.
+            return self.positive(origin, answers);
+        }
+        // `name` is the chain's last name (the query name when there is no chain).
+        self.negative(&name, answers)
+    }
+
+    fn positive(&self, origin: &LowerName, answers: Vec<Arc<RecordSet>>) -> Lookup {
         let additionals = self.additionals(origin, &answers);
         Lookup::Answer {
             answers,
             additionals,
+        }
+    }
+
+    /// A negative answer with the RCODE of `last`, the chain's last name (RFC 6604).
+    fn negative(&self, last: &LowerName, chain: Vec<Arc<RecordSet>>) -> Lookup {
+        if self.names.contains(last) {
+            Lookup::NoData { chain }
+        } else {
+            Lookup::NxDomain { chain }
         }
     }
 
