@@ -497,7 +497,12 @@ impl Snapshot {
                 answers.push(set);
                 return self.positive(origin, answers);
             }
-            if qtype == RecordType::CNAME {
+            // RRSIG and NSEC live beside a CNAME (RFC 4035 §2.5, RFC 2181 §10.1): asked
+            // for, they are not aliased, as CNAME itself is not.
+            if matches!(
+                qtype,
+                RecordType::CNAME | RecordType::RRSIG | RecordType::NSEC
+            ) {
                 break;
             }
             let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME)) else {
