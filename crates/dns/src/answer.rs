@@ -10,6 +10,7 @@
 //! function, [`respond`]; hickory still decodes requests and encodes the records.
 //!
 //! Rules (RFC references in docs/dns.md):
+//! - a message marked as a response gets FORMERR (over TCP; UDP drops it unanswered);
 //! - a request that is not a single query of class IN (or ANY) and opcode QUERY gets
 //!   FORMERR (0 or several questions), NOTIMP (other opcodes) or REFUSED (other classes);
 //! - EDNS: an OPT record answers an OPT record, with version 0, the DO bit copied
@@ -25,7 +26,7 @@
 
 use crate::zone::{Lookup, Snapshot};
 use hickory_server::proto::ProtoError;
-use hickory_server::proto::op::{Edns, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::{DNSClass, LowerName, Record, RecordSet, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::ResponseInfo;
@@ -89,6 +90,10 @@ pub(crate) fn respond(
     max_udp_payload: u16,
 ) -> Reply {
     let reply = Reply::new(request, max_udp_payload);
+    if request.metadata.message_type == MessageType::Response {
+        // Only TCP gets here (UDP drops responses unanswered: no reflection).
+        return reply.error(ResponseCode::FormErr);
+    }
     if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
         return reply.error(ResponseCode::BADVERS);
     }

@@ -610,6 +610,11 @@ fn battery() -> Vec<Case> {
         }
     }
 
+    // A response sent as a query (UDP: both drop it unanswered).
+    let mut qr = q("www.shop.example.", T::A);
+    qr.metadata.message_type = hickory_net::proto::op::MessageType::Response;
+    add("qr set".into(), qr, both);
+
     // Question counts and meta types.
     let mut none = q("shop.example.", T::SOA);
     none.queries.clear();
