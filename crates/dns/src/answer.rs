@@ -222,3 +222,85 @@ pub(crate) fn send_parts<'a>(
         records(&reply.additionals),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_server::proto::op::{MessageType, Query};
+    use hickory_server::proto::rr::rdata::A;
+    use hickory_server::proto::rr::{Name, RData};
+    use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+    use std::str::FromStr;
+
+    fn set(owner: &str, addrs: std::ops::Range<u8>) -> Arc<RecordSet> {
+        let name = Name::from_str(owner).expect("name");
+        let mut set = RecordSet::with_ttl(name, RecordType::A, 30);
+        for i in addrs {
+            set.add_rdata(RData::A(A::new(192, 0, 2, i)));
+        }
+        Arc::new(set)
+    }
+
+    fn decode(bytes: &[u8]) -> hickory_server::proto::op::Message {
+        let mut d = BinDecoder::new(bytes);
+        let m = hickory_server::proto::op::Message::read(&mut d).expect("well formed");
+        assert!(d.is_empty(), "no bytes after the last counted record");
+        m
+    }
+
+    fn reply(answers: Vec<Arc<RecordSet>>, additionals: Vec<Arc<RecordSet>>) -> Reply {
+        let mut metadata = Metadata::new(7, MessageType::Response, OpCode::Query);
+        metadata.authoritative = true;
+        Reply {
+            metadata,
+            answers,
+            authorities: Vec::new(),
+            additionals,
+            edns: None,
+            udp_limit: MIN_UDP_PAYLOAD,
+        }
+    }
+
+    #[test]
+    fn udp_drops_the_additional_section_before_truncating_the_answer() {
+        let mut query = hickory_server::proto::op::Message::query();
+        query.add_query(Query::query(
+            Name::from_str("a.example.").expect("name"),
+            RecordType::A,
+        ));
+        let request = hickory_server::server::Request::from_bytes(
+            query.to_vec().expect("encode"),
+            std::net::SocketAddr::from(([127, 0, 0, 1], 5353)),
+            hickory_server::net::xfer::Protocol::Udp,
+        )
+        .expect("decode");
+        let queries = &request.queries;
+        let mut buf = Vec::new();
+
+        // The answer fits 512 bytes, the additional section does not: it goes, TC stays clear.
+        let r = reply(
+            vec![set("a.example.", 1..3)],
+            vec![set("b.example.", 1..60)],
+        );
+        encode_udp(queries, &r, &mut buf).expect("encode");
+        assert!(buf.len() <= 512);
+        let m = decode(&buf);
+        assert!(!m.metadata.truncation, "{m:?}");
+        assert_eq!(m.answers.len(), 2);
+        assert!(m.additionals.is_empty());
+
+        // The answer alone is too large: the question only, with TC (no partial record).
+        let r = reply(vec![set("a.example.", 1..60)], vec![]);
+        encode_udp(queries, &r, &mut buf).expect("encode");
+        let m = decode(&buf);
+        assert!(m.metadata.truncation && m.metadata.authoritative);
+        assert!(m.answers.is_empty() && m.additionals.is_empty());
+        assert_eq!(m.queries.len(), 1);
+
+        // Small enough: everything, as is.
+        let r = reply(vec![set("a.example.", 1..3)], vec![set("b.example.", 1..3)]);
+        encode_udp(queries, &r, &mut buf).expect("encode");
+        let m = decode(&buf);
+        assert_eq!((m.answers.len(), m.additionals.len()), (2, 2));
+    }
+}
