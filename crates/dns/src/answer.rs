@@ -202,6 +202,16 @@ pub(crate) fn encode_udp(
     emit(queries, reply, Sections::Truncated, buf)
 }
 
+/// Encode `reply` for UDP as a bare truncated answer (the question and OPT record, TC
+/// set): what rate limiting sends instead of dropping a response (see `rrl`).
+pub(crate) fn encode_udp_slip(
+    queries: &Queries,
+    reply: &Reply,
+    buf: &mut Vec<u8>,
+) -> Result<ResponseInfo, ProtoError> {
+    emit(queries, reply, Sections::Truncated, buf)
+}
+
 /// The reply as hickory's response type, for hickory's TCP server (no size limit).
 pub(crate) fn send_parts<'a>(
     queries: &'a Queries,

@@ -24,11 +24,13 @@
 
 mod answer;
 mod metrics;
+mod rrl;
 mod udp;
 mod zone;
 
 pub use answer::DEFAULT_UDP_PAYLOAD;
 pub use metrics::DnsMetrics;
+pub use rrl::RateLimit;
 
 use anyhow::Context;
 use hickory_server::Server;
@@ -53,6 +55,7 @@ pub struct DnsServer {
     live: Arc<LiveZone>,
     metrics: Arc<DnsMetrics>,
     max_udp_payload: u16,
+    rate_limit: Option<RateLimit>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -81,7 +84,15 @@ impl DnsServer {
             live,
             metrics,
             max_udp_payload: DEFAULT_UDP_PAYLOAD,
+            rate_limit: None,
         })
+    }
+
+    /// Limit UDP responses per client network against amplification (see [`RateLimit`]);
+    /// off by default. TCP is never limited.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
     }
 
     /// The largest UDP response, and the EDNS payload size advertised in every OPT record
@@ -109,6 +120,7 @@ impl DnsServer {
             live: self.live.clone(),
             metrics: self.metrics.clone(),
             max_udp_payload: self.max_udp_payload,
+            limiter: self.rate_limit.map(rrl::Limiter::new),
         });
         // TCP through hickory's server; UDP through our receive loops (see `udp`).
         let mut server = Server::new(SharedHandler(handler.clone()));
@@ -211,6 +223,8 @@ pub(crate) struct Responder {
     live: Arc<LiveZone>,
     pub(crate) metrics: Arc<DnsMetrics>,
     max_udp_payload: u16,
+    /// UDP response rate limiting, when configured.
+    pub(crate) limiter: Option<rrl::Limiter>,
 }
 
 impl Responder {

@@ -52,11 +52,25 @@ pub struct DnsMetrics {
     queries: [[AtomicU64; RCODES.len()]; QTYPES.len()],
     answer_switches: AtomicU64,
     serial: AtomicU64,
+    /// UDP responses held back by rate limiting: [dropped, sent truncated].
+    rate_limited: [AtomicU64; 2],
 }
 
 impl DnsMetrics {
     pub(crate) fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode) {
         self.queries[qtype_index(qtype)][rcode_index(rcode)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rate_limited(&self, dropped: bool) {
+        self.rate_limited[usize::from(!dropped)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// UDP responses rate limiting dropped, and those it sent truncated instead (slipped).
+    pub fn rate_limited(&self) -> (u64, u64) {
+        (
+            self.rate_limited[0].load(Ordering::Relaxed),
+            self.rate_limited[1].load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn add_switches(&self, n: u64) {
@@ -134,6 +148,20 @@ impl DnsMetrics {
         );
         let _ = writeln!(out, "# TYPE lifeboat_dns_zone_serial gauge");
         let _ = writeln!(out, "lifeboat_dns_zone_serial {}", self.serial());
+        let _ = writeln!(
+            out,
+            "# HELP lifeboat_dns_rate_limited_total UDP responses held back by rate limiting: dropped, or sent truncated (slip)."
+        );
+        let _ = writeln!(out, "# TYPE lifeboat_dns_rate_limited_total counter");
+        let (dropped, slipped) = self.rate_limited();
+        let _ = writeln!(
+            out,
+            "lifeboat_dns_rate_limited_total{{action=\"drop\"}} {dropped}"
+        );
+        let _ = writeln!(
+            out,
+            "lifeboat_dns_rate_limited_total{{action=\"slip\"}} {slipped}"
+        );
     }
 }
 

@@ -13,6 +13,7 @@
 //! reflection); one whose header parses but whose body does not gets FORMERR; nothing a
 //! client sends can stop a receiving task.
 
+use crate::rrl::Verdict;
 use crate::{Responder, answer};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
@@ -25,6 +26,7 @@ use hickory_server::server::Request;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The largest query accepted over UDP (queries are small; EDNS answers may be large).
@@ -81,7 +83,22 @@ async fn answer(
     match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
             let reply = handler.respond(&request);
-            if let Err(error) = answer::encode_udp(&request.queries, &reply, out) {
+            let verdict = handler
+                .limiter
+                .as_ref()
+                .map_or(Verdict::Send, |l| l.check(src.ip(), Instant::now()));
+            let encoded = match verdict {
+                Verdict::Send => answer::encode_udp(&request.queries, &reply, out),
+                Verdict::Slip => {
+                    handler.metrics.count_rate_limited(false);
+                    answer::encode_udp_slip(&request.queries, &reply, out)
+                }
+                Verdict::Drop => {
+                    handler.metrics.count_rate_limited(true);
+                    return;
+                }
+            };
+            if let Err(error) = encoded {
                 tracing::error!(%error, "encoding a DNS response");
                 out.clear();
                 let mut metadata = Metadata::response_from_request(&request.metadata);

@@ -327,3 +327,74 @@ async fn other_opcodes_classes_and_question_counts_get_errors() {
         assert_eq!(m.queries, msg.queries, "the question is echoed");
     }
 }
+
+#[tokio::test]
+async fn rate_limiting_drops_or_truncates_past_the_limit_per_network_over_udp_only() {
+    let h = Harness::start_with(|s| {
+        s.with_rate_limit(lifeboat_dns::RateLimit {
+            responses_per_second: 5,
+            slip: 2,
+        })
+    })
+    .await;
+    // A flood of one query from one address, sent before any response is read.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let n = 40u16;
+    for id in 0..n {
+        let mut m = query_msg("www.shop.example.", RecordType::A, None);
+        m.metadata.id = id;
+        sock.send_to(&m.to_vec().expect("encode"), h.udp)
+            .await
+            .expect("send");
+    }
+    let (mut full, mut truncated) = (0u64, 0u64);
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok((len, _))) = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        sock.recv_from(&mut buf),
+    )
+    .await
+    {
+        let m = decode_strict(&buf[..len]);
+        if m.metadata.truncation {
+            assert!(m.answers.is_empty(), "a slipped answer is bare: {m:?}");
+            truncated += 1;
+        } else {
+            assert_eq!(a_records(&m), vec!["192.0.2.10"]);
+            full += 1;
+        }
+    }
+    // The burst (5), plus a token per 200 ms the flood took on a loaded machine; then one
+    // in two of the rest slips (each refill restarts the count: ±1 per refill).
+    assert!((5..=10).contains(&full), "full answers: {full}");
+    let rest = u64::from(n) - full;
+    let slack = full - 5 + 1;
+    assert!(
+        truncated + slack >= rest / 2 && truncated <= rest / 2 + slack,
+        "truncated answers: {truncated} of {rest} limited"
+    );
+    let (dropped, slipped) = h.metrics.rate_limited();
+    assert_eq!(slipped, truncated);
+    assert_eq!(u64::from(n) - full - slipped, dropped);
+
+    // Another network is not limited by this one; TCP is never limited.
+    let other = tokio::net::UdpSocket::bind("127.0.9.1:0")
+        .await
+        .expect("bind 127.0.9.1");
+    let q = query_msg("www.shop.example.", RecordType::A, None)
+        .to_vec()
+        .expect("encode");
+    other.send_to(&q, h.udp).await.expect("send");
+    let (len, _) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), other.recv_from(&mut buf))
+            .await
+            .expect("an answer for another network")
+            .expect("recv");
+    assert_eq!(a_records(&decode_strict(&buf[..len])), vec!["192.0.2.10"]);
+    for _ in 0..10 {
+        let m = decode_strict(&raw_tcp(h.tcp, &q).await);
+        assert_eq!(a_records(&m), vec!["192.0.2.10"]);
+    }
+}
