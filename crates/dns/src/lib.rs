@@ -17,7 +17,8 @@
 //! counted ([`DnsMetrics`]). UDP packets are received by a few tasks sharing the socket,
 //! each answering inline (see `udp`), which doubled throughput over hickory's
 //! task-per-query UDP path on a two-core machine; UDP responses are size-limited there
-//! without ever cutting a record (see `answer::encode_udp`).
+//! without ever cutting a record (see `answer::encode_udp`), and optionally rate limited
+//! per client network ([`RateLimit`]).
 //!
 //! The behaviour is checked against Knot DNS serving the same zone
 //! (`tests/conformance.rs`), with every allowed difference listed and explained there.

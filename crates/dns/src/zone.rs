@@ -624,6 +624,58 @@ mod tests {
         assert_eq!(choose_failover(&members, &t), 1);
     }
 
+    fn model(soa: &str) -> ZoneModel {
+        let text = format!(
+            r#"
+[controller]
+api_addr = "127.0.0.1:7700"
+state_dir = "/tmp/lifeboat-dns-unit"
+
+[auth]
+token_env = "LIFEBOAT_TOKEN"
+
+[regions.a]
+agent_addr = "127.0.1.1:7701"
+address = "127.0.1.1"
+role = "active"
+
+[regions.b]
+agent_addr = "127.0.2.1:7701"
+address = "127.0.2.1"
+role = "standby"
+
+[dns]
+zone = "z.example."
+
+[dns.soa]
+{soa}
+
+[[dns.nameservers]]
+name = "ns1"
+address = "127.0.0.1"
+"#
+        );
+        let cfg = Config::parse(std::path::Path::new("unit.toml"), &text).expect("valid config");
+        ZoneModel::from_config(&cfg).expect("zone")
+    }
+
+    #[test]
+    fn the_negative_soa_ttl_is_the_lesser_of_the_soa_ttl_and_minimum() {
+        for (ttl, minimum, want) in [(60, 10, 10), (5, 10, 5), (7, 7, 7)] {
+            let m = model(&format!("ttl = {ttl}\nnegative_ttl = {minimum}"));
+            let snap = m.snapshot(RoutingTable::default());
+            assert_eq!(
+                snap.negative_soa().ttl(),
+                want,
+                "ttl {ttl}, minimum {minimum}"
+            );
+            let asked = snap
+                .pick(&(m.origin().clone(), RecordType::SOA))
+                .expect("SOA");
+            assert_eq!(asked.ttl(), ttl, "the SOA asked for keeps its own TTL");
+        }
+    }
+
     #[test]
     fn txt_is_split_into_255_byte_strings() {
         let parts = split_txt(&"x".repeat(600));
