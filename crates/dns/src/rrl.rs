@@ -80,7 +80,8 @@ impl Limiter {
 
     /// The network a source belongs to, as one key.
     fn network(ip: IpAddr) -> u128 {
-        match ip {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        match ip.to_canonical() {
             IpAddr::V4(v4) => u128::from(u32::from(v4) & 0xffff_ff00),
             // Tagged so that no IPv6 network shares a key with an IPv4 one.
             IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 72) - 1)) | 1,
@@ -94,7 +95,7 @@ impl Limiter {
         }
         let burst = rate * UNIT;
         let key = Self::network(ip);
-        let shard = &self.shards[(key as usize ^ (key >> 64) as usize) % SHARDS];
+        let shard = &self.shards[shard_of(key)];
         // A poisoned lock only means a panic mid-update of plain counters.
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
@@ -129,6 +130,13 @@ impl Limiter {
             Verdict::Drop
         }
     }
+}
+
+/// The shard of a network: a multiplicative hash of the key's bits (the low bits of an
+/// IPv4 key are always 0, so they cannot pick the shard themselves).
+fn shard_of(key: u128) -> usize {
+    let folded = (key as u64) ^ ((key >> 64) as u64);
+    (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
 }
 
 #[cfg(test)]
@@ -183,6 +191,14 @@ mod tests {
         assert_eq!(l.check(a, t), Verdict::Send);
         assert_eq!(l.check(same, t), Verdict::Drop, "same /56, slip 0: dropped");
         assert_eq!(l.check(other, t), Verdict::Send);
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        let v4: IpAddr = "192.0.2.9".parse().expect("ip");
+        assert_eq!(l.check(mapped, t), Verdict::Send);
+        assert_eq!(
+            l.check(v4, t),
+            Verdict::Drop,
+            "a mapped address is its IPv4 network"
+        );
     }
 
     #[test]
@@ -195,8 +211,12 @@ mod tests {
         for i in 0..(MAX_TRACKED * SHARDS * 3) as u32 {
             l.check(IpAddr::from(std::net::Ipv4Addr::from(i << 8)), t);
         }
+        let mut used = 0;
         for shard in &l.shards {
-            assert!(shard.lock().expect("lock").len() <= MAX_TRACKED);
+            let len = shard.lock().expect("lock").len();
+            assert!(len <= MAX_TRACKED);
+            used += usize::from(len > 0);
         }
+        assert_eq!(used, SHARDS, "networks spread over every shard");
     }
 }
