@@ -76,9 +76,23 @@ const ALLOWED: &[(&str, &str, &str)] = &[
 // ---------------------------------------------------------------------------------------
 // Knot
 
-/// The zone lifeboat serves from tests/common (with region b unhealthy, so the weighted
-/// `api` answers one member and every answer is deterministic), written as a zone file.
-fn knot_zone(serial: u32) -> String {
+/// What the failover and weighted names answer in one routing table.
+struct Chosen {
+    serial: u32,
+    db: &'static str,
+    web: &'static str,
+    api: &'static str,
+}
+
+/// The zone lifeboat serves from tests/common under one routing table (where one weighted
+/// `api` member is unhealthy, so that every answer is deterministic), as a zone file.
+fn knot_zone(c: &Chosen) -> String {
+    let Chosen {
+        serial,
+        db,
+        web,
+        api,
+    } = c;
     let txt = |s: &str| {
         s.as_bytes()
             .chunks(255)
@@ -101,9 +115,9 @@ www      42 IN A     192.0.2.10
 www         IN AAAA  2001:db8::10
 app         IN CNAME www
 alias       IN CNAME app.shop.example.
-db        5 IN A     127.0.1.1
-web         IN A     192.0.2.1
-api         IN A     192.0.2.31
+db        5 IN A     {db}
+web         IN A     {web}
+api         IN A     {api}
 info        IN TXT   "hello world"
 _pg._tcp    IN SRV   10 5 5432 db
 mail        IN A     192.0.2.25
@@ -649,46 +663,58 @@ fn battery() -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifeboat_answers_like_knot_on_the_same_zone() {
     let h = Harness::start().await;
-    // Region b unhealthy: the weighted `api` answers its region a member only.
+    let cases = battery();
+    let mut differences: BTreeMap<(String, &'static str), (String, String)> = BTreeMap::new();
+
+    // Round 1, region a active. Region b unhealthy: the weighted `api` answers its region
+    // a member only.
     h.publish(|t| {
         t.regions
             .insert(RegionId::new("b"), HealthStatus::Unhealthy);
     });
-    let knot = Knot::start(&knot_zone(2));
+    let before = Chosen {
+        serial: 2,
+        db: "127.0.1.1",
+        web: "192.0.2.1",
+        api: "192.0.2.31",
+    };
+    compare(
+        &h,
+        &Knot::start(&knot_zone(&before)),
+        &cases,
+        "",
+        &mut differences,
+    )
+    .await;
 
-    let cases = battery();
-    let mut differences: BTreeMap<(String, &'static str), (String, String)> = BTreeMap::new();
-    for case in &cases {
-        let (lifeboat_addr, knot_addr) = match case.transport {
-            Transport::Udp => (h.udp, knot.addr),
-            Transport::Tcp => (h.tcp, knot.addr),
-        };
-        let ours = view(
-            exchange(lifeboat_addr, case.transport, &case.msg)
-                .await
-                .as_deref(),
-        );
-        let theirs = view(
-            exchange(knot_addr, case.transport, &case.msg)
-                .await
-                .as_deref(),
-        );
-        let fields: BTreeSet<&'static str> = ours.keys().chain(theirs.keys()).copied().collect();
-        for field in fields {
-            let (a, b) = (ours.get(field), theirs.get(field));
-            if a != b {
-                differences.insert(
-                    (case.label.clone(), field),
-                    (
-                        b.cloned().unwrap_or_else(|| "-".into()),
-                        a.cloned().unwrap_or_else(|| "-".into()),
-                    ),
-                );
-            }
-        }
-    }
+    // Round 2, after a failover to region b (a unhealthy, web's primary check failing):
+    // the failover names, the chain through `pg`, the weighted name and the serial of
+    // every SOA (negative answers included) follow.
+    h.publish(|t| {
+        t.active = Some(RegionId::new("b"));
+        t.regions
+            .insert(RegionId::new("a"), HealthStatus::Unhealthy);
+        t.regions.insert(RegionId::new("b"), HealthStatus::Healthy);
+        t.checks.insert("web-a".into(), HealthStatus::Unhealthy);
+    });
+    let after = Chosen {
+        serial: 3,
+        db: "127.0.2.1",
+        web: "192.0.2.2",
+        api: "192.0.2.32",
+    };
+    compare(
+        &h,
+        &Knot::start(&knot_zone(&after)),
+        &cases,
+        "after failover: ",
+        &mut differences,
+    )
+    .await;
 
+    let compared = 2 * cases.len();
     let allowed = |label: &str, field: &str| {
+        let label = label.trim_start_matches("after failover: ");
         ALLOWED
             .iter()
             .any(|(l, f, _)| label.starts_with(l) && (*f == field || *f == "*"))
@@ -703,15 +729,16 @@ async fn lifeboat_answers_like_knot_on_the_same_zone() {
     let unused: Vec<&str> = ALLOWED
         .iter()
         .filter(|(l, f, _)| {
-            !differences
-                .keys()
-                .any(|(label, field)| label.starts_with(l) && (field == f || *f == "*"))
+            !differences.keys().any(|(label, field)| {
+                label.trim_start_matches("after failover: ").starts_with(l)
+                    && (field == f || *f == "*")
+            })
         })
         .map(|(l, _, _)| *l)
         .collect();
     eprintln!(
         "conformance: {} queries compared, {} differences, {} allowed by {} entries",
-        cases.len(),
+        compared,
         differences.len(),
         differences.len() - unexplained.len(),
         ALLOWED.len()
@@ -726,4 +753,43 @@ async fn lifeboat_answers_like_knot_on_the_same_zone() {
         unused.is_empty(),
         "ALLOWED entries that no longer occur (remove them): {unused:?}"
     );
+}
+
+/// Send every case to lifeboat and to Knot; record each field that differs.
+async fn compare(
+    h: &Harness,
+    knot: &Knot,
+    cases: &[Case],
+    round: &str,
+    differences: &mut BTreeMap<(String, &'static str), (String, String)>,
+) {
+    for case in cases {
+        let lifeboat_addr = match case.transport {
+            Transport::Udp => h.udp,
+            Transport::Tcp => h.tcp,
+        };
+        let ours = view(
+            exchange(lifeboat_addr, case.transport, &case.msg)
+                .await
+                .as_deref(),
+        );
+        let theirs = view(
+            exchange(knot.addr, case.transport, &case.msg)
+                .await
+                .as_deref(),
+        );
+        let fields: BTreeSet<&'static str> = ours.keys().chain(theirs.keys()).copied().collect();
+        for field in fields {
+            let (a, b) = (ours.get(field), theirs.get(field));
+            if a != b {
+                differences.insert(
+                    (format!("{round}{}", case.label), field),
+                    (
+                        b.cloned().unwrap_or_else(|| "-".into()),
+                        a.cloned().unwrap_or_else(|| "-".into()),
+                    ),
+                );
+            }
+        }
+    }
 }
