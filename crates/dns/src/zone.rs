@@ -514,6 +514,10 @@ impl Snapshot {
             });
             answers.push(cname);
             match target {
+                // A loop: each link once, then stop (a positive answer, as at the limit).
+                Some(t) if answers.iter().any(|set| LowerName::new(set.name()) == t) => {
+                    return self.positive(origin, answers);
+                }
                 Some(t) if origin.zone_of(&t) => name = t,
                 // The chain leaves the zone: the resolver follows it elsewhere.
                 _ => return self.positive(origin, answers),

@@ -126,6 +126,8 @@ dangling    IN CNAME nowhere
 tomail      IN CNAME mail
 ext         IN CNAME www.example.net.
 pg          IN CNAME db
+loop1       IN CNAME loop2
+loop2       IN CNAME loop1
 big         IN TXT   {big}
 mid         IN TXT   {mid}
 "#,
@@ -473,6 +475,7 @@ fn battery() -> Vec<Case> {
         "tomail.shop.example.",
         "ext.shop.example.",
         "pg.shop.example.",
+        "loop1.shop.example.",
     ];
     for n in names {
         for t in types {

@@ -177,6 +177,16 @@ type = "CNAME"
 value = "www.example.net."
 
 [[dns.records]]
+name = "loop1"        # a CNAME loop
+type = "CNAME"
+value = "loop2"
+
+[[dns.records]]
+name = "loop2"
+type = "CNAME"
+value = "loop1"
+
+[[dns.records]]
 name = "pg"           # a CNAME to a failover name
 type = "CNAME"
 value = "db"
