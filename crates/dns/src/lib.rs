@@ -13,7 +13,7 @@
 //! (RFC 6604), IXFR (RFC 1995) or the DO bit (RFC 3225), and a zone handler behind it has
 //! no say in those; building the whole response here, from the request and the zone
 //! snapshot, makes every rule one place to read and test. The records are chosen by
-//! health (see [`zone`](crate::zone) for the rules); queries and answer switches are
+//! health (see the `zone` module for the rules); queries and answer switches are
 //! counted ([`DnsMetrics`]). UDP packets are received by a few tasks sharing the socket,
 //! each answering inline (see `udp`), which doubled throughput over hickory's
 //! task-per-query UDP path on a two-core machine; UDP responses are size-limited there

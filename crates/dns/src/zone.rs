@@ -9,7 +9,12 @@
 //! - a weighted group answers one healthy member chosen in proportion to its weight; when
 //!   no member is healthy it answers as if all were (Route 53's rule);
 //! - names are matched case-insensitively; a name that exists only as the parent of other
-//!   names (an empty non-terminal) answers NODATA, not NXDOMAIN.
+//!   names (an empty non-terminal) answers NODATA, not NXDOMAIN;
+//! - a CNAME chain is followed inside the zone (each link once, at most
+//!   `MAX_CNAME_CHAIN`) and the lookup ends with the state of its last name: data,
+//!   NODATA or NXDOMAIN (RFC 6604); CNAME, RRSIG and NSEC queries are not aliased;
+//! - ANY answers one RRset, the lowest type number at the name (RFC 8482 §4.2);
+//! - negative answers carry the SOA with TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).
 //!
 //! No I/O here: [`Snapshot::lookup`] is a pure function of the snapshot (and, for
 //! weighted groups, a random draw).
