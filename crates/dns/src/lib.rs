@@ -6,39 +6,45 @@
 //! table it polls from the controller. There is no reload and no restart: a query that
 //! arrives after `watch::Sender::send` returned is answered from the new table.
 //!
-//! hickory does all the wire work: decoding and encoding (with truncation, TC, over UDP),
-//! [`hickory_server::Server`] the TCP listener and its framing, and
-//! [`hickory_server::zone_handler::Catalog`] the DNS semantics (AA flag, EDNS(0) and
-//! BADVERS, REFUSED outside the zone, the SOA in the authority section of NXDOMAIN and
-//! NODATA answers). This crate adds a [`ZoneHandler`] whose records are chosen by health
-//! (see [`zone`](crate::zone) for the rules) and counts queries and answer switches
-//! ([`DnsMetrics`]). UDP packets are received by a few tasks sharing the socket, each
-//! answering inline (see `udp`), which doubled throughput over hickory's task-per-query
-//! UDP path on a two-core machine.
+//! hickory does the wire work: decoding requests and encoding records, and
+//! [`hickory_server::Server`] the TCP listener and its framing. The DNS semantics are this
+//! crate's own (`answer`): hickory's `Catalog` was the first design, but it cannot give
+//! the RFC answer for negative TTLs (RFC 2308), CNAME chains that end without data
+//! (RFC 6604), IXFR (RFC 1995) or the DO bit (RFC 3225), and a zone handler behind it has
+//! no say in those; building the whole response here, from the request and the zone
+//! snapshot, makes every rule one place to read and test. The records are chosen by
+//! health (see the `zone` module for the rules); queries and answer switches are
+//! counted ([`DnsMetrics`]). UDP packets are received by a few tasks sharing the socket,
+//! each answering inline (see `udp`), which doubled throughput over hickory's
+//! task-per-query UDP path on a two-core machine; UDP responses are size-limited there
+//! without ever cutting a record (see `answer::encode_udp`), and optionally rate limited
+//! per client network ([`RateLimit`]).
+//!
+//! The behaviour is checked against Knot DNS serving the same zone
+//! (`tests/conformance.rs`), with every allowed difference listed and explained there.
 
+mod answer;
 mod metrics;
+mod rrl;
 mod udp;
 mod zone;
 
+pub use answer::DEFAULT_UDP_PAYLOAD;
 pub use metrics::DnsMetrics;
+pub use rrl::RateLimit;
 
 use anyhow::Context;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::{LowerName, RecordType};
-use hickory_server::server::{Request, RequestHandler, RequestInfo, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{
-    AuthLookup, AxfrPolicy, Catalog, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
-    ZoneHandler, ZoneType,
-};
+use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use lifeboat_config::Config;
 use lifeboat_core::RoutingTable;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use zone::{Lookup, Snapshot, ZoneModel};
+use zone::{Snapshot, ZoneModel};
 
 /// How long a TCP connection may stay idle between queries.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,6 +55,8 @@ const TCP_RESPONSE_BUFFER: usize = 32;
 pub struct DnsServer {
     live: Arc<LiveZone>,
     metrics: Arc<DnsMetrics>,
+    max_udp_payload: u16,
+    rate_limit: Option<RateLimit>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -73,7 +81,27 @@ impl DnsServer {
             rebuild: Mutex::new(()),
             metrics: metrics.clone(),
         });
-        Ok(Self { live, metrics })
+        Ok(Self {
+            live,
+            metrics,
+            max_udp_payload: DEFAULT_UDP_PAYLOAD,
+            rate_limit: None,
+        })
+    }
+
+    /// Limit UDP responses per client network against amplification (see [`RateLimit`]);
+    /// off by default. TCP is never limited.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// The largest UDP response, and the EDNS payload size advertised in every OPT record
+    /// (default [`DEFAULT_UDP_PAYLOAD`]; never less than 512). A requestor advertising
+    /// less gets at most what it advertised (and at least 512 bytes).
+    pub fn with_max_udp_payload(mut self, bytes: u16) -> Self {
+        self.max_udp_payload = bytes.max(512);
+        self
     }
 
     /// The server's counters, for the `/metrics` endpoint.
@@ -89,14 +117,11 @@ impl DnsServer {
         tcp: tokio::net::TcpListener,
         cancel: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut catalog = Catalog::new();
-        catalog.upsert(
-            self.live.model.origin().clone(),
-            vec![Arc::new(ZoneAdapter(self.live.clone()))],
-        );
-        let handler = Arc::new(CountingHandler {
-            catalog,
+        let handler = Arc::new(Responder {
+            live: self.live.clone(),
             metrics: self.metrics.clone(),
+            max_udp_payload: self.max_udp_payload,
+            limiter: self.rate_limit.map(rrl::Limiter::new),
         });
         // TCP through hickory's server; UDP through our receive loops (see `udp`).
         let mut server = Server::new(SharedHandler(handler.clone()));
@@ -191,133 +216,57 @@ impl LiveZone {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-
-    fn lookup(
-        &self,
-        name: &LowerName,
-        rtype: RecordType,
-        options: LookupOptions,
-    ) -> LookupControlFlow<AuthLookup> {
-        let snap = self.snapshot();
-        let result = match snap.lookup(self.model.origin(), name, rtype) {
-            Lookup::Answer {
-                answers,
-                additionals,
-            } => Ok(AuthLookup::answers(
-                LookupRecords::many(options, answers),
-                (!additionals.is_empty()).then(|| LookupRecords::many(options, additionals)),
-            )),
-            Lookup::NoData => Err(LookupError::NameExists),
-            Lookup::NxDomain => Err(LookupError::from(ResponseCode::NXDomain)),
-            Lookup::Refused => Err(LookupError::from(ResponseCode::Refused)),
-        };
-        LookupControlFlow::Break(result)
-    }
 }
 
-/// hickory's view of the live zone.
-struct ZoneAdapter(Arc<LiveZone>);
-
-#[async_trait::async_trait]
-impl ZoneHandler for ZoneAdapter {
-    fn zone_type(&self) -> ZoneType {
-        ZoneType::Primary
-    }
-
-    fn axfr_policy(&self) -> AxfrPolicy {
-        // Secondaries are fed the routing table, not zone transfers.
-        AxfrPolicy::Deny
-    }
-
-    fn origin(&self) -> &LowerName {
-        self.0.model.origin()
-    }
-
-    async fn lookup(
-        &self,
-        name: &LowerName,
-        rtype: RecordType,
-        _request_info: Option<&RequestInfo<'_>>,
-        options: LookupOptions,
-    ) -> LookupControlFlow<AuthLookup> {
-        self.0.lookup(name, rtype, options)
-    }
-
-    async fn search(
-        &self,
-        request: &Request,
-        options: LookupOptions,
-    ) -> (
-        LookupControlFlow<AuthLookup>,
-        Option<hickory_server::proto::rr::TSigResponseContext>,
-    ) {
-        let info = match request.request_info() {
-            Ok(info) => info,
-            Err(e) => return (LookupControlFlow::Break(Err(e)), None),
-        };
-        (
-            self.0
-                .lookup(info.query.name(), info.query.query_type(), options),
-            None,
-        )
-    }
-
-    async fn zone_transfer(
-        &self,
-        _request: &Request,
-        _options: LookupOptions,
-        _now: u64,
-    ) -> Option<(
-        Result<hickory_server::zone_handler::ZoneTransfer, LookupError>,
-        Option<hickory_server::proto::rr::TSigResponseContext>,
-    )> {
-        Some((Err(LookupError::from(ResponseCode::Refused)), None))
-    }
-
-    async fn nsec_records(
-        &self,
-        _name: &LowerName,
-        _options: LookupOptions,
-    ) -> LookupControlFlow<AuthLookup> {
-        LookupControlFlow::Break(Ok(AuthLookup::default()))
-    }
-}
-
-/// The catalog, counting every answer by query type and response code.
-pub(crate) struct CountingHandler {
-    catalog: Catalog,
+/// Answers requests from the live zone and counts every answer by query type and
+/// response code.
+pub(crate) struct Responder {
+    live: Arc<LiveZone>,
     pub(crate) metrics: Arc<DnsMetrics>,
+    max_udp_payload: u16,
+    /// UDP response rate limiting, when configured.
+    pub(crate) limiter: Option<rrl::Limiter>,
 }
 
-/// The handler as hickory's server owns it (shared with the UDP tasks).
-struct SharedHandler(Arc<CountingHandler>);
+impl Responder {
+    /// The response to `request` from the newest routing table, counted.
+    pub(crate) fn respond(&self, request: &Request) -> answer::Reply {
+        let snap = self.live.snapshot();
+        let reply = answer::respond(
+            &snap,
+            self.live.model.origin(),
+            request,
+            self.max_udp_payload,
+        );
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
+        self.metrics.count(qtype, reply.metadata.response_code);
+        reply
+    }
+}
+
+/// The responder as hickory's server owns it (shared with the UDP tasks).
+struct SharedHandler(Arc<Responder>);
 
 #[async_trait::async_trait]
 impl RequestHandler for SharedHandler {
     async fn handle_request<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
-        response_handle: R,
+        mut response_handle: R,
     ) -> ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for CountingHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        let info = self
-            .catalog
-            .handle_request::<R, T>(request, response_handle)
-            .await;
-        let qtype = request.queries.queries().first().map(|q| q.query_type());
-        self.metrics.count(qtype, info.response_code);
-        info
+        let reply = self.0.respond(request);
+        let response = answer::send_parts(&request.queries, &reply);
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, src = %request.src(), "sending a DNS response");
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
     }
 }

@@ -7,8 +7,8 @@ use hickory_server::proto::rr::RecordType;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const QTYPES: [&str; 12] = [
-    "A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "SOA", "ANY", "AXFR", "OTHER", "NONE",
+const QTYPES: [&str; 13] = [
+    "A", "AAAA", "CNAME", "TXT", "SRV", "MX", "NS", "SOA", "ANY", "AXFR", "IXFR", "OTHER", "NONE",
 ];
 const RCODES: [&str; 8] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
@@ -26,8 +26,9 @@ fn qtype_index(t: Option<RecordType>) -> usize {
         Some(RecordType::SOA) => 7,
         Some(RecordType::ANY) => 8,
         Some(RecordType::AXFR) => 9,
-        Some(_) => 10,
-        None => 11,
+        Some(RecordType::IXFR) => 10,
+        Some(_) => 11,
+        None => 12,
     }
 }
 
@@ -51,11 +52,25 @@ pub struct DnsMetrics {
     queries: [[AtomicU64; RCODES.len()]; QTYPES.len()],
     answer_switches: AtomicU64,
     serial: AtomicU64,
+    /// UDP responses held back by rate limiting: [dropped, sent truncated].
+    rate_limited: [AtomicU64; 2],
 }
 
 impl DnsMetrics {
     pub(crate) fn count(&self, qtype: Option<RecordType>, rcode: ResponseCode) {
         self.queries[qtype_index(qtype)][rcode_index(rcode)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_rate_limited(&self, dropped: bool) {
+        self.rate_limited[usize::from(!dropped)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// UDP responses rate limiting dropped, and those it sent truncated instead (slipped).
+    pub fn rate_limited(&self) -> (u64, u64) {
+        (
+            self.rate_limited[0].load(Ordering::Relaxed),
+            self.rate_limited[1].load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn add_switches(&self, n: u64) {
@@ -133,6 +148,20 @@ impl DnsMetrics {
         );
         let _ = writeln!(out, "# TYPE lifeboat_dns_zone_serial gauge");
         let _ = writeln!(out, "lifeboat_dns_zone_serial {}", self.serial());
+        let _ = writeln!(
+            out,
+            "# HELP lifeboat_dns_rate_limited_total UDP responses held back by rate limiting: dropped, or sent truncated (slip)."
+        );
+        let _ = writeln!(out, "# TYPE lifeboat_dns_rate_limited_total counter");
+        let (dropped, slipped) = self.rate_limited();
+        let _ = writeln!(
+            out,
+            "lifeboat_dns_rate_limited_total{{action=\"drop\"}} {dropped}"
+        );
+        let _ = writeln!(
+            out,
+            "lifeboat_dns_rate_limited_total{{action=\"slip\"}} {slipped}"
+        );
     }
 }
 

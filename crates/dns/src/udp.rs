@@ -1,33 +1,32 @@
 //! The UDP path: several tasks share the socket, each receiving a query, answering it
-//! through the catalog and sending the response itself.
+//! and sending the response itself.
 //!
 //! Why not `hickory_server::Server::register_socket`: it spawns a task per query and passes
 //! every response through a channel to a sender task, three task hops per packet; on a
-//! small machine that costs more than the lookup. The wire work stays hickory's: requests
-//! are decoded by `Request::from_bytes`, responses encoded by `MessageResponse`, with the
-//! same size limit hickory applies (512 bytes without EDNS, else the advertised payload
-//! size, never less than 512), so truncation sets TC exactly as hickory's server does.
+//! small machine that costs more than the lookup. Requests are decoded by hickory's
+//! `Request::from_bytes`; responses are built by `answer::respond` and size-limited by
+//! `answer::encode_udp` (512 bytes without EDNS, else the advertised payload size within
+//! our own limit): an answer that does not fit loses whole sections and sets TC, never
+//! leaving part of a record in the packet.
 //!
 //! Guarantees: a packet shorter than a header or marked as a response is dropped (no
 //! reflection); one whose header parses but whose body does not gets FORMERR; nothing a
 //! client sends can stop a receiving task.
 
-use crate::CountingHandler;
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
+use crate::rrl::Verdict;
+use crate::{Responder, answer};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Header, HeaderCounts, Message, MessageType, Metadata, ResponseCode,
 };
-use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable, BinEncoder,
 };
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use hickory_server::server::Request;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::UdpSocket;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The largest query accepted over UDP (queries are small; EDNS answers may be large).
@@ -38,10 +37,11 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
 /// Receive and answer queries on `socket` until `cancel`.
 pub(crate) async fn serve(
     socket: Arc<UdpSocket>,
-    handler: Arc<CountingHandler>,
+    handler: Arc<Responder>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; MAX_QUERY];
+    let mut out = Vec::with_capacity(512);
     let mut errors = 0u32;
     loop {
         let (len, src) = tokio::select! {
@@ -62,11 +62,17 @@ pub(crate) async fn serve(
         if src.port() == 0 || src.ip().is_unspecified() {
             continue;
         }
-        answer(&buf[..len], src, &socket, &handler).await;
+        answer(&buf[..len], src, &socket, &handler, &mut out).await;
     }
 }
 
-async fn answer(bytes: &[u8], src: SocketAddr, socket: &Arc<UdpSocket>, handler: &CountingHandler) {
+async fn answer(
+    bytes: &[u8],
+    src: SocketAddr,
+    socket: &UdpSocket,
+    handler: &Responder,
+    out: &mut Vec<u8>,
+) {
     let mut decoder = BinDecoder::new(bytes);
     let Ok(header) = Header::read(&mut decoder) else {
         return;
@@ -74,15 +80,40 @@ async fn answer(bytes: &[u8], src: SocketAddr, socket: &Arc<UdpSocket>, handler:
     if header.metadata.message_type == MessageType::Response {
         return;
     }
-    let responder = UdpResponder {
-        socket: socket.clone(),
-        dst: src,
-    };
     match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
-            handler
-                .handle_request::<_, TokioTime>(&request, responder)
-                .await;
+            let reply = handler.respond(&request);
+            let verdict = handler
+                .limiter
+                .as_ref()
+                .map_or(Verdict::Send, |l| l.check(src.ip(), Instant::now()));
+            let encoded = match verdict {
+                Verdict::Send => answer::encode_udp(&request.queries, &reply, out),
+                Verdict::Slip => {
+                    handler.metrics.count_rate_limited(false);
+                    answer::encode_udp_slip(&request.queries, &reply, out)
+                }
+                Verdict::Drop => {
+                    handler.metrics.count_rate_limited(true);
+                    return;
+                }
+            };
+            if let Err(error) = encoded {
+                tracing::error!(%error, "encoding a DNS response");
+                out.clear();
+                let mut metadata = Metadata::response_from_request(&request.metadata);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                if header.emit(&mut BinEncoder::new(out)).is_err() {
+                    return;
+                }
+            }
+            if let Err(error) = socket.send_to(out, src).await {
+                tracing::debug!(%src, %error, "sending a DNS response");
+            }
         }
         Err(error) => {
             tracing::debug!(%src, %error, "malformed DNS query");
@@ -97,51 +128,5 @@ async fn answer(bytes: &[u8], src: SocketAddr, socket: &Arc<UdpSocket>, handler:
             }
             handler.metrics.count(None, ResponseCode::FormErr);
         }
-    }
-}
-
-/// Encodes a response within the UDP size limit and sends it from the shared socket.
-#[derive(Clone)]
-struct UdpResponder {
-    socket: Arc<UdpSocket>,
-    dst: SocketAddr,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for UdpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        // RFC 1035 4.2.1: 512 bytes without EDNS; RFC 6891: the requestor's payload size.
-        let max = response.edns().map_or(512, |e| e.max_payload().max(512));
-        let (id, op_code) = (response.metadata().id, response.metadata().op_code);
-        let mut buf = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut buf);
-        encoder.set_max_size(max);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::error!(%error, "encoding a DNS response");
-                buf.clear();
-                let mut metadata = Metadata::new(id, MessageType::Response, op_code);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut BinEncoder::new(&mut buf))?;
-                ResponseInfo::from(header)
-            }
-        };
-        self.socket.send_to(&buf, self.dst).await?;
-        Ok(info)
     }
 }

@@ -9,7 +9,12 @@
 //! - a weighted group answers one healthy member chosen in proportion to its weight; when
 //!   no member is healthy it answers as if all were (Route 53's rule);
 //! - names are matched case-insensitively; a name that exists only as the parent of other
-//!   names (an empty non-terminal) answers NODATA, not NXDOMAIN.
+//!   names (an empty non-terminal) answers NODATA, not NXDOMAIN;
+//! - a CNAME chain is followed inside the zone (each link once, at most
+//!   `MAX_CNAME_CHAIN`) and the lookup ends with the state of its last name: data,
+//!   NODATA or NXDOMAIN (RFC 6604); CNAME, RRSIG and NSEC queries are not aliased;
+//! - ANY answers one RRset, the lowest type number at the name (RFC 8482 §4.2);
+//! - negative answers carry the SOA with TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).
 //!
 //! No I/O here: [`Snapshot::lookup`] is a pure function of the snapshot (and, for
 //! weighted groups, a random draw).
@@ -87,19 +92,26 @@ pub(crate) struct Snapshot {
     names: HashSet<LowerName>,
     /// Per group: the chosen member(s), to count answer switches between snapshots.
     choices: Vec<Vec<usize>>,
+    /// The SOA of negative answers: TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).
+    negative_soa: Arc<RecordSet>,
 }
 
-/// The result of a lookup.
+/// The result of a lookup. A CNAME chain (RFC 1034 §4.3.2 step 3.a) comes first in the
+/// answer section; the answer's RCODE is that of the chain's last name (RFC 6604 §2).
 #[derive(Debug)]
 pub(crate) enum Lookup {
-    /// Records for the answer section (a CNAME chain comes first) and the additional section.
+    /// Records for the answer section (the chain, then the asked type at its end, or the
+    /// chain alone when it leaves the zone) and the additional section.
     Answer {
         answers: Vec<Arc<RecordSet>>,
         additionals: Vec<Arc<RecordSet>>,
     },
-    /// The name exists without the asked type.
-    NoData,
-    NxDomain,
+    /// The last name exists without the asked type (also an empty non-terminal):
+    /// NOERROR, the chain (maybe empty), the negative SOA in the authority section.
+    NoData { chain: Vec<Arc<RecordSet>> },
+    /// The last name does not exist in the zone: NXDOMAIN, the chain (maybe empty), the
+    /// negative SOA.
+    NxDomain { chain: Vec<Arc<RecordSet>> },
     /// The name is outside the zone.
     Refused,
 }
@@ -225,6 +237,8 @@ impl ZoneModel {
         for n in &self.nameservers {
             ns.add_rdata(RData::NS(NS(n.clone())));
         }
+        let mut negative_soa = soa.clone();
+        negative_soa.set_ttl(self.soa.ttl.min(self.soa.negative_ttl));
         for (rtype, set) in [(RecordType::SOA, soa), (RecordType::NS, ns)] {
             rrsets.insert((self.origin.clone(), rtype), Answer::Fixed(Arc::new(set)));
             types_at.entry(self.origin.clone()).or_default().push(rtype);
@@ -276,6 +290,7 @@ impl ZoneModel {
             types_at,
             names,
             choices,
+            negative_soa: Arc::new(negative_soa),
         }
     }
 
@@ -452,7 +467,15 @@ impl Snapshot {
         }
     }
 
+    /// The SOA for the authority section of NXDOMAIN and NODATA answers.
+    pub(crate) fn negative_soa(&self) -> Arc<RecordSet> {
+        self.negative_soa.clone()
+    }
+
     /// Answer `qtype` at `qname`.
+    ///
+    /// ANY (RFC 8482 §4.2) answers one RRset of the name: the one of the lowest type
+    /// number, as Knot DNS does, over UDP and TCP alike.
     pub(crate) fn lookup(
         &self,
         origin: &LowerName,
@@ -464,44 +487,69 @@ impl Snapshot {
         }
         let mut answers = Vec::new();
         if qtype == RecordType::ANY {
-            for t in self.types_at.get(qname).into_iter().flatten() {
-                answers.extend(self.pick(&(qname.clone(), *t)));
-            }
-        } else {
-            let mut name = qname.clone();
-            for _ in 0..=MAX_CNAME_CHAIN {
-                if let Some(set) = self.pick(&(name.clone(), qtype)) {
-                    answers.push(set);
-                    break;
-                }
-                if qtype == RecordType::CNAME {
-                    break;
-                }
-                let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME)) else {
-                    break;
-                };
-                let target = cname.records_without_rrsigs().find_map(|r| match &r.data {
-                    RData::CNAME(c) => Some(LowerName::new(&c.0)),
-                    _ => None,
-                });
-                answers.push(cname);
-                match target {
-                    Some(t) if origin.zone_of(&t) => name = t,
-                    _ => break,
-                }
-            }
-        }
-        if answers.is_empty() {
-            return if self.names.contains(qname) {
-                Lookup::NoData
-            } else {
-                Lookup::NxDomain
+            let first = self
+                .types_at
+                .get(qname)
+                .and_then(|types| types.iter().min_by_key(|t| u16::from(**t)));
+            return match first.and_then(|t| self.pick(&(qname.clone(), *t))) {
+                Some(set) => self.positive(origin, vec![set]),
+                None => self.negative(qname, answers),
             };
         }
+        let mut name = qname.clone();
+        for _ in 0..=MAX_CNAME_CHAIN {
+            if let Some(set) = self.pick(&(name.clone(), qtype)) {
+                answers.push(set);
+                return self.positive(origin, answers);
+            }
+            // RRSIG and NSEC live beside a CNAME (RFC 4035 §2.5, RFC 2181 §10.1): asked
+            // for, they are not aliased, as CNAME itself is not.
+            if matches!(
+                qtype,
+                RecordType::CNAME | RecordType::RRSIG | RecordType::NSEC
+            ) {
+                break;
+            }
+            let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME)) else {
+                break;
+            };
+            let target = cname.records_without_rrsigs().find_map(|r| match &r.data {
+                RData::CNAME(c) => Some(LowerName::new(&c.0)),
+                _ => None,
+            });
+            answers.push(cname);
+            match target {
+                // A loop: each link once, then stop (a positive answer, as at the limit).
+                Some(t) if answers.iter().any(|set| LowerName::new(set.name()) == t) => {
+                    return self.positive(origin, answers);
+                }
+                Some(t) if origin.zone_of(&t) => name = t,
+                // The chain leaves the zone: the resolver follows it elsewhere.
+                _ => return self.positive(origin, answers),
+            }
+        }
+        if answers.len() > MAX_CNAME_CHAIN {
+            // A chain too long (or a loop): what was followed, as a positive answer.
+            return self.positive(origin, answers);
+        }
+        // `name` is the chain's last name (the query name when there is no chain).
+        self.negative(&name, answers)
+    }
+
+    fn positive(&self, origin: &LowerName, answers: Vec<Arc<RecordSet>>) -> Lookup {
         let additionals = self.additionals(origin, &answers);
         Lookup::Answer {
             answers,
             additionals,
+        }
+    }
+
+    /// A negative answer with the RCODE of `last`, the chain's last name (RFC 6604).
+    fn negative(&self, last: &LowerName, chain: Vec<Arc<RecordSet>>) -> Lookup {
+        if self.names.contains(last) {
+            Lookup::NoData { chain }
+        } else {
+            Lookup::NxDomain { chain }
         }
     }
 
@@ -583,6 +631,58 @@ mod tests {
         );
         t.checks.insert("web-b".into(), Healthy);
         assert_eq!(choose_failover(&members, &t), 1);
+    }
+
+    fn model(soa: &str) -> ZoneModel {
+        let text = format!(
+            r#"
+[controller]
+api_addr = "127.0.0.1:7700"
+state_dir = "/tmp/lifeboat-dns-unit"
+
+[auth]
+token_env = "LIFEBOAT_TOKEN"
+
+[regions.a]
+agent_addr = "127.0.1.1:7701"
+address = "127.0.1.1"
+role = "active"
+
+[regions.b]
+agent_addr = "127.0.2.1:7701"
+address = "127.0.2.1"
+role = "standby"
+
+[dns]
+zone = "z.example."
+
+[dns.soa]
+{soa}
+
+[[dns.nameservers]]
+name = "ns1"
+address = "127.0.0.1"
+"#
+        );
+        let cfg = Config::parse(std::path::Path::new("unit.toml"), &text).expect("valid config");
+        ZoneModel::from_config(&cfg).expect("zone")
+    }
+
+    #[test]
+    fn the_negative_soa_ttl_is_the_lesser_of_the_soa_ttl_and_minimum() {
+        for (ttl, minimum, want) in [(60, 10, 10), (5, 10, 5), (7, 7, 7)] {
+            let m = model(&format!("ttl = {ttl}\nnegative_ttl = {minimum}"));
+            let snap = m.snapshot(RoutingTable::default());
+            assert_eq!(
+                snap.negative_soa().ttl(),
+                want,
+                "ttl {ttl}, minimum {minimum}"
+            );
+            let asked = snap
+                .pick(&(m.origin().clone(), RecordType::SOA))
+                .expect("SOA");
+            assert_eq!(asked.ttl(), ttl, "the SOA asked for keeps its own TTL");
+        }
     }
 
     #[test]

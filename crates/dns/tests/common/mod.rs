@@ -160,6 +160,36 @@ value = "192.0.2.25"
 name = "deep.sub"
 type = "A"
 value = "192.0.2.40"
+
+[[dns.records]]
+name = "dangling"     # an in-zone CNAME to a name that does not exist
+type = "CNAME"
+value = "nowhere"
+
+[[dns.records]]
+name = "tomail"       # a CNAME to a name with an A record only
+type = "CNAME"
+value = "mail"
+
+[[dns.records]]
+name = "ext"          # a CNAME leaving the zone
+type = "CNAME"
+value = "www.example.net."
+
+[[dns.records]]
+name = "loop1"        # a CNAME loop
+type = "CNAME"
+value = "loop2"
+
+[[dns.records]]
+name = "loop2"
+type = "CNAME"
+value = "loop1"
+
+[[dns.records]]
+name = "pg"           # a CNAME to a failover name
+type = "CNAME"
+value = "db"
 "#;
 
 /// The large TXT record: more than fits a 1232-byte EDNS UDP answer.
@@ -169,10 +199,19 @@ pub fn big_txt() -> String {
         .collect()
 }
 
+/// A TXT record between 1232 and 4096 bytes: fits a 4096-byte EDNS payload, not the
+/// server's 1232-byte cap.
+pub fn mid_txt() -> String {
+    (0..1500)
+        .map(|i| char::from(b'A' + (i % 26) as u8))
+        .collect()
+}
+
 pub fn config() -> Config {
     let text = format!(
-        "{BASE}{ZONE}\n[[dns.records]]\nname = \"big\"\ntype = \"TXT\"\nvalue = \"{}\"\n",
-        big_txt()
+        "{BASE}{ZONE}\n[[dns.records]]\nname = \"big\"\ntype = \"TXT\"\nvalue = \"{}\"\n\n[[dns.records]]\nname = \"mid\"\ntype = \"TXT\"\nvalue = \"{}\"\n",
+        big_txt(),
+        mid_txt()
     );
     Config::parse(Path::new("test.toml"), &text).expect("test config is valid")
 }
@@ -208,8 +247,13 @@ impl Drop for Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Self::start_with(|s| s).await
+    }
+
+    /// A server adjusted by `adjust` before it runs (e.g. its UDP payload limit).
+    pub async fn start_with(adjust: impl FnOnce(DnsServer) -> DnsServer) -> Harness {
         let (tx, rx) = watch::channel(initial_table());
-        let server = DnsServer::new(&config(), rx).expect("server builds");
+        let server = adjust(DnsServer::new(&config(), rx).expect("server builds"));
         let metrics = server.metrics();
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
@@ -312,5 +356,89 @@ pub fn a_records(msg: &Message) -> Vec<String> {
             RData::A(a) => Some(a.0.to_string()),
             _ => None,
         })
+        .collect()
+}
+
+/// Send `msg` in one UDP datagram from a fresh socket; the raw response bytes.
+pub async fn raw_udp(server: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind client");
+    sock.send_to(msg, server).await.expect("send");
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no UDP response from {server}"))
+        .expect("recv");
+    buf.truncate(n);
+    buf
+}
+
+/// Send `msg` over a fresh TCP connection (2-byte length framing); the raw response bytes.
+pub async fn raw_tcp(server: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(server).await?;
+        let len = u16::try_from(msg.len()).expect("query fits TCP framing");
+        s.write_all(&len.to_be_bytes()).await?;
+        s.write_all(msg).await?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await?;
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no TCP response from {server}"))
+        .unwrap_or_else(|e| panic!("TCP exchange with {server}: {e}"))
+}
+
+/// Decode a response strictly: every byte must belong to the records its header counts
+/// (a truncated record left in the packet, or trailing bytes, fail).
+pub fn decode_strict(bytes: &[u8]) -> Message {
+    use hickory_net::proto::serialize::binary::{BinDecodable, BinDecoder};
+    let mut decoder = BinDecoder::new(bytes);
+    let msg = Message::read(&mut decoder)
+        .unwrap_or_else(|e| panic!("malformed response ({} bytes): {e}", bytes.len()));
+    assert!(
+        decoder.is_empty(),
+        "{} bytes after the last record of a {}-byte response: {msg:?}",
+        decoder.len(),
+        bytes.len()
+    );
+    msg
+}
+
+/// A query message: one question, RD clear, with `edns` (None: no OPT record).
+pub fn query_msg(qname: &str, qtype: RecordType, edns: Option<Edns>) -> Message {
+    let mut msg = Message::query();
+    msg.metadata.id = fastrand_id();
+    msg.add_query(Query::query(name(qname), qtype));
+    msg.metadata.recursion_desired = false;
+    msg.edns = edns;
+    msg
+}
+
+fn fastrand_id() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// EDNS version 0 with `payload` and the DO bit as given.
+pub fn edns(payload: u16, dnssec_ok: bool) -> Edns {
+    let mut e = Edns::new();
+    e.set_max_payload(payload)
+        .set_version(0)
+        .set_dnssec_ok(dnssec_ok);
+    e
+}
+
+/// The SOA records of the authority section.
+pub fn authority_soa(msg: &Message) -> Vec<&hickory_net::proto::rr::Record> {
+    msg.authorities
+        .iter()
+        .filter(|r| r.record_type() == RecordType::SOA)
         .collect()
 }
