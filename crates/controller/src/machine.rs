@@ -385,6 +385,10 @@ pub struct Machine {
     active_since: Instant,
     /// The active region has been seen healthy since it became active.
     active_seen_healthy: bool,
+    /// After a stall ([`Machine::on_stall`]): health verdicts before this instant were
+    /// built (partly) from evidence gathered before the freeze, and do not count as
+    /// having seen the active region healthy.
+    fresh_health_after: Option<Instant>,
     /// Set while the controller is recovering or confirming its state after a start.
     pub recovery: Option<Recovery>,
     /// Regions told to fence at the adopted epoch after a recovery; no lease is
@@ -464,6 +468,7 @@ impl Machine {
             home_healthy_since: None,
             active_since: now,
             active_seen_healthy: !fresh && durable.promoting.is_none(),
+            fresh_health_after: None,
             recovery: None,
             pending_fences: BTreeSet::new(),
             fence_hold_until: None,
@@ -627,6 +632,7 @@ impl Machine {
                 }
                 if let Some(active) = &self.active
                     && self.health.get(active) == Some(&HealthStatus::Healthy)
+                    && self.fresh_health_after.is_none_or(|t| now >= t)
                 {
                     self.active_seen_healthy = true;
                 }
@@ -1098,6 +1104,10 @@ impl Machine {
         }
         self.active_since = now;
         self.active_seen_healthy = false;
+        // A verdict is fresh once every report it counts arrived after the resume
+        // (older ones expire after report_ttl) — not the reports queued during the
+        // freeze, nor the pre-freeze state of this controller's own probes.
+        self.fresh_health_after = Some(now + self.params.report_ttl);
         if let Some(f) = self.failure.as_mut()
             && !f.confirmed
         {

@@ -1887,3 +1887,46 @@ fn after_a_stall_a_lease_that_is_not_renewed_still_lapses_from_the_resume() {
     assert!(promoted > detected);
     assert_eq!(s.m.epoch, Epoch(2));
 }
+
+/// After a stall, "seen healthy" needs evidence from after the resume. Seen in the
+/// bench: on resume a verdict built from what was gathered before the freeze said a
+/// healthy, and the next one (probes that timed out while frozen, queued reports) said
+/// unhealthy: a failure on a region "seen healthy", judged on stale evidence. Now only a
+/// healthy verdict report_ttl after the resume arms detection (until then, as after a
+/// restart, the activation grace applies); a real failure is still detected after it.
+#[test]
+fn after_a_stall_a_healthy_verdict_built_before_the_freeze_does_not_arm_detection() {
+    let mut p = params();
+    p.stall_limit = Some(ms(700));
+    let mut s = Sim::new(p);
+    steady(&mut s, 0, 3000, true);
+    // Frozen from 3000 to 23000. On resume: the stale "healthy", then "unhealthy".
+    s.health(23_000, HealthStatus::Healthy, HealthStatus::Healthy);
+    renewing(
+        &mut s,
+        23_100,
+        25_900,
+        HealthStatus::Unhealthy,
+        HealthStatus::Healthy,
+    );
+    assert_eq!(s.first(JournalKind::Detected), None, "{:?}", s.notes);
+    // Fresh evidence: healthy at 26 s (report_ttl after the resume), then a real failure.
+    renewing(
+        &mut s,
+        26_000,
+        26_500,
+        HealthStatus::Healthy,
+        HealthStatus::Healthy,
+    );
+    renewing(
+        &mut s,
+        26_600,
+        29_000,
+        HealthStatus::Unhealthy,
+        HealthStatus::Healthy,
+    );
+    let detected = s
+        .first(JournalKind::Detected)
+        .expect("a real failure is detected");
+    assert!(detected >= 26_600, "detected at {detected}");
+}
