@@ -105,6 +105,10 @@ pub struct Params {
     /// and reports sent meanwhile, so it treats the lease, the health evidence and the
     /// hold-down as after a restart. None: never (tests that jump the clock).
     pub stall_limit: Option<Duration>,
+    /// After a stall, how long until a health verdict rests only on evidence gathered
+    /// after the resume: every check probed again (its interval plus its timeout), at
+    /// most `report_ttl` (by then every report counted arrived after the resume).
+    pub health_settle: Duration,
 }
 
 /// What the controller knows of one region's agent.
@@ -385,9 +389,9 @@ pub struct Machine {
     active_since: Instant,
     /// The active region has been seen healthy since it became active.
     active_seen_healthy: bool,
-    /// After a stall ([`Machine::on_stall`]): health verdicts before this instant were
-    /// built (partly) from evidence gathered before the freeze, and do not count as
-    /// having seen the active region healthy.
+    /// After a stall ([`Machine::on_stall`]): health verdicts before this instant may
+    /// rest on evidence gathered before the freeze, and do not count as having seen the
+    /// active region healthy (`Params::health_settle`).
     fresh_health_after: Option<Instant>,
     /// Set while the controller is recovering or confirming its state after a start.
     pub recovery: Option<Recovery>,
@@ -1104,10 +1108,10 @@ impl Machine {
         }
         self.active_since = now;
         self.active_seen_healthy = false;
-        // A verdict is fresh once every report it counts arrived after the resume
-        // (older ones expire after report_ttl) — not the reports queued during the
-        // freeze, nor the pre-freeze state of this controller's own probes.
-        self.fresh_health_after = Some(now + self.params.report_ttl);
+        // A verdict is fresh once every check was probed again after the resume (not
+        // the pre-freeze state of this controller's own probes, nor its probes that
+        // timed out while frozen).
+        self.fresh_health_after = Some(now + self.params.health_settle.min(self.params.report_ttl));
         if let Some(f) = self.failure.as_mut()
             && !f.confirmed
         {

@@ -26,6 +26,7 @@ fn params() -> Params {
         activation_grace: ms(5_000),
         resend_every: ms(1000),
         stall_limit: None,
+        health_settle: ms(1000),
     }
 }
 
@@ -1890,10 +1891,10 @@ fn after_a_stall_a_lease_that_is_not_renewed_still_lapses_from_the_resume() {
 
 /// After a stall, "seen healthy" needs evidence from after the resume. Seen in the
 /// bench: on resume a verdict built from what was gathered before the freeze said a
-/// healthy, and the next one (probes that timed out while frozen, queued reports) said
-/// unhealthy: a failure on a region "seen healthy", judged on stale evidence. Now only a
-/// healthy verdict report_ttl after the resume arms detection (until then, as after a
-/// restart, the activation grace applies); a real failure is still detected after it.
+/// healthy, and the next one (probes that timed out while frozen) said unhealthy: a
+/// failure on a region "seen healthy", judged on stale evidence. Now only a healthy
+/// verdict once every check was probed again (`health_settle`, here 1 s) arms
+/// detection; a real failure is still detected after it.
 #[test]
 fn after_a_stall_a_healthy_verdict_built_before_the_freeze_does_not_arm_detection() {
     let mut p = params();
@@ -1905,28 +1906,28 @@ fn after_a_stall_a_healthy_verdict_built_before_the_freeze_does_not_arm_detectio
     renewing(
         &mut s,
         23_100,
-        25_900,
+        23_900,
         HealthStatus::Unhealthy,
         HealthStatus::Healthy,
     );
-    assert_eq!(s.first(JournalKind::Detected), None, "{:?}", s.notes);
-    // Fresh evidence: healthy at 26 s (report_ttl after the resume), then a real failure.
+    // Fresh evidence: healthy once the checks were probed again, then a real failure.
     renewing(
         &mut s,
-        26_000,
-        26_500,
+        24_000,
+        24_500,
         HealthStatus::Healthy,
         HealthStatus::Healthy,
     );
+    assert_eq!(s.first(JournalKind::Detected), None, "{:?}", s.notes);
     renewing(
         &mut s,
-        26_600,
-        29_000,
+        24_600,
+        27_000,
         HealthStatus::Unhealthy,
         HealthStatus::Healthy,
     );
     let detected = s
         .first(JournalKind::Detected)
         .expect("a real failure is detected");
-    assert!(detected >= 26_600, "detected at {detected}");
+    assert!(detected >= 24_600, "detected at {detected}");
 }

@@ -140,6 +140,13 @@ impl Controller {
             resend_every: (f.lease_ttl / 3).max(Duration::from_millis(200)),
             // The agents renew every ttl/3; the machine steps every 50 ms at least.
             stall_limit: Some((f.lease_ttl / 3).max(Duration::from_millis(200))),
+            health_settle: cfg
+                .checks
+                .values()
+                .map(|c| c.interval + c.timeout)
+                .max()
+                .unwrap_or_default()
+                .min(f.report_ttl),
         };
         let had_state = existing.is_some();
         let wait = !opts.no_wait_for_agents;
