@@ -215,6 +215,34 @@ impl ApiClient {
     pub async fn status(&self) -> Result<ControllerStatus, ClientError> {
         self.get("/v1/status").await
     }
+    /// The deployment's status as its leader has it. With several controllers a
+    /// follower answers from etcd alone (no agents' reports, phase "follower of …"):
+    /// when the controller that answered names another leader, the leader is asked,
+    /// and later calls go to it first. The follower's answer is returned when the
+    /// leader cannot be asked (a leader that is down or frozen is what the caller
+    /// may be looking at).
+    pub async fn leader_status(&self) -> Result<ControllerStatus, ClientError> {
+        let st = self.status().await?;
+        let Some(url) = st
+            .leadership
+            .as_ref()
+            .filter(|l| !l.leading)
+            .and_then(|l| l.leader_url.as_deref())
+            .map(|u| u.trim_end_matches('/').to_owned())
+        else {
+            return Ok(st);
+        };
+        let status_url = format!("{url}/v1/status");
+        match self.send(self.http.get(&status_url), &status_url).await {
+            Ok(from_leader) => {
+                if let Some(i) = self.bases.iter().position(|b| *b == url) {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(from_leader)
+            }
+            Err(_) => Ok(st),
+        }
+    }
     pub async fn journal(&self, since: u64) -> Result<Vec<JournalEntry>, ClientError> {
         self.get(&format!("/v1/journal?since={since}")).await
     }

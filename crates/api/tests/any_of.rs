@@ -90,3 +90,55 @@ async fn when_nobody_leads_the_last_refusal_is_the_answer() {
     let e = c.post::<_, N>("/v1/x", &()).await.unwrap_err();
     assert_eq!(e.status(), Some(421), "{e}");
 }
+
+/// A server answering GET /v1/status with `body`.
+async fn status_server(body: serde_json::Value) -> String {
+    let app = axum::Router::new().route(
+        "/v1/status",
+        axum::routing::get(move || {
+            let b = body.clone();
+            async move { Json(b) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn status(phase: &str, leading: bool, leader_url: &str) -> serde_json::Value {
+    serde_json::json!({
+        "deployment": "d", "epoch": 4, "active": "a", "phase": phase, "mode": "automatic",
+        "lease": null, "regions": [], "failovers": 0,
+        "leadership": { "this": if leading { "c2" } else { "c1" }, "leader": "c2",
+            "leader_url": leader_url, "leading": leading, "etcd": [] }
+    })
+}
+
+/// `leader_status` through a follower: the leader's view (a follower's is thinner:
+/// no agents' reports, phase "follower of …"), and later calls go to the leader. A
+/// leader that cannot be asked leaves the follower's view, not an error.
+#[tokio::test]
+async fn leader_status_asks_the_leader_a_follower_names() {
+    let leader = {
+        // The leader names itself: its URL is only known once it listens.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        url
+    };
+    let follower = status_server(status("follower of c2 (state from etcd)", false, &leader)).await;
+    let c = ApiClient::any_of(vec![follower.clone()], None, Duration::from_secs(2));
+    let st = c.leader_status().await.unwrap();
+    assert_eq!(
+        st.phase, "follower of c2 (state from etcd)",
+        "the leader is down"
+    );
+
+    let leader = status_server(status("steady", true, "")).await;
+    let follower = status_server(status("follower of c2 (state from etcd)", false, &leader)).await;
+    let c = ApiClient::any_of(vec![follower, leader.clone()], None, Duration::from_secs(2));
+    let st = c.leader_status().await.unwrap();
+    assert_eq!(st.phase, "steady", "the leader's own view");
+    assert_eq!(c.base(), leader, "later calls go to the leader first");
+}

@@ -114,7 +114,8 @@ pub struct DrillConfig {
 }
 
 /// How to kill or freeze the controller, and how to bring it back. Commands run like
-/// the regions' (`sh -c`, with the `LIFEBOAT_DRILL_*` variables).
+/// the regions' (`sh -c`, with the `LIFEBOAT_DRILL_*` variables; with several
+/// controllers `LIFEBOAT_DRILL_CONTROLLER` names the leader, the one to hit).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DrillControllerConfig {

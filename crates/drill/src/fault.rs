@@ -59,14 +59,19 @@ pub struct CmdEnv {
     pub region: RegionId,
     pub scenario: Scenario,
     pub run: u32,
+    /// With several controllers: the member that led when the fault began (the one a
+    /// controller fault should hit, and its undo bring back). Empty with one
+    /// controller, or when nobody led.
+    pub controller: String,
 }
 
 impl CmdEnv {
-    fn vars(&self) -> [(&'static str, String); 3] {
+    fn vars(&self) -> [(&'static str, String); 4] {
         [
             ("LIFEBOAT_DRILL_REGION", self.region.to_string()),
             ("LIFEBOAT_DRILL_SCENARIO", self.scenario.to_string()),
             ("LIFEBOAT_DRILL_RUN", self.run.to_string()),
+            ("LIFEBOAT_DRILL_CONTROLLER", self.controller.clone()),
         ]
     }
 }
@@ -407,6 +412,7 @@ mod tests {
             region: RegionId::new("a"),
             scenario: Scenario::RegionOutage,
             run: 3,
+            controller: "c2".into(),
         }
     }
 
@@ -418,7 +424,7 @@ mod tests {
             Duration::from_secs(60),
             run_cmd(
                 &Cmd::Shell(
-                    "sleep 300 & echo \"$! $LIFEBOAT_DRILL_REGION $LIFEBOAT_DRILL_RUN\"".into(),
+                    "sleep 300 & echo \"$! $LIFEBOAT_DRILL_REGION $LIFEBOAT_DRILL_RUN $LIFEBOAT_DRILL_CONTROLLER\"".into(),
                 ),
                 &env(),
             ),
@@ -428,7 +434,7 @@ mod tests {
         .expect("command succeeds");
         let mut words = out.split_whitespace();
         let pid: i32 = words.next().expect("pid").parse().expect("a pid");
-        assert_eq!(words.collect::<Vec<_>>(), ["a", "3"]);
+        assert_eq!(words.collect::<Vec<_>>(), ["a", "3", "c2"]);
         let _ = std::process::Command::new("kill")
             .arg(pid.to_string())
             .status();

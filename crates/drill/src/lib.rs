@@ -247,13 +247,14 @@ pub async fn run(
         Duration::from_secs(3),
     );
     // 1. Reachability and configuration, before anything else happens.
-    let status = controller
-        .status()
-        .await
-        .map_err(|e| DrillError::ControllerUnreachable {
-            url: controller.base().to_owned(),
-            reason: e.to_string(),
-        })?;
+    let status =
+        controller
+            .leader_status()
+            .await
+            .map_err(|e| DrillError::ControllerUnreachable {
+                url: controller.base().to_owned(),
+                reason: e.to_string(),
+            })?;
     let active = status
         .active
         .clone()
@@ -529,7 +530,7 @@ async fn wait_steady(ctx: &RunCtx<'_>) -> anyhow::Result<ControllerStatus> {
     let fresh_ms = ctx.cfg.failover.report_ttl.as_millis() as u64;
     let mut last: String;
     loop {
-        match ctx.controller.status().await {
+        match ctx.controller.leader_status().await {
             Ok(s) => {
                 let active_ok = s.active.as_ref().is_some_and(|a| {
                     s.regions
@@ -724,14 +725,14 @@ async fn warm_up(
 }
 
 async fn run_once(ctx: &RunCtx<'_>, i: u32, scenario: Scenario) -> anyhow::Result<RunRecord> {
-    let status = ctx
-        .controller
-        .status()
-        .await
-        .map_err(|e| DrillError::ControllerUnreachable {
-            url: ctx.controller.base().to_owned(),
-            reason: e.to_string(),
-        })?;
+    let status =
+        ctx.controller
+            .leader_status()
+            .await
+            .map_err(|e| DrillError::ControllerUnreachable {
+                url: ctx.controller.base().to_owned(),
+                reason: e.to_string(),
+            })?;
     let target = status
         .active
         .clone()
@@ -766,6 +767,7 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32, scenario: Scenario) -> anyhow::Resul
         region: target.clone(),
         scenario,
         run: i,
+        controller: String::new(),
     };
     // The journal window starts here: its steps are those of this fault.
     let cursor = match journal_cursor(ctx.controller).await {
@@ -791,7 +793,7 @@ async fn run_once(ctx: &RunCtx<'_>, i: u32, scenario: Scenario) -> anyhow::Resul
         // after the injection is not a recovery).
         let mut moved_at_ms: Option<u64> = None;
         loop {
-            if let Ok(s) = ctx.controller.status().await {
+            if let Ok(s) = ctx.controller.leader_status().await {
                 active = s.active;
             }
             let moved = active.as_ref().is_some_and(|a| *a != target);
@@ -894,23 +896,30 @@ async fn run_timed(
     scenario: Scenario,
     length: Duration,
 ) -> anyhow::Result<RunRecord> {
-    let before = ctx
-        .controller
-        .status()
-        .await
-        .map_err(|e| DrillError::ControllerUnreachable {
-            url: ctx.controller.base().to_owned(),
-            reason: e.to_string(),
-        })?;
+    let before =
+        ctx.controller
+            .leader_status()
+            .await
+            .map_err(|e| DrillError::ControllerUnreachable {
+                url: ctx.controller.base().to_owned(),
+                reason: e.to_string(),
+            })?;
     let target = before
         .active
         .clone()
         .context("the controller reports no active region")?;
     let injection = fault::plan(ctx.cfg, scenario, &target)?;
-    let fault_target = if scenario.hits_controller() {
-        "controller".to_owned()
-    } else {
-        target.to_string()
+    // With several controllers a controller fault hits the one that leads now (a
+    // follower's death changes nothing worth drilling); its name goes to the commands.
+    let leader = before
+        .leadership
+        .as_ref()
+        .and_then(|l| l.leader.clone())
+        .unwrap_or_default();
+    let fault_target = match (scenario.hits_controller(), leader.is_empty()) {
+        (false, _) => target.to_string(),
+        (true, true) => "controller".to_owned(),
+        (true, false) => format!("controller {leader} (leader)"),
     };
     let started_ms = ctx.clock.now_ms();
     let run_id = format!("drill{started_ms:x}r{i}");
@@ -949,6 +958,7 @@ async fn run_timed(
         region: target.clone(),
         scenario,
         run: i,
+        controller: leader,
     };
     let fault_at_ms = ctx.clock.now_ms();
     show(&format!("injecting for {:.1}s", length.as_secs_f64()));
@@ -1004,7 +1014,7 @@ async fn run_timed(
                 "not converged within {:?} of the heal: {why}",
                 ctx.dc.steady_timeout
             ));
-            (None, ctx.controller.status().await.ok())
+            (None, ctx.controller.leader_status().await.ok())
         }
     };
     if converged_at_ms.is_some() {
@@ -1092,7 +1102,7 @@ async fn wait_converged(
     let mut why;
     loop {
         let asked_ms = ctx.clock.now_ms();
-        why = match ctx.controller.status().await {
+        why = match ctx.controller.leader_status().await {
             Ok(s) => {
                 // The databases must agree, in a round started after this status.
                 let sample = if sampled {
@@ -1272,7 +1282,7 @@ async fn read_back(
     let mut dns_error = String::new();
     let mut moved_noted = false;
     loop {
-        let active = match ctx.controller.status().await {
+        let active = match ctx.controller.leader_status().await {
             Ok(s) => s.active,
             Err(_) => new_active.cloned(),
         };

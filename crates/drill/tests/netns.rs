@@ -69,6 +69,7 @@ impl Ns {
             region: RegionId::new("a"),
             scenario: Scenario::Partition,
             run: 1,
+            controller: String::new(),
         }
     }
 }
@@ -120,6 +121,7 @@ async fn a_missing_namespace_is_an_error_and_leaves_nothing_to_undo() {
         region: RegionId::new("a"),
         scenario: Scenario::Partition,
         run: 1,
+        controller: String::new(),
     };
     let (mut guard, injected) =
         Injected::inject(&Injection::Netns("lbdrill-no-such-ns".into()), env).await;

@@ -1,6 +1,6 @@
 //! `lifeboat demo --controllers 3`: a three-member etcd cluster under the demo's
-//! directory and three controllers, as a newcomer would run it; kill -9 of the
-//! leader is not an outage. (Needs the etcd feature, etcd-server and PostgreSQL.)
+//! directory and three controllers, as a newcomer would run it; kill -9 and SIGSTOP
+//! of the leader, with the drill's client writing, are not an outage. (Needs the etcd feature, etcd-server and PostgreSQL.)
 #![cfg(feature = "etcd")]
 #![allow(clippy::unwrap_used)]
 
@@ -107,5 +107,41 @@ async fn the_demo_with_three_controllers_shows_its_leader_and_outlives_its_kill(
         "a leader change is no failover:\n{st}"
     );
 
+    // The drill kills, then freezes, whichever controller leads at that moment, while
+    // its client writes through the demo's DNS and every database is sampled: a
+    // leader change costs no application write. The 6 s freeze outlasts the etcd
+    // lease (3 s), so another controller takes over while the old leader is stopped,
+    // and the old one, resumed, must not act on its lapsed term.
+    let results: Vec<_> = ["controller-kill", "controller-pause"]
+        .into_iter()
+        .map(|scenario| {
+            let before = takeovers(&config);
+            let (text, r) = drill_report(
+                dir.path(),
+                &config,
+                &["--scenario", scenario, "--fault-seconds", "6"],
+            );
+            std::panic::catch_unwind(|| {
+                assert_witness_fault_was_no_outage(&text, &r, scenario, 6_000);
+                let hit = r["runs"][0]["fault_target"].as_str().unwrap_or_default();
+                assert!(
+                    hit.starts_with("controller c") && hit.ends_with("(leader)"),
+                    "{scenario} hit the leader, and the report names it: {hit:?}\n{text}"
+                );
+                assert!(
+                    takeovers(&config) > before,
+                    "{scenario} of the leader ({hit}): a new term began\n{text}"
+                );
+            })
+        })
+        .collect();
+    if results.iter().any(Result::is_err) {
+        eprintln!("the demo's logs:{}", demo_log_tails(&demo_dir));
+    }
     stop_demo(demo, &demo_dir).await;
+    for result in results {
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
+    }
 }

@@ -23,7 +23,8 @@ pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
     let StatusArgs { config, json } = args;
     let cfg = load_config(&config)?;
     let c = api_client(&cfg, false)?;
-    let mut st = match c.status().await {
+    // Several controllers: a follower knows the state, the leader knows the agents.
+    let st = match c.leader_status().await {
         Ok(st) => st,
         Err(e) => {
             // The witness is what an operator most needs to see past when it is gone:
@@ -31,18 +32,6 @@ pub(crate) async fn run(args: StatusArgs) -> Result<ExitCode> {
             return agents_status(&cfg, &e.to_string(), json).await;
         }
     };
-    // Several controllers: a follower knows the state, the leader knows the agents.
-    if let Some(url) = st
-        .leadership
-        .as_ref()
-        .filter(|l| !l.leading)
-        .and_then(|l| l.leader_url.clone())
-    {
-        let leader = ApiClient::new(url, cfg.auth.secret().load().ok(), Duration::from_secs(3));
-        if let Ok(from_leader) = leader.status().await {
-            st = from_leader;
-        }
-    }
     if json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {

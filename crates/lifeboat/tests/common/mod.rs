@@ -693,6 +693,93 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
+/// `lifeboat drill --config CONFIG ARGS --json`, its report and HTML page kept in
+/// `dir`: its terminal output and JSON report (whatever its exit status: the
+/// assertions read the report).
+pub fn drill_report(dir: &Path, config: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let report = dir.join("drill.json");
+    let _ = std::fs::remove_file(&report);
+    let out = Command::new(bin())
+        .args(["drill", "--config", config])
+        .args(args)
+        .arg("--json")
+        .arg(&report)
+        .arg("--html")
+        .arg(dir.join("drill.html"))
+        .env("LIFEBOAT_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eprintln!("{text}");
+    let r = std::fs::read(&report)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| panic!("the drill wrote no report: {text}"));
+    (text, r)
+}
+
+/// The drill's one run of `scenario` (a controller kill or pause of `length_ms`): the
+/// application kept acknowledging writes (no gap above 1 s, no write failed or left
+/// without an answer), nothing failed over, the epoch and active region a are as
+/// before, the deployment converged, and no database sample saw two primaries.
+pub fn assert_witness_fault_was_no_outage(
+    text: &str,
+    r: &serde_json::Value,
+    scenario: &str,
+    length_ms: u64,
+) {
+    let run = &r["runs"][0];
+    assert_eq!(run["scenario"], scenario, "{text}");
+    assert_eq!(run["fault_length_ms"], length_ms, "{text}");
+    let gap = run["unavailability_ms"].as_u64().unwrap();
+    assert!(
+        gap <= 1000,
+        "{scenario}: writes failed for {gap} ms while the witness was down: {text}"
+    );
+    for (key, want) in [
+        (&run["writes"]["failed"], serde_json::json!(0)),
+        (&run["writes"]["unknown"], serde_json::json!(0)),
+        (&run["failed_over"], serde_json::json!(false)),
+        (&run["active_before"], serde_json::json!("a")),
+        (&run["new_active"], serde_json::json!("a")),
+        (&run["converged"], serde_json::json!(true)),
+        (&run["dual_primary_samples"], serde_json::json!(0)),
+        (&run["lost_acknowledged_writes"], serde_json::json!(0)),
+        (&run["epoch_after"], run["epoch_before"].clone()),
+    ] {
+        assert_eq!(*key, want, "{scenario}: {text}");
+    }
+}
+
+/// The end of every log of the demo's processes, for a failed assertion: a fault
+/// that went wrong in CI must be readable from CI's output alone.
+pub fn demo_log_tails(demo_dir: &Path) -> String {
+    let mut out = String::new();
+    let dir = demo_dir.join("logs");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    names.sort();
+    for path in names {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("lifeboat_health::prober"))
+            .collect();
+        out.push_str(&format!(
+            "\n--- {} (last {} lines) ---\n{}\n",
+            path.display(),
+            lines.len().min(60),
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        ));
+    }
+    out
+}
+
 /// Ctrl-C a `lifeboat demo` and wait (bounded) until it has exited; nothing it started
 /// (servers restarted by agents during a drill, etcd members) may be left running.
 pub async fn stop_demo(mut demo: Proc, demo_dir: &Path) {

@@ -233,10 +233,12 @@ fn demo_config(args: &DemoArgs, engine: Engine, l: &Layout, p: &Ports) -> Result
         }
         drill.regions.insert(r.to_owned(), faults);
     }
-    // Several controllers: the drill's controller faults hit c1 (which may or may
-    // not lead at that moment).
+    // Several controllers: the drill's controller faults hit the one that leads when
+    // the fault begins (the drill names it in LIFEBOAT_DRILL_CONTROLLER; c1 if nobody
+    // led). The supervisor's hold and start flags cover every controller, and only
+    // the one hit is down.
     let controller_pid = if args.controllers > 1 {
-        format!("$(cat {ctl}/controller-c1.pid)")
+        format!("$(cat {ctl}/controller-${{LIFEBOAT_DRILL_CONTROLLER:-c1}}.pid)")
     } else {
         format!("$(cat {ctl}/controller.pid)")
     };
