@@ -121,6 +121,24 @@ impl Demo {
             .collect()
     }
 
+    /// The controller's journal as `lifeboat journal` prints it: first in a failure's
+    /// output, which CI may cut short (the decisions say more than the logs' tails).
+    fn controller_journal(&self) -> String {
+        let out = Command::new(bin())
+            .arg("journal")
+            .arg("--config")
+            .arg(self.demo_dir.join("lifeboat.toml"))
+            .output();
+        match out {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("lifeboat journal did not run: {e}"),
+        }
+    }
+
     fn log_tail(&self, name: &str) -> String {
         let text = std::fs::read_to_string(self.demo_dir.join(format!("logs/{name}.log")))
             .unwrap_or_default();
@@ -376,7 +394,8 @@ where
         }
         assert!(
             begun.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}\nagent-a log:\n{}\nagent-b log:\n{}\ncontroller log:\n{}",
+            "timed out after {timeout:?} waiting for {what}\ncontroller journal:\n{}\nagent-a log:\n{}\nagent-b log:\n{}\ncontroller log:\n{}",
+            demo.controller_journal(),
             demo.log_tail("agent-a"),
             demo.log_tail("agent-b"),
             demo.log_tail("controller"),
@@ -572,6 +591,16 @@ async fn a_killed_guard_is_replaced_and_its_region_fenced_meanwhile() {
             .parse()
             .unwrap()
     };
+    // The fault hits a deployment that serves, as it would in production: on a loaded
+    // machine the demo prints its config before a's app is healthy, and a fault in that
+    // start-up window measures the start-up, not the guard's replacement.
+    wait_until(
+        "a to serve through DNS before the fault",
+        Duration::from_secs(60),
+        &demo,
+        || async { demo.serves_from("a").await },
+    )
+    .await;
     let old = guard_pid("a's guard");
     let cmdline = std::fs::read(format!("/proc/{old}/cmdline")).unwrap();
     assert!(
