@@ -49,6 +49,9 @@ pub(crate) struct Reply {
     pub(crate) edns: Option<Edns>,
     /// The largest UDP message the requestor accepts, within our own limit.
     pub(crate) udp_limit: u16,
+    /// A weighted group drew the answer: another query may get another one, so the
+    /// encoded response must not be reused (see `cache`).
+    pub(crate) drawn: bool,
 }
 
 impl Reply {
@@ -73,6 +76,7 @@ impl Reply {
             additionals: Vec::new(),
             edns,
             udp_limit,
+            drawn: false,
         }
     }
 
@@ -112,7 +116,7 @@ pub(crate) fn respond(
         return reply.error(ResponseCode::Refused);
     }
     let mut reply = reply;
-    match snap.lookup(origin, query.name(), qtype) {
+    match snap.lookup(origin, query.name(), qtype, &mut reply.drawn) {
         Lookup::Refused => return reply.error(ResponseCode::Refused),
         Lookup::Answer {
             answers,
@@ -268,6 +272,7 @@ mod tests {
             additionals,
             edns: None,
             udp_limit: MIN_UDP_PAYLOAD,
+            drawn: false,
         }
     }
 

@@ -9,10 +9,14 @@
 //! our own limit): an answer that does not fit loses whole sections and sets TC, never
 //! leaving part of a record in the packet.
 //!
+//! A query that repeats an earlier one byte for byte but for its ID is answered from
+//! the packet cache (`cache`) without being decoded; rate limiting is checked first.
+//!
 //! Guarantees: a packet shorter than a header or marked as a response is dropped (no
 //! reflection); one whose header parses but whose body does not gets FORMERR; nothing a
 //! client sends can stop a receiving task.
 
+use crate::cache::Counted;
 use crate::rrl::Verdict;
 use crate::{Responder, answer};
 use hickory_server::net::xfer::Protocol;
@@ -80,13 +84,23 @@ async fn answer(
     if header.metadata.message_type == MessageType::Response {
         return;
     }
+    let verdict = handler
+        .limiter
+        .as_ref()
+        .map_or(Verdict::Send, |l| l.check(src.ip(), Instant::now()));
+    let snap = handler.snapshot();
+    if verdict == Verdict::Send
+        && let Some(counted) = handler.cache.get(&snap, bytes, out)
+    {
+        handler.metrics.count(counted.qtype, counted.rcode);
+        if let Err(error) = socket.send_to(out, src).await {
+            tracing::debug!(%src, %error, "sending a DNS response");
+        }
+        return;
+    }
     match Request::from_bytes(bytes.to_vec(), src, Protocol::Udp) {
         Ok(request) => {
-            let reply = handler.respond(&request);
-            let verdict = handler
-                .limiter
-                .as_ref()
-                .map_or(Verdict::Send, |l| l.check(src.ip(), Instant::now()));
+            let reply = handler.respond_from(&snap, &request);
             let encoded = match verdict {
                 Verdict::Send => answer::encode_udp(&request.queries, &reply, out),
                 Verdict::Slip => {
@@ -110,6 +124,12 @@ async fn answer(
                 if header.emit(&mut BinEncoder::new(out)).is_err() {
                     return;
                 }
+            } else if verdict == Verdict::Send && !reply.drawn {
+                let counted = Counted {
+                    qtype: request.queries.queries().first().map(|q| q.query_type()),
+                    rcode: reply.metadata.response_code,
+                };
+                handler.cache.put(&snap, bytes, out, counted);
             }
             if let Err(error) = socket.send_to(out, src).await {
                 tracing::debug!(%src, %error, "sending a DNS response");

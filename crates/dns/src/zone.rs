@@ -451,13 +451,16 @@ fn choose_failover(members: &[Member], table: &RoutingTable) -> usize {
 }
 
 impl Snapshot {
-    fn pick(&self, key: &(LowerName, RecordType)) -> Option<Arc<RecordSet>> {
+    /// The RRset answered for `key`; sets `drawn` when a weighted group drew among
+    /// several members (the answer then varies from query to query).
+    fn pick(&self, key: &(LowerName, RecordType), drawn: &mut bool) -> Option<Arc<RecordSet>> {
         match self.rrsets.get(key)? {
             Answer::Fixed(set) => Some(set.clone()),
             Answer::Weighted { members, total } => {
-                if *total == 0 {
+                if *total == 0 || members.len() == 1 {
                     return members.first().map(|(_, s)| s.clone());
                 }
+                *drawn = true;
                 let draw = fastrand::u64(0..*total);
                 members
                     .iter()
@@ -476,11 +479,15 @@ impl Snapshot {
     ///
     /// ANY (RFC 8482 §4.2) answers one RRset of the name: the one of the lowest type
     /// number, as Knot DNS does, over UDP and TCP alike.
+    ///
+    /// `drawn` is set when the answer came from a weighted draw: then it is not the same
+    /// for every query of this snapshot (and its encoding is not cached).
     pub(crate) fn lookup(
         &self,
         origin: &LowerName,
         qname: &LowerName,
         qtype: RecordType,
+        drawn: &mut bool,
     ) -> Lookup {
         if !origin.zone_of(qname) {
             return Lookup::Refused;
@@ -491,16 +498,16 @@ impl Snapshot {
                 .types_at
                 .get(qname)
                 .and_then(|types| types.iter().min_by_key(|t| u16::from(**t)));
-            return match first.and_then(|t| self.pick(&(qname.clone(), *t))) {
-                Some(set) => self.positive(origin, vec![set]),
+            return match first.and_then(|t| self.pick(&(qname.clone(), *t), drawn)) {
+                Some(set) => self.positive(origin, vec![set], drawn),
                 None => self.negative(qname, answers),
             };
         }
         let mut name = qname.clone();
         for _ in 0..=MAX_CNAME_CHAIN {
-            if let Some(set) = self.pick(&(name.clone(), qtype)) {
+            if let Some(set) = self.pick(&(name.clone(), qtype), drawn) {
                 answers.push(set);
-                return self.positive(origin, answers);
+                return self.positive(origin, answers, drawn);
             }
             // RRSIG and NSEC live beside a CNAME (RFC 4035 §2.5, RFC 2181 §10.1): asked
             // for, they are not aliased, as CNAME itself is not.
@@ -510,7 +517,7 @@ impl Snapshot {
             ) {
                 break;
             }
-            let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME)) else {
+            let Some(cname) = self.pick(&(name.clone(), RecordType::CNAME), drawn) else {
                 break;
             };
             let target = cname.records_without_rrsigs().find_map(|r| match &r.data {
@@ -521,23 +528,28 @@ impl Snapshot {
             match target {
                 // A loop: each link once, then stop (a positive answer, as at the limit).
                 Some(t) if answers.iter().any(|set| LowerName::new(set.name()) == t) => {
-                    return self.positive(origin, answers);
+                    return self.positive(origin, answers, drawn);
                 }
                 Some(t) if origin.zone_of(&t) => name = t,
                 // The chain leaves the zone: the resolver follows it elsewhere.
-                _ => return self.positive(origin, answers),
+                _ => return self.positive(origin, answers, drawn),
             }
         }
         if answers.len() > MAX_CNAME_CHAIN {
             // A chain too long (or a loop): what was followed, as a positive answer.
-            return self.positive(origin, answers);
+            return self.positive(origin, answers, drawn);
         }
         // `name` is the chain's last name (the query name when there is no chain).
         self.negative(&name, answers)
     }
 
-    fn positive(&self, origin: &LowerName, answers: Vec<Arc<RecordSet>>) -> Lookup {
-        let additionals = self.additionals(origin, &answers);
+    fn positive(
+        &self,
+        origin: &LowerName,
+        answers: Vec<Arc<RecordSet>>,
+        drawn: &mut bool,
+    ) -> Lookup {
+        let additionals = self.additionals(origin, &answers, drawn);
         Lookup::Answer {
             answers,
             additionals,
@@ -554,7 +566,12 @@ impl Snapshot {
     }
 
     /// Addresses of the in-zone targets of NS, MX and SRV answers.
-    fn additionals(&self, origin: &LowerName, answers: &[Arc<RecordSet>]) -> Vec<Arc<RecordSet>> {
+    fn additionals(
+        &self,
+        origin: &LowerName,
+        answers: &[Arc<RecordSet>],
+        drawn: &mut bool,
+    ) -> Vec<Arc<RecordSet>> {
         let mut out = Vec::new();
         for set in answers {
             for r in set.records_without_rrsigs() {
@@ -569,7 +586,7 @@ impl Snapshot {
                     continue;
                 }
                 for t in [RecordType::A, RecordType::AAAA] {
-                    out.extend(self.pick(&(target.clone(), t)));
+                    out.extend(self.pick(&(target.clone(), t), drawn));
                 }
             }
         }
@@ -679,7 +696,7 @@ address = "127.0.0.1"
                 "ttl {ttl}, minimum {minimum}"
             );
             let asked = snap
-                .pick(&(m.origin().clone(), RecordType::SOA))
+                .pick(&(m.origin().clone(), RecordType::SOA), &mut false)
                 .expect("SOA");
             assert_eq!(asked.ttl(), ttl, "the SOA asked for keeps its own TTL");
         }

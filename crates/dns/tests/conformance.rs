@@ -7,8 +7,10 @@
 //! each with the RFC reason it is allowed; an entry of [`ALLOWED`] that no longer occurs
 //! fails it too, so the list stays exact.
 //!
-//! Comparison rules (not differences): owner names compare case-insensitively (RFC 4343;
-//! both servers compress an owner against the question, so its case follows the query),
+//! Comparison rules (not differences): owner names, and the names inside CNAME, NS, PTR,
+//! MX, SRV and SOA data, compare case-insensitively (RFC 4343 §4.1: a name written as a
+//! compression pointer takes the case of what it points to; Knot compresses against the
+//! question, so its case follows the query's, hickory's encoder keeps the zone's case),
 //! and the records of a section compare as a sorted list (RRset order carries no meaning,
 //! RFC 2181 §5; the order of a CNAME chain is checked in tests/rfc.rs and tests/server.rs).
 //!
@@ -363,13 +365,23 @@ fn view(bytes: Option<&[u8]>) -> BTreeMap<&'static str, String> {
         let mut lines: Vec<String> = records
             .iter()
             .map(|r| {
+                let data = r.data.to_string();
+                // Names and numbers only: their names compare case-insensitively.
+                let data = match r.record_type() {
+                    RecordType::CNAME
+                    | RecordType::NS
+                    | RecordType::PTR
+                    | RecordType::MX
+                    | RecordType::SRV
+                    | RecordType::SOA => data.to_lowercase(),
+                    _ => data,
+                };
                 format!(
-                    "{} {} {} {} {}",
+                    "{} {} {} {} {data}",
                     r.name.to_ascii().to_lowercase(),
                     r.ttl,
                     r.dns_class,
                     r.record_type(),
-                    r.data
                 )
             })
             .collect();
@@ -649,16 +661,41 @@ fn battery() -> Vec<Case> {
         for &transport in transports {
             id = id.wrapping_add(1);
             msg.metadata.id = id;
+            let mut bytes = msg
+                .to_vec()
+                .unwrap_or_else(|e| panic!("encode {label}: {e}"));
+            if let Some(mixed) = label
+                .strip_prefix("case ")
+                .and_then(|r| r.split(' ').next())
+            {
+                set_question_case(&mut bytes, mixed);
+            }
             out.push(Case {
                 label: format!("{label} [{transport:?}]"),
                 transport,
-                msg: msg
-                    .to_vec()
-                    .unwrap_or_else(|e| panic!("encode {label}: {e}")),
+                msg: bytes,
             });
         }
     }
     out
+}
+
+/// Write the question name of the encoded query `wire` in the case of `mixed` (the
+/// same name): hickory's encoder writes names in lower case, so a query that tests case
+/// handling gets its case in the bytes.
+fn set_question_case(wire: &mut [u8], mixed: &str) {
+    let mut at = 12;
+    for label in mixed.trim_end_matches('.').split('.') {
+        let len = usize::from(wire[at]);
+        let bytes = &mut wire[at + 1..at + 1 + len];
+        assert!(
+            bytes.eq_ignore_ascii_case(label.as_bytes()),
+            "{mixed}: the encoded question holds another name"
+        );
+        bytes.copy_from_slice(label.as_bytes());
+        at += 1 + len;
+    }
+    assert_eq!(wire[at], 0, "{mixed}: the encoded question is longer");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -416,3 +416,64 @@ async fn an_agent_fed_the_controllers_table_answers_alike_and_outlives_its_feed(
         vec!["127.0.2.1"]
     );
 }
+
+/// A query asked again (another ID, the same bytes otherwise) is answered from the
+/// packet cache: the same answer with its own ID, counted every time; another case of
+/// the name is another question, echoed in its own case; and a new routing table is
+/// answered at once, also for a question answered before it.
+#[tokio::test]
+async fn a_repeated_query_gets_its_own_id_is_counted_and_sees_the_newest_table() {
+    use common::{decode_strict, edns, query_msg, raw_udp};
+    let h = Harness::start().await;
+    let mut q = query_msg("db.shop.example.", RecordType::A, Some(edns(1232, false)));
+    let before = h.metrics.queries("A", "NOERROR");
+    let mut first: Option<Vec<u8>> = None;
+    for id in [1u16, 2, 0xbeef, 2] {
+        q.metadata.id = id;
+        let bytes = raw_udp(h.udp, &q.to_vec().expect("encode")).await;
+        let m = decode_strict(&bytes);
+        assert_eq!(m.metadata.id, id, "the response carries the query's ID");
+        assert_eq!(a_records(&m), vec!["127.0.1.1"]);
+        match &first {
+            None => first = Some(bytes),
+            Some(f) => assert_eq!(f[2..], bytes[2..], "the same answer but for the ID"),
+        }
+    }
+    assert_eq!(
+        h.metrics.queries("A", "NOERROR") - before,
+        4,
+        "a query answered from the cache is counted too"
+    );
+
+    // hickory's encoder writes names in lower case: the mixed case is set in the bytes.
+    let mut upper = q.to_vec().expect("encode");
+    let qname = 12..12 + b"\x02db\x04shop\x07example\x00".len();
+    for (i, b) in upper[qname].iter_mut().enumerate() {
+        if !(4..=8).contains(&i) {
+            b.make_ascii_uppercase();
+        }
+    }
+    for id in [5u16, 6] {
+        upper[..2].copy_from_slice(&id.to_be_bytes());
+        let m = decode_strict(&raw_udp(h.udp, &upper).await);
+        assert_eq!(m.metadata.id, id);
+        assert_eq!(m.queries[0].name().to_string(), "DB.shop.EXAMPLE.");
+        assert_eq!(a_records(&m), vec!["127.0.1.1"]);
+    }
+
+    h.publish(|t| {
+        t.active = Some(RegionId::new("b"));
+        t.regions
+            .insert(RegionId::new("a"), HealthStatus::Unhealthy);
+    });
+    for id in [3u16, 4] {
+        q.metadata.id = id;
+        let m = decode_strict(&raw_udp(h.udp, &q.to_vec().expect("encode")).await);
+        assert_eq!(m.metadata.id, id);
+        assert_eq!(
+            a_records(&m),
+            vec!["127.0.2.1"],
+            "the question answered before the failover gets the new answer"
+        );
+    }
+}

@@ -40,13 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let (_tx, rx) = tokio::sync::watch::channel(table);
     let server = DnsServer::new(&cfg, rx)?;
 
-    let udp = tokio::net::UdpSocket::bind(addr)
-        .await
-        .context("binding UDP")?;
-    // TCP on the same port as UDP when the port was chosen by the OS.
-    let tcp = tokio::net::TcpListener::bind(udp.local_addr()?)
-        .await
-        .context("binding TCP")?;
+    let (udp, tcp) = bind(addr).await?;
     println!("udp={} tcp={}", udp.local_addr()?, tcp.local_addr()?);
 
     let cancel = CancellationToken::new();
@@ -67,4 +61,26 @@ async fn main() -> anyhow::Result<()> {
         stop.cancel();
     });
     server.run(udp, tcp, cancel).await
+}
+
+/// UDP and TCP on the same port. With port 0 the OS picks the UDP port, and its TCP twin
+/// may be taken by another program: then another port is tried (a few times).
+async fn bind(
+    addr: SocketAddr,
+) -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("binding UDP {addr}"))?;
+        let at = udp.local_addr()?;
+        match tokio::net::TcpListener::bind(at).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && tries < 20 => {
+                tries += 1;
+                tracing::debug!(%at, error = %e, "TCP port taken; trying another");
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("binding TCP {at}"))),
+        }
+    }
 }
