@@ -18,7 +18,8 @@
 //! - the key is the whole query after its ID (header flags, question with its case,
 //!   EDNS record and options), so two queries that differ anywhere are two entries;
 //! - bounded: at most [`MAX_ENTRIES`] entries, each key at most [`MAX_KEY`] bytes; a
-//!   full cache is emptied, so a flood of distinct names costs a refill, not memory.
+//!   full cache is emptied, so a flood of distinct names costs a refill, not memory;
+//! - a store never waits: when another task holds the lock the entry is not kept.
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::RecordType;
@@ -93,7 +94,13 @@ impl<S> PacketCache<S> {
         if !(HEADER..=MAX_KEY).contains(&query.len()) || response.len() < HEADER {
             return;
         }
-        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        // Never wait to store: under a flood of distinct names every query misses, and
+        // the receiving tasks must not queue on the lock for an entry nobody asks again.
+        let mut inner = match self.inner.try_write() {
+            Ok(inner) => inner,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if !inner
             .snapshot
             .as_ref()
