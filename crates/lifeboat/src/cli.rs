@@ -11,6 +11,9 @@ pub struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. "info" or "lifeboat_agent=debug".
     #[arg(long, global = true, env = "LIFEBOAT_LOG", default_value = "info")]
     pub log: String,
+    /// Log lines as text for people, or one JSON object per line for log shippers.
+    #[arg(long, global = true, env = "LIFEBOAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,14 +59,36 @@ pub enum Command {
     Validate(cmd::validate::ValidateArgs),
 }
 
+/// How log lines are written (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event: timestamp, level, target, fields, spans.
+    Json,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // A filter that does not parse is refused: silently logging at another level would
+    // hide what the operator asked to see.
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "error: --log / LIFEBOAT_LOG {:?} is not a log filter: {e}",
+                cli.log
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -410,3 +410,54 @@ async fn planned_switchover_and_manual_failover_from_the_cli() {
     let st = d.wait_active("a", Duration::from_secs(30)).await;
     assert_eq!(st.epoch, Epoch(3));
 }
+
+/// `--log-format json`: a controller's log lines are JSON objects a log shipper can
+/// read (time, level, target, message); a `--log` filter that does not parse is refused
+/// with an error that names it, instead of silently logging at another level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_for_log_shippers_and_a_bad_log_filter_is_refused() {
+    let d = Deployment::new(Options::default());
+    let mut cmd = d.command(None);
+    cmd.args(["--log-format", "json", "controller", "--config"])
+        .arg(&d.config)
+        .env("LIFEBOAT_LOG", "info");
+    let log = d.log("controller-json");
+    let mut p = Proc::spawn("controller", cmd, &log);
+    p.wait_line("listening api ", Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| !l.trim().is_empty()) {
+            break serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller logged nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for field in ["timestamp", "level", "target", "message"] {
+        assert!(event.get(field).is_some(), "no {field:?} in {event}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "every line is JSON: {line}"
+        );
+    }
+    drop(p);
+
+    let out = std::process::Command::new(bin())
+        .args(["--log", "lifeboat_agent=loud", "validate"])
+        .arg(&d.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lifeboat_agent=loud") && err.contains("not a log filter"),
+        "{err}"
+    );
+}
