@@ -90,10 +90,19 @@ async fn partitioned_region_fences_itself_before_the_promotion() {
     );
 
     // Back on the network, a learns epoch 2 and stays a fenced standby: no failback.
+    // On learning the epoch it fences once more (its roles read "unfenced" while that
+    // fence runs: a CI run read the status in that instant), so wait for the fence to
+    // land, and a must never report itself active meanwhile.
     let ast = d
-        .wait_for("a to learn epoch 2", Duration::from_secs(20), || async {
-            a.agent_status().await.ok().filter(|s| s.epoch == Epoch(2))
-        })
+        .wait_for(
+            "a to learn epoch 2 and be fenced",
+            Duration::from_secs(20),
+            || async {
+                let s = a.agent_status().await.ok()?;
+                assert!(!s.active, "a active again after the partition: {s:?}");
+                (s.epoch == Epoch(2) && s.fenced).then_some(s)
+            },
+        )
         .await;
     assert!(!ast.active && ast.fenced);
     let a_url = d.app_url("a");
