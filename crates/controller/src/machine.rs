@@ -378,6 +378,10 @@ pub struct Machine {
     pub active: Option<RegionId>,
     pub home: Option<RegionId>,
     pub failovers: u64,
+    /// Failures detected with the active region's lease lapsed, since this controller
+    /// started (not durable: `lifeboat_lease_lapses_total` is a counter, and Prometheus
+    /// takes a drop to 0 as a restart).
+    pub lease_lapses: u64,
     pub phase: Phase,
     pub lease: Option<Lease>,
     pub failure: Option<Failure>,
@@ -458,6 +462,7 @@ impl Machine {
             active: durable.active,
             home: durable.home,
             failovers: durable.failovers,
+            lease_lapses: 0,
             phase,
             lease,
             failure: None,
@@ -1152,6 +1157,9 @@ impl Machine {
                     format!("lease of {active} lapsed: its agent stopped renewing")
                 };
                 out.journal(JournalKind::Detected, Some(&active), reason.clone());
+                if lapsed {
+                    self.lease_lapses += 1;
+                }
                 self.failure = Some(Failure {
                     region: active.clone(),
                     since: now,

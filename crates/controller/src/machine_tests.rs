@@ -452,6 +452,8 @@ fn agent_cut_off_lease_lapse_triggers_failover_only_after_certain_expiry() {
     // The agent, measuring from when it *sent* its last renewal (<= 1200), fenced
     // itself by 1200 + 2000 = 3200 on its own clock: strictly before the promotion.
     assert!(1200 + 2000 < promoted);
+    // Counted once for lifeboat_lease_lapses_total (examples/prometheus/alerts.yml).
+    assert_eq!(s.m.lease_lapses, 1);
 }
 
 #[test]
@@ -1858,6 +1860,7 @@ fn a_controller_that_did_not_run_does_not_take_its_own_pause_for_a_lapse() {
     assert_eq!(s.first(JournalKind::Promoted), None, "{:?}", s.notes);
     assert_eq!(s.m.epoch, Epoch(1));
     assert_eq!(s.m.active, Some(a()));
+    assert_eq!(s.m.lease_lapses, 0, "a pause of the witness is no lapse");
     assert!(
         s.notes_of(JournalKind::Alert)
             .iter()
@@ -1887,6 +1890,7 @@ fn after_a_stall_a_lease_that_is_not_renewed_still_lapses_from_the_resume() {
     assert!(detected >= 23_000 + 2000 + 500, "detected at {detected}");
     assert!(promoted > detected);
     assert_eq!(s.m.epoch, Epoch(2));
+    assert_eq!(s.m.lease_lapses, 1);
 }
 
 /// After a stall, "seen healthy" needs evidence from after the resume. Seen in the

@@ -404,6 +404,34 @@ where
     }
 }
 
+/// The controller's `lifeboat_lease_lapses_total` (what examples/prometheus/alerts.yml's
+/// LifeboatLeaseLapsed watches), the journal's failures detected as a lapse of a's lease,
+/// and all its detected failures.
+async fn lapse_figures(demo: &Demo) -> (u64, u64, u64) {
+    let api = demo.cfg.controller.api_addr;
+    let (_, metrics) = http_get(&format!("http://{api}/metrics"))
+        .await
+        .expect("the controller's /metrics answers");
+    let lapses = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lifeboat_lease_lapses_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no lifeboat_lease_lapses_total in {metrics}"));
+    let (_, journal) = http_get(&format!("http://{api}/v1/journal"))
+        .await
+        .expect("the controller's journal answers");
+    let journal: Vec<lifeboat_core::JournalEntry> = serde_json::from_str(&journal).unwrap();
+    let detected: Vec<_> = journal
+        .iter()
+        .filter(|e| e.kind == lifeboat_core::JournalKind::Detected)
+        .collect();
+    let lapse_entries = detected
+        .iter()
+        .filter(|e| e.detail.contains("lease of a lapsed"))
+        .count();
+    (lapses as u64, lapse_entries as u64, detected.len() as u64)
+}
+
 async fn agent_fault(engine: Engine, fault: Fault) {
     let demo = Demo::start(engine).await;
     let (a, b) = (demo.server("a"), demo.server("b"));
@@ -461,6 +489,15 @@ async fn agent_fault(engine: Engine, fault: Fault) {
             || async { demo.serves_from("b").await },
         )
         .await;
+    let (lapses, lapse_entries, detected) = lapse_figures(&demo).await;
+    assert!(
+        (lapse_entries..=detected).contains(&lapses),
+        "lifeboat_lease_lapses_total {lapses}: every failure detected as a lapse counts \
+         ({lapse_entries} in the journal), and nothing else but failures ({detected})"
+    );
+    if lapse_entries > 0 {
+        eprintln!("{engine:?} {fault:?}: the controller counted {lapses} lease lapse(s)");
+    }
 
     // The agent comes back: killed, it is restarted (as the demo's restore does);
     // frozen, it is thawed after the freeze.

@@ -78,6 +78,8 @@ async fn killed_app_fails_over_and_the_pilot_light_starts() {
     assert!(m.contains("lifeboat_epoch 2"), "{m}");
     assert!(m.contains("lifeboat_active_region{region=\"b\"} 1"), "{m}");
     assert!(m.contains("lifeboat_failovers_total 1"), "{m}");
+    // An unhealthy app is no lapse: a's agent renewed throughout.
+    assert!(m.contains("lifeboat_lease_lapses_total 0"), "{m}");
     assert!(
         m.contains("lifeboat_failover_step_seconds{step=\"fence_to_promote\"}"),
         "{m}"

@@ -106,9 +106,9 @@ pub(super) fn last_failover_steps(journal: &[JournalEntry]) -> Vec<(&'static str
 
 pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
     let mut out = String::new();
-    let (epoch, active, failovers) = {
+    let (epoch, active, failovers, lapses) = {
         let m = c.machine.lock().await;
-        (m.epoch, m.active.clone(), m.failovers)
+        (m.epoch, m.active.clone(), m.failovers, m.lease_lapses)
     };
     family(
         &mut out,
@@ -138,6 +138,13 @@ pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoRespon
         "Promotions since the deployment started.",
     );
     sample(&mut out, "lifeboat_failovers_total", &[], failovers as f64);
+    family(
+        &mut out,
+        "lifeboat_lease_lapses_total",
+        "counter",
+        "Failures detected with the active region's lease lapsed (its agent stopped renewing), since this controller started.",
+    );
+    sample(&mut out, "lifeboat_lease_lapses_total", &[], lapses as f64);
     // Witness-loss promises (rule 7, docs/architecture.md), from each region's latest report: what
     // holds a promotion back, and who serves on promises instead of a grant.
     let reports = lock(&c.reports).clone();
