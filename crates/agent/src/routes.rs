@@ -1,5 +1,6 @@
 //! The agent's HTTP API: status, commands from the controller (bearer token, epoch
-//! checked), its local journal and Prometheus metrics.
+//! checked), its local journal and Prometheus metrics, and a read-only live page of
+//! its own (`/`, drawn from `/v1/events`: see docs/agent.md).
 
 use crate::{Agent, CommandError};
 use axum::extract::{Query, State};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
+        .route("/", get(page))
+        .route("/v1/events", get(events))
         .route("/v1/status", get(status))
         .route("/v1/command", post(command))
         .route("/v1/promise", post(promise))
@@ -27,9 +30,13 @@ pub fn router(agent: Arc<Agent>) -> Router {
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> Json<AgentStatus> {
+    Json(status_view(&agent))
+}
+
+fn status_view(agent: &Agent) -> AgentStatus {
     let s = agent.state();
     let now = tokio::time::Instant::now();
-    Json(AgentStatus {
+    AgentStatus {
         region: agent.region.clone(),
         epoch: s.epoch,
         active: s.active,
@@ -47,7 +54,74 @@ async fn status(State(agent): State<Arc<Agent>>) -> Json<AgentStatus> {
         roles: agent.role_statuses(),
         promised: s.promised,
         witness_lost: s.witness_lost,
-    })
+    }
+}
+
+/// The agent's own page: read-only (no actions: moves are the controller's), compiled
+/// into the binary like the controller's dashboard.
+async fn page() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'",
+        )],
+        axum::response::Html(include_str!("page.html")),
+    )
+}
+
+/// One message of `/v1/events`.
+#[derive(serde::Serialize)]
+struct PageUpdate {
+    /// The first message of a connection: the page starts afresh.
+    reset: bool,
+    now_unix_ms: u64,
+    /// The controller's dashboard (the page links to it).
+    controller: String,
+    status: AgentStatus,
+    /// Journal entries after the last message's (the first: the newest 200).
+    journal: Vec<lifeboat_core::JournalEntry>,
+}
+
+/// Server-sent events: the status twice a second, and what the journal gained.
+async fn events(
+    State(agent): State<Arc<Agent>>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let s = futures::stream::unfold((agent, 0u64, true), |(agent, seq, first)| async move {
+        if !first {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        // Off the runtime: reading the journal waits for its writer, and a hung disk
+        // must not stall the threads the lease loop runs on (rule 2).
+        let reader = agent.clone();
+        let mut journal = tokio::task::spawn_blocking(move || reader.journal(seq))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        if first {
+            let skip = journal.len().saturating_sub(200);
+            journal.drain(..skip);
+        }
+        let next = journal.last().map_or(seq, |e| e.seq);
+        let update = PageUpdate {
+            reset: first,
+            now_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            controller: agent.cfg.controller.api_addr.to_string(),
+            status: status_view(&agent),
+            journal,
+        };
+        let data = serde_json::to_string(&update).unwrap_or_default();
+        Some((
+            Ok(Event::default().event("update").data(data)),
+            (agent, next, false),
+        ))
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
 }
 
 async fn command(

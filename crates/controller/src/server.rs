@@ -9,6 +9,7 @@
 
 mod dashboard;
 mod handlers;
+mod lag;
 mod metrics;
 
 pub use metrics::leadership_metrics;
@@ -87,6 +88,8 @@ pub struct Controller {
     /// send a command that depends on it); the run loop exits with this error and a
     /// supervisor starts the controller again from what is on disk (rule 8).
     broken: Mutex<Option<String>>,
+    /// The last minutes of the agents' replication lag, for the dashboard.
+    lag: Mutex<lag::LagHistory>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -221,6 +224,7 @@ impl Controller {
             opts,
             late_metrics: Mutex::new(Vec::new()),
             broken: Mutex::new(None),
+            lag: Mutex::new(lag::LagHistory::default()),
         }))
     }
 
@@ -428,6 +432,7 @@ impl Controller {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/", get(dashboard::dashboard))
+            .route("/v1/events", get(dashboard::events))
             .route("/v1/status", get(handlers::status))
             .route("/v1/regions", get(handlers::regions))
             .route("/v1/health", get(handlers::health))
@@ -441,6 +446,47 @@ impl Controller {
             .route("/metrics", get(metrics::metrics))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
+    }
+
+    /// Each check's verdict with every vantage point's last report (`/v1/health`).
+    fn health_view(&self) -> Vec<CheckView> {
+        let c = self;
+        let decision = lock(&c.decision).clone();
+        let now = Instant::now();
+        let reports = lock(&c.reports).clone();
+        let local = c.local.borrow().clone();
+        let mut out = Vec::new();
+        for (name, check) in &c.cfg.checks {
+            let verdict = decision.checks.get(name);
+            let mut vantage = BTreeMap::new();
+            if let Some(s) = local.get(name) {
+                vantage.insert(
+                    "controller".to_owned(),
+                    CheckReport {
+                        status: s.status,
+                        detail: s.detail.clone(),
+                        latency_ms: s.latency_ms,
+                    },
+                );
+            }
+            for (region, (at, r)) in &reports {
+                if now.saturating_duration_since(*at) > c.cfg.failover.report_ttl {
+                    continue;
+                }
+                if let Some(cr) = r.checks.get(name) {
+                    vantage.insert(format!("agent:{region}"), cr.clone());
+                }
+            }
+            out.push(CheckView {
+                name: name.clone(),
+                region: check.region.as_ref().map(RegionId::new),
+                status: verdict.map(|v| v.status).unwrap_or_default(),
+                quorum: verdict.map_or(c.cfg.check_quorum(check), |v| v.quorum),
+                unhealthy_votes: verdict.map_or(0, |v| v.unhealthy_votes),
+                vantage,
+            });
+        }
+        out
     }
 
     async fn status_view(&self) -> ControllerStatus {

@@ -1,76 +1,137 @@
-//! `/`: the HTML dashboard, rendered from the same views as `/v1/status`.
+//! `/`: the live dashboard, and `/v1/events`, the stream of updates it draws.
+//!
+//! The page (`dashboard.html`, compiled into the binary: no asset comes from the network)
+//! is static; everything on it comes from `/v1/events`, server-sent events of the same
+//! views as `/v1/status`, `/v1/health` and `/v1/journal` plus the lag history
+//! ([`super::lag`]). Text is placed with `textContent`, never as markup, so nothing from
+//! an agent's report or the journal can become HTML. The actions post to
+//! `/v1/switchover` and `/v1/failover` with the operator's bearer token, which the page
+//! asks for in the confirmation and never stores. docs/controller.md, "Dashboard".
 
+use super::lag::LagSample;
 use super::*;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::stream::{self, Stream};
+use serde::Serialize;
+use std::convert::Infallible;
 
-pub(super) async fn dashboard(State(c): State<Arc<Controller>>) -> Html<String> {
-    let s = c.status_view().await;
-    let journal = c.store.journal(0, 100_000).await.unwrap_or_default();
-    let esc = |t: &str| {
-        t.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
+const PAGE: &str = include_str!("dashboard.html");
+/// How often the stream looks for something new to send.
+const EVERY: Duration = Duration::from_millis(250);
+/// Journal entries the first update carries (the page keeps what comes after).
+const JOURNAL_FIRST: usize = 200;
+
+pub(super) async fn dashboard() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            // Nothing but this page and its own API, even if something slipped in.
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
+        )],
+        Html(PAGE),
+    )
+}
+
+/// One message of `/v1/events`.
+#[derive(Serialize)]
+struct Update {
+    /// The first message of a connection: the page starts afresh from it.
+    reset: bool,
+    now_unix_ms: u64,
+    status: ControllerStatus,
+    health: Vec<CheckView>,
+    /// Journal entries after the last message's (the first: the newest 200).
+    journal: Vec<JournalEntry>,
+    /// Lag samples after the last message's (the first: the whole window).
+    lag: Vec<LagSample>,
+}
+
+struct Cursor {
+    c: Arc<Controller>,
+    journal_seq: u64,
+    lag_seq: u64,
+    first: bool,
+    last_sent: String,
+    last_sent_at: Option<Instant>,
+}
+
+impl Cursor {
+    async fn next(&mut self) -> Option<String> {
+        let c = &self.c;
+        let status = c.status_view().await;
+        let health = c.health_view();
+        let journal = if self.first {
+            let all = c.store.journal(0, 100_000).await.unwrap_or_default();
+            let skip = all.len().saturating_sub(JOURNAL_FIRST);
+            all.into_iter().skip(skip).collect()
+        } else {
+            c.store
+                .journal(self.journal_seq, 1000)
+                .await
+                .unwrap_or_default()
+        };
+        let lag = lock(&c.lag).since(self.lag_seq);
+        // The same picture as last time (and no news) is not sent again, but a
+        // message goes out at least once a second: the page's ages and countdowns are
+        // computed from the newest one.
+        let key = serde_json::to_string(&(
+            &status.epoch,
+            &status.phase,
+            &status.active,
+            &status.mode,
+            &status.failovers,
+            &health,
+        ))
+        .unwrap_or_default();
+        let fresh = self.first
+            || !journal.is_empty()
+            || !lag.is_empty()
+            || key != self.last_sent
+            || self
+                .last_sent_at
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if !fresh {
+            return None;
+        }
+        if let Some(e) = journal.last() {
+            self.journal_seq = e.seq;
+        }
+        if let Some(s) = lag.last() {
+            self.lag_seq = s.seq;
+        }
+        let update = Update {
+            reset: self.first,
+            now_unix_ms: crate::store::unix_ms(),
+            status,
+            health,
+            journal,
+            lag,
+        };
+        self.first = false;
+        self.last_sent = key;
+        self.last_sent_at = Some(Instant::now());
+        serde_json::to_string(&update).ok()
+    }
+}
+
+pub(super) async fn events(
+    State(c): State<Arc<Controller>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let cursor = Cursor {
+        c,
+        journal_seq: 0,
+        lag_seq: 0,
+        first: true,
+        last_sent: String::new(),
+        last_sent_at: None,
     };
-    let mut rows = String::new();
-    for r in &s.regions {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td class=\"{:?}\">{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(r.name.as_str()),
-            if r.active { "<b>active</b>" } else { "standby" },
-            r.health,
-            r.health,
-            r.agent_epoch.map_or("-".into(), |e| e.to_string()),
-            r.last_report_ms.map_or("never".into(), |m| format!("{m} ms ago")),
-            esc(&r.roles.iter().map(|x| format!("{}: {:?} {}", x.name, x.role, x.detail)).collect::<Vec<_>>().join("<br>")),
-            // rule 7: why a standby cannot be promoted, and who serves on promises.
-            esc(&match (&r.promised, r.witness_lost) {
-                (Some(p), _) => format!("promised {} not to activate for {} ms", p.to, p.remaining_ms),
-                (None, true) => "witness lost: holds its lease on promises".to_owned(),
-                (None, false) => "-".to_owned(),
-            }),
-        ));
-    }
-    let mut jrows = String::new();
-    for e in journal.iter().rev().take(50) {
-        jrows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            e.seq,
-            e.at_unix_ms,
-            e.epoch,
-            e.kind.as_str(),
-            esc(&format!(
-                "{} {}",
-                e.region.as_ref().map_or("", |r| r.as_str()),
-                e.detail
-            ))
-        ));
-    }
-    Html(format!(
-        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>lifeboat — {dep}</title>\
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}.Healthy{{color:green}}.Unhealthy{{color:red}}</style></head>\
-<body><h1>lifeboat — {dep}</h1>{leader}<p>epoch <b>{epoch}</b> · active <b>{active}</b> · phase {phase} · mode {mode} · failovers {fo}</p>\
-<h2>Regions</h2><table><tr><th>region</th><th>role</th><th>health</th><th>agent epoch</th><th>last report</th><th>data roles</th><th>witness</th></tr>{rows}</table>\
-<h2>Journal (newest first)</h2><table><tr><th>#</th><th>unix ms</th><th>epoch</th><th>step</th><th>detail</th></tr>{jrows}</table></body></html>",
-        dep = esc(&s.deployment),
-        epoch = s.epoch,
-        active = s.active.as_ref().map_or("none".into(), |r| r.to_string()),
-        phase = esc(&s.phase),
-        mode = s.mode,
-        fo = s.failovers,
-        leader = s.leadership.as_ref().map_or(String::new(), |v| format!(
-            "<p>controller <b>{}</b> leads · controllers: {} · etcd: {}</p>",
-            esc(&v.this),
-            esc(&v
-                .controllers
-                .iter()
-                .map(|c| format!("{} {}", c.name, if c.up { "up" } else { "down" }))
-                .collect::<Vec<_>>()
-                .join(", ")),
-            esc(&v
-                .etcd
-                .iter()
-                .map(|e| format!("{} {}", e.endpoint, if e.healthy { "up" } else { "down" }))
-                .collect::<Vec<_>>()
-                .join(", "))
-        )),
-    ))
+    let s = stream::unfold(cursor, |mut cur| async move {
+        loop {
+            if let Some(json) = cur.next().await {
+                return Some((Ok(SseEvent::default().event("update").data(json)), cur));
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
 }

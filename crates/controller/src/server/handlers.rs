@@ -18,42 +18,7 @@ pub(super) async fn regions(State(c): State<Arc<Controller>>) -> Json<Vec<Region
 }
 
 pub(super) async fn health(State(c): State<Arc<Controller>>) -> Json<Vec<CheckView>> {
-    let decision = lock(&c.decision).clone();
-    let now = Instant::now();
-    let reports = lock(&c.reports).clone();
-    let local = c.local.borrow().clone();
-    let mut out = Vec::new();
-    for (name, check) in &c.cfg.checks {
-        let verdict = decision.checks.get(name);
-        let mut vantage = BTreeMap::new();
-        if let Some(s) = local.get(name) {
-            vantage.insert(
-                "controller".to_owned(),
-                CheckReport {
-                    status: s.status,
-                    detail: s.detail.clone(),
-                    latency_ms: s.latency_ms,
-                },
-            );
-        }
-        for (region, (at, r)) in &reports {
-            if now.saturating_duration_since(*at) > c.cfg.failover.report_ttl {
-                continue;
-            }
-            if let Some(cr) = r.checks.get(name) {
-                vantage.insert(format!("agent:{region}"), cr.clone());
-            }
-        }
-        out.push(CheckView {
-            name: name.clone(),
-            region: check.region.as_ref().map(RegionId::new),
-            status: verdict.map(|v| v.status).unwrap_or_default(),
-            quorum: verdict.map_or(c.cfg.check_quorum(check), |v| v.quorum),
-            unhealthy_votes: verdict.map_or(0, |v| v.unhealthy_votes),
-            vantage,
-        });
-    }
-    Json(out)
+    Json(c.health_view())
 }
 
 #[derive(serde::Deserialize)]
@@ -268,6 +233,7 @@ pub(super) async fn report(
         witness_lost: r.witness_lost,
         view_active: r.view_active.clone(),
     };
+    lock(&c.lag).record(crate::store::unix_ms(), &r.region, &r.roles);
     lock(&c.reports).insert(r.region.clone(), (Instant::now(), r));
     c.step(ev).await.map_err(internal)?;
     let m = c.machine.lock().await;
