@@ -678,8 +678,61 @@ async fn dispatch(State(h): State<Arc<HaController>>, req: Request) -> Response 
             Err(never) => match never {},
         };
     }
+    if req.method() == Method::GET && req.uri().path() == "/v1/events" {
+        return follower_events(h).into_response();
+    }
     follower(&h, req).await
 }
+
+/// A follower's `/v1/events` for the same dashboard as the leader's: the replicated
+/// status and the journal from etcd (no health matrix or lag: those live in the
+/// leader's memory). It ends when this controller's own term starts, and the page
+/// reconnects to the term's stream.
+fn follower_events(
+    h: Arc<HaController>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use crate::server::dashboard::RETRY;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let s = futures::stream::unfold((h, 0u64, true), |(h, seq, first)| async move {
+        if !first {
+            tokio::time::sleep(FOLLOWER_EVENTS_EVERY).await;
+        }
+        if h.current_term().is_some() {
+            return None;
+        }
+        let client = h.client.lock().await.clone();
+        let mut journal = match &client {
+            Some(c) => read_journal(c, &h.keys, seq, if first { 100_000 } else { 1000 })
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if first {
+            let skip = journal.len().saturating_sub(200);
+            journal.drain(..skip);
+        }
+        let next = journal.last().map_or(seq, |e| e.seq);
+        let update = serde_json::json!({
+            "reset": first,
+            "now_unix_ms": crate::store::unix_ms(),
+            "status": h.follower_status(),
+            "health": [],
+            "journal": journal,
+            "lag": [],
+        });
+        let ev = Event::default()
+            .event("update")
+            .retry(RETRY)
+            .data(update.to_string());
+        Some((Ok(ev), (h, next, false)))
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}
+
+/// How often a follower's dashboard stream sends the replicated state.
+const FOLLOWER_EVENTS_EVERY: Duration = Duration::from_millis(500);
 
 async fn follower(h: &HaController, req: Request) -> Response {
     if req.method() != Method::GET {
@@ -749,31 +802,14 @@ async fn follower(h: &HaController, req: Request) -> Response {
             h.follower_metrics(),
         )
             .into_response(),
-        "/" => {
-            let s = h.follower_status();
-            let v = h.view();
-            Html(format!(
-                "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=2><title>lifeboat</title></head>\
-<body><h1>lifeboat — {}</h1><p>controller <b>{}</b>, {}</p><p>epoch <b>{}</b> · active <b>{}</b></p>\
-<p>etcd: {}</p><p>The leader's dashboard has the regions and the journal: <a href=\"{}\">{}</a></p></body></html>",
-                esc(&s.deployment),
-                esc(&v.this),
-                esc(&s.phase),
-                s.epoch,
-                s.active.as_ref().map_or("none".into(), |r| r.to_string()),
-                esc(&v.etcd.iter().map(|e| format!("{} {}", e.endpoint, if e.healthy { "up" } else { "down" })).collect::<Vec<_>>().join(", ")),
-                esc(v.leader_url.as_deref().unwrap_or("")),
-                esc(v.leader_url.as_deref().unwrap_or("nobody leads right now")),
-            ))
-            .into_response()
-        }
+        "/" => (
+            [(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                crate::server::dashboard::CSP,
+            )],
+            Html(crate::server::dashboard::PAGE),
+        )
+            .into_response(),
         _ => h.not_leader().into_response(),
     }
-}
-
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }

@@ -7,7 +7,7 @@
 //! disk before any later `Send` leaves, because commands are sent from tasks spawned
 //! after it. Agent answers come back as events through a channel.
 
-mod dashboard;
+pub(crate) mod dashboard;
 mod handlers;
 mod lag;
 mod metrics;
@@ -446,6 +446,11 @@ impl Controller {
             .route("/metrics", get(metrics::metrics))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
+    }
+
+    /// True for a lone controller, and for the term of the one that leads.
+    fn leads_or_alone(&self) -> bool {
+        self.opts.leadership.as_ref().is_none_or(|f| f().leading)
     }
 
     /// Each check's verdict with every vantage point's last report (`/v1/health`).

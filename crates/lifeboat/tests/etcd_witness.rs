@@ -170,6 +170,74 @@ async fn a_killed_leader_is_replaced_with_no_failover_and_no_gap() {
         !aj.iter().any(|e| e.kind == JournalKind::LeaseExpired),
         "a's lease lapsed during the leader change: {aj:?}"
     );
+
+    // Every controller serves the live dashboard: the follower's stream carries the
+    // replicated state and the journal from etcd (the takeover in it), the leader's
+    // the health matrix too.
+    let addr = |name: &str| d.members.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let follower = d
+        .members
+        .iter()
+        .map(|(n, _)| n.clone())
+        .find(|n| *n != new && *n != old)
+        .unwrap();
+    for (name, leads) in [(follower.as_str(), false), (new.as_str(), true)] {
+        let (_, page) = http_get(&format!("http://{}/", addr(name))).await.unwrap();
+        assert!(
+            page.contains("new EventSource(\"/v1/events\")"),
+            "{name}: {page}"
+        );
+        let u = first_event(&format!("http://{}/v1/events", addr(name))).await;
+        assert_eq!(u["reset"], true, "{name}: {u}");
+        assert_eq!(u["status"]["active"], "a", "{name}: {u}");
+        assert_eq!(
+            u["status"]["leadership"]["leader"],
+            new.as_str(),
+            "{name}: {u}"
+        );
+        let journal = u["journal"].as_array().unwrap();
+        assert!(
+            journal.iter().any(|e| e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("controller {new} leads"))),
+            "{name}: {u}"
+        );
+        assert_eq!(
+            !u["health"].as_array().unwrap().is_empty(),
+            leads,
+            "{name}: {u}"
+        );
+    }
+}
+
+/// The first message of a server-sent event stream, as JSON.
+async fn first_event(url: &str) -> serde_json::Value {
+    let mut resp = reqwest::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut text = String::new();
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(end) = text.find("\n\n") {
+            let data: String = text[..end]
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if !data.is_empty() {
+                return serde_json::from_str(&data).unwrap();
+            }
+            text.drain(..end + 2);
+        }
+    }
+    panic!("{url}: the stream ended before its first message");
 }
 
 /// Two of three etcd members killed: no quorum. The leader stops granting (it

@@ -15,22 +15,25 @@ use futures::stream::{self, Stream};
 use serde::Serialize;
 use std::convert::Infallible;
 
-const PAGE: &str = include_str!("dashboard.html");
+pub(crate) const PAGE: &str = include_str!("dashboard.html");
 /// How often the stream looks for something new to send.
 const EVERY: Duration = Duration::from_millis(250);
 /// Journal entries the first update carries (the page keeps what comes after).
 const JOURNAL_FIRST: usize = 200;
 
-pub(super) async fn dashboard() -> impl IntoResponse {
+/// Nothing but this page and its own API, even if something slipped in.
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'";
+
+pub(crate) async fn dashboard() -> impl IntoResponse {
     (
-        [(
-            axum::http::header::CONTENT_SECURITY_POLICY,
-            // Nothing but this page and its own API, even if something slipped in.
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'",
-        )],
+        [(axum::http::header::CONTENT_SECURITY_POLICY, CSP)],
         Html(PAGE),
     )
 }
+
+/// How soon a browser reconnects after a stream ends: the stream of a controller whose
+/// leadership ended closes, and the page's next connection reaches what serves now.
+pub(crate) const RETRY: Duration = Duration::from_secs(1);
 
 /// One message of `/v1/events`.
 #[derive(Serialize)]
@@ -127,8 +130,14 @@ pub(super) async fn events(
     };
     let s = stream::unfold(cursor, |mut cur| async move {
         loop {
+            // A term that ended (several controllers) no longer knows the deployment:
+            // end the stream; the page reconnects to whatever serves now.
+            if !cur.c.leads_or_alone() {
+                return None;
+            }
             if let Some(json) = cur.next().await {
-                return Some((Ok(SseEvent::default().event("update").data(json)), cur));
+                let ev = SseEvent::default().event("update").retry(RETRY).data(json);
+                return Some((Ok(ev), cur));
             }
             tokio::time::sleep(EVERY).await;
         }
