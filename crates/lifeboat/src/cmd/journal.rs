@@ -63,16 +63,20 @@ fn render(entries: &[JournalEntry]) -> String {
 /// The wall-clock time from one step to the next: "+250ms", "+12.3s", "+5m03s",
 /// "+2h05m"; a clock that stepped back shows as "-…".
 fn since_previous(before: u64, now: u64) -> String {
-    let (sign, ms) = if now >= before {
-        ('+', now - before)
+    if now >= before {
+        format!("+{}", human_ms(now - before))
     } else {
-        ('-', before - now)
-    };
+        format!("-{}", human_ms(before - now))
+    }
+}
+
+/// A duration for people: "250ms", "12.3s", "5m03s", "2h05m".
+pub(crate) fn human_ms(ms: u64) -> String {
     match ms {
-        0..1_000 => format!("{sign}{ms}ms"),
-        1_000..60_000 => format!("{sign}{:.1}s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{sign}{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
-        _ => format!("{sign}{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
     }
 }
 

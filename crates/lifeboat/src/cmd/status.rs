@@ -1,6 +1,7 @@
 //! `lifeboat status`: the deployment's state as the controller sees it (regions,
 //! health, lease, epoch), or, when no controller answers, what each agent says.
 
+use super::journal::human_ms;
 use crate::shared::{api_client, load_config};
 use anyhow::Result;
 use lifeboat_api::ApiClient;
@@ -131,9 +132,13 @@ pub fn render_status(st: &ControllerStatus) -> String {
         st.failovers
     ));
     if let Some(l) = &st.lease {
+        let when = match u64::try_from(l.expires_in_ms) {
+            Ok(ms) => format!("certainly expired in {}", human_ms(ms)),
+            Err(_) => format!("expired {} ago", human_ms(l.expires_in_ms.unsigned_abs())),
+        };
         out.push_str(&format!(
-            "lease    {} (epoch {}), certainly expired in {} ms\n",
-            l.holder, l.epoch, l.expires_in_ms
+            "lease    {} (epoch {}), {when}\n",
+            l.holder, l.epoch
         ));
     }
     if let Some(v) = &st.leadership {
@@ -186,7 +191,7 @@ pub fn render_status(st: &ControllerStatus) -> String {
             r.agent_epoch.map_or("-".into(), |e| e.to_string()),
             if r.fenced { "yes" } else { "no" },
             r.last_report_ms
-                .map_or("never".into(), |m| format!("{m}ms ago")),
+                .map_or("never".into(), |m| format!("{} ago", human_ms(m))),
             roles
         ));
     }
@@ -199,10 +204,71 @@ pub fn render_status(st: &ControllerStatus) -> String {
         }
         if let Some(p) = &r.promised {
             out.push_str(&format!(
-                "{} promised {} (epoch {}) not to activate for {} ms: it cannot be promoted until then\n",
-                r.name, p.to, p.epoch, p.remaining_ms
+                "{} promised {} (epoch {}) not to activate for {}: it cannot be promoted until then\n",
+                r.name,
+                p.to,
+                p.epoch,
+                human_ms(p.remaining_ms)
             ));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_api::types::{LeaseView, PromiseView, RegionView};
+    use lifeboat_core::{Epoch, HealthStatus, RegionId};
+
+    fn region(name: &str, last_report_ms: Option<u64>) -> RegionView {
+        RegionView {
+            name: RegionId::new(name),
+            active: name == "a",
+            health: HealthStatus::Healthy,
+            agent_addr: "127.0.0.1:1".into(),
+            last_report_ms,
+            agent_epoch: Some(Epoch(3)),
+            agent_active: name == "a",
+            fenced: name != "a",
+            roles: Vec::new(),
+            promised: None,
+            witness_lost: false,
+        }
+    }
+
+    #[test]
+    fn durations_read_as_durations() {
+        let mut b = region("b", Some(125_000));
+        b.promised = Some(PromiseView {
+            to: RegionId::new("a"),
+            epoch: Epoch(3),
+            remaining_ms: 2_340,
+        });
+        let mut st = ControllerStatus {
+            deployment: "d".into(),
+            epoch: Epoch(3),
+            active: Some(RegionId::new("a")),
+            phase: "steady".into(),
+            mode: "automatic".into(),
+            lease: Some(LeaseView {
+                holder: RegionId::new("a"),
+                epoch: Epoch(3),
+                expires_in_ms: 2_250,
+                renewed: true,
+            }),
+            regions: vec![region("a", Some(180)), b, region("c", None)],
+            failovers: 0,
+            leadership: None,
+        };
+        let text = render_status(&st);
+        assert!(text.contains("certainly expired in 2.2s"), "{text}");
+        assert!(text.contains("180ms ago"), "{text}");
+        assert!(text.contains("2m05s ago"), "{text}");
+        assert!(text.contains("never"), "{text}");
+        assert!(text.contains("not to activate for 2.3s"), "{text}");
+        assert!(!text.contains(" ms"), "{text}");
+        st.lease.as_mut().unwrap().expires_in_ms = -4_000;
+        assert!(render_status(&st).contains("expired 4.0s ago"));
+    }
 }
