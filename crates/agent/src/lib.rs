@@ -37,8 +37,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Extra Prometheus text appended to the agent's `/metrics`.
-pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Extra families added to the agent's `/metrics` page.
+pub type MetricsFn = Arc<dyn Fn(&mut lifeboat_core::metrics::Page) + Send + Sync>;
 
 /// What the agent's vantage probes currently say (filled by the health prober).
 pub type ChecksRx = watch::Receiver<BTreeMap<String, CheckReport>>;
@@ -215,7 +215,7 @@ impl Agent {
         }))
     }
 
-    /// Append more Prometheus text to the agent's `/metrics` (replication, database …).
+    /// Add more families to the agent's `/metrics` page (replication, database …).
     pub fn add_metrics(&self, f: MetricsFn) {
         self.extra_metrics
             .lock()
@@ -223,7 +223,7 @@ impl Agent {
             .push(f);
     }
 
-    pub(crate) fn render_extra_metrics(&self, out: &mut String) {
+    pub(crate) fn render_extra_metrics(&self, out: &mut lifeboat_core::metrics::Page) {
         for f in self
             .extra_metrics
             .lock()

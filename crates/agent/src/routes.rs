@@ -9,11 +9,12 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeboat_api::http::{ApiError, JsonBody};
-use lifeboat_api::metrics::{family, health_value, sample};
+use lifeboat_api::metrics::health_value;
 use lifeboat_api::types::{
     AgentCommand, AgentStatus, CommandResponse, PromiseRequest, PromiseResponse,
 };
 use lifeboat_core::VantageId;
+use lifeboat_core::metrics::{Kind, Page};
 use std::sync::Arc;
 
 pub fn router(agent: Arc<Agent>) -> Router {
@@ -180,92 +181,76 @@ async fn journal(
 async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     let s = agent.state();
     let region = agent.region.to_string();
-    let mut out = String::new();
-    family(
-        &mut out,
+    let mut out = Page::new();
+    out.family(
         "lifeboat_agent_epoch",
-        "gauge",
+        Kind::Gauge,
         "Highest epoch this agent has persisted.",
     );
-    sample(
-        &mut out,
+    out.sample(
         "lifeboat_agent_epoch",
         &[("region", &region)],
         s.epoch.0 as f64,
     );
-    family(
-        &mut out,
+    out.family(
         "lifeboat_agent_active",
-        "gauge",
+        Kind::Gauge,
         "1 while this region holds the lease and its roles are active.",
     );
-    sample(
-        &mut out,
+    out.sample(
         "lifeboat_agent_active",
         &[("region", &region)],
         f64::from(u8::from(s.active)),
     );
-    family(
-        &mut out,
+    out.family(
         "lifeboat_agent_fenced",
-        "gauge",
+        Kind::Gauge,
         "1 while this region is fenced.",
     );
-    sample(
-        &mut out,
+    out.sample(
         "lifeboat_agent_fenced",
         &[("region", &region)],
         f64::from(u8::from(s.fenced)),
     );
-    family(
-        &mut out,
-        "lifeboat_agent_witness_lost",
-        "gauge",
+    out.family("lifeboat_agent_witness_lost",
+        Kind::Gauge,
         "1 while this (active) region holds its lease on promises because no controller answers (rule 7, docs/architecture.md).",
     );
-    sample(
-        &mut out,
+    out.sample(
         "lifeboat_agent_witness_lost",
         &[("region", &region)],
         f64::from(u8::from(s.witness_lost)),
     );
-    family(
-        &mut out,
-        "lifeboat_agent_promise_remaining_ms",
-        "gauge",
+    out.family("lifeboat_agent_promise_remaining_ms",
+        Kind::Gauge,
         "Milliseconds this region still refuses to activate, having promised the active region (0 when no promise stands).",
     );
-    sample(
-        &mut out,
+    out.sample(
         "lifeboat_agent_promise_remaining_ms",
         &[("region", &region)],
         s.promised.as_ref().map_or(0.0, |p| p.remaining_ms as f64),
     );
-    family(
-        &mut out,
+    out.family(
         "lifeboat_check_health",
-        "gauge",
+        Kind::Gauge,
         "Check health at this vantage point: 1 healthy, 0 unhealthy, -1 unknown.",
     );
     let vantage = format!("agent:{region}");
     for (name, c) in agent.checks() {
-        sample(
-            &mut out,
+        out.sample(
             "lifeboat_check_health",
             &[("check", &name), ("vantage", &vantage)],
             health_value(c.status),
         );
     }
-    family(
-        &mut out,
+    out.family(
         "lifeboat_role_lag_bytes",
-        "gauge",
+        Kind::Gauge,
         "Replication lag of a data role, in bytes.",
     );
     for r in agent.role_statuses() {
         if let Some(lag) = r.lag_bytes {
-            sample(
-                &mut out,
+            out.sample(
                 "lifeboat_role_lag_bytes",
                 &[("region", &region), ("role", &r.name)],
                 lag as f64,
@@ -276,8 +261,8 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            lifeboat_core::metrics::CONTENT_TYPE,
         )],
-        out,
+        out.render(),
     )
 }

@@ -33,12 +33,12 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use lifeboat_api::http::{ApiError, Token};
-use lifeboat_api::metrics::{family, sample};
 use lifeboat_api::types::{
     ControllerMemberView, ControllerStatus, Discovery, EtcdEndpointView, LeadershipView, RegionView,
 };
 use lifeboat_config::Config;
 use lifeboat_config::etcd::EtcdConfig;
+use lifeboat_core::metrics::{Kind, Page};
 use lifeboat_core::{HealthStatus, RegionId, RoutingTable};
 use lifeboat_health::CheckStates;
 use std::collections::BTreeMap;
@@ -151,7 +151,7 @@ impl HaController {
         self.routing.subscribe()
     }
 
-    /// Append more Prometheus text to `/metrics` (the term's and the follower's).
+    /// Add more families to `/metrics` (the term's and the follower's).
     pub fn add_metrics(&self, f: MetricsFn) {
         lock(&self.late_metrics).push(f);
     }
@@ -551,20 +551,19 @@ impl HaController {
     }
 
     fn follower_metrics(&self) -> String {
-        let mut out = String::new();
+        let mut out = Page::new();
         let st = self.follower_status();
-        family(
-            &mut out,
+        out.family(
             "lifeboat_epoch",
-            "gauge",
+            Kind::Gauge,
             "Current epoch (fencing token).",
         );
-        sample(&mut out, "lifeboat_epoch", &[], st.epoch.0 as f64);
+        out.sample("lifeboat_epoch", &[], st.epoch.0 as f64);
         leadership_metrics(&mut out, &self.view());
         for f in lock(&self.late_metrics).iter() {
             f(&mut out);
         }
-        out
+        out.render()
     }
 }
 
@@ -797,7 +796,7 @@ async fn follower(h: &HaController, req: Request) -> Response {
         "/metrics" => (
             [(
                 axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
+                lifeboat_core::metrics::CONTENT_TYPE,
             )],
             h.follower_metrics(),
         )

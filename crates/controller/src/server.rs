@@ -24,9 +24,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeboat_api::ApiClient;
 use lifeboat_api::http::{ApiError, JsonBody, Token};
-use lifeboat_api::metrics::{family, health_value, sample};
+use lifeboat_api::metrics::health_value;
 use lifeboat_api::types::*;
 use lifeboat_config::Config;
+use lifeboat_core::metrics::{Kind, Page};
 use lifeboat_core::{
     Epoch, HealthStatus, JournalEntry, JournalKind, RegionId, RoutingTable, VantageId,
 };
@@ -38,8 +39,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Extra Prometheus text (DNS, replication …) appended to `/metrics`.
-pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
+/// Extra families (DNS, replication …) added to the `/metrics` page.
+pub type MetricsFn = Arc<dyn Fn(&mut lifeboat_core::metrics::Page) + Send + Sync>;
 /// Engine endpoints of a region for `/v1/discovery` (e.g. "database" -> host/port).
 pub type DiscoveryFn =
     Arc<dyn Fn(&Config, &RegionId) -> BTreeMap<String, serde_json::Value> + Send + Sync>;
@@ -228,7 +229,7 @@ impl Controller {
         }))
     }
 
-    /// Append more Prometheus text to `/metrics` (for pieces built after the controller).
+    /// Add more families to `/metrics` (for pieces built after the controller).
     pub fn add_metrics(&self, f: MetricsFn) {
         lock(&self.late_metrics).push(f);
     }

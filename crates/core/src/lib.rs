@@ -9,6 +9,7 @@
 
 mod ids;
 mod journal;
+pub mod metrics;
 mod role;
 mod routing;
 

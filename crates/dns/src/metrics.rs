@@ -1,10 +1,10 @@
 //! Counters of the DNS server: queries by type and response code, answer switches, and
 //! the zone's current serial. Lock-free (one atomic per series) so that counting costs
-//! nothing measurable on the query path; rendered in the Prometheus text format.
+//! nothing measurable on the query path; rendered through the Prometheus client library (lifeboat_core::metrics).
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::RecordType;
-use std::fmt::Write as _;
+use lifeboat_core::metrics::{Kind, Page};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const QTYPES: [&str; 13] = [
@@ -113,55 +113,45 @@ impl DnsMetrics {
         u32::try_from(self.serial.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
     }
 
-    /// Append the metrics in the Prometheus text exposition format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP lifeboat_dns_queries_total DNS queries answered, by query type and response code."
+    /// Add the DNS server's metrics to a `/metrics` page.
+    pub fn render_prometheus(&self, out: &mut Page) {
+        let q = "lifeboat_dns_queries_total";
+        out.family(
+            q,
+            Kind::Counter,
+            "DNS queries answered, by query type and response code.",
         );
-        let _ = writeln!(out, "# TYPE lifeboat_dns_queries_total counter");
         for (t, row) in self.queries.iter().enumerate() {
             for (r, c) in row.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "lifeboat_dns_queries_total{{qtype=\"{}\",rcode=\"{}\"}} {n}",
-                        QTYPES[t], RCODES[r]
-                    );
+                    out.sample(q, &[("qtype", QTYPES[t]), ("rcode", RCODES[r])], n as f64);
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP lifeboat_dns_answer_switches_total Times the answer of a failover or weighted name changed."
+        let s = "lifeboat_dns_answer_switches_total";
+        out.family(
+            s,
+            Kind::Counter,
+            "Times the answer of a failover or weighted name changed.",
         );
-        let _ = writeln!(out, "# TYPE lifeboat_dns_answer_switches_total counter");
-        let _ = writeln!(
-            out,
-            "lifeboat_dns_answer_switches_total {}",
-            self.answer_switches()
+        out.sample(s, &[], self.answer_switches() as f64);
+        let z = "lifeboat_dns_zone_serial";
+        out.family(
+            z,
+            Kind::Gauge,
+            "The SOA serial served (follows the routing table's version).",
         );
-        let _ = writeln!(
-            out,
-            "# HELP lifeboat_dns_zone_serial The SOA serial served (follows the routing table's version)."
+        out.sample(z, &[], f64::from(self.serial()));
+        let l = "lifeboat_dns_rate_limited_total";
+        out.family(
+            l,
+            Kind::Counter,
+            "UDP responses held back by rate limiting: dropped, or sent truncated (slip).",
         );
-        let _ = writeln!(out, "# TYPE lifeboat_dns_zone_serial gauge");
-        let _ = writeln!(out, "lifeboat_dns_zone_serial {}", self.serial());
-        let _ = writeln!(
-            out,
-            "# HELP lifeboat_dns_rate_limited_total UDP responses held back by rate limiting: dropped, or sent truncated (slip)."
-        );
-        let _ = writeln!(out, "# TYPE lifeboat_dns_rate_limited_total counter");
         let (dropped, slipped) = self.rate_limited();
-        let _ = writeln!(
-            out,
-            "lifeboat_dns_rate_limited_total{{action=\"drop\"}} {dropped}"
-        );
-        let _ = writeln!(
-            out,
-            "lifeboat_dns_rate_limited_total{{action=\"slip\"}} {slipped}"
-        );
+        out.sample(l, &[("action", "drop")], dropped as f64);
+        out.sample(l, &[("action", "slip")], slipped as f64);
     }
 }
 
@@ -177,21 +167,22 @@ mod tests {
         m.count(Some(RecordType::TXT), ResponseCode::NXDomain);
         m.add_switches(1);
         m.set_serial(7);
-        let mut out = String::new();
-        m.render_prometheus(&mut out);
+        let mut page = Page::new();
+        m.render_prometheus(&mut page);
+        let out = page.render();
         assert!(
-            out.contains("lifeboat_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"} 2\n"),
+            out.contains("lifeboat_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"} 2.0\n"),
             "{out}"
         );
         assert!(
-            out.contains("lifeboat_dns_queries_total{qtype=\"TXT\",rcode=\"NXDOMAIN\"} 1\n"),
+            out.contains("lifeboat_dns_queries_total{qtype=\"TXT\",rcode=\"NXDOMAIN\"} 1.0\n"),
             "{out}"
         );
         assert!(
-            out.contains("lifeboat_dns_answer_switches_total 1\n"),
+            out.contains("lifeboat_dns_answer_switches_total 1.0\n"),
             "{out}"
         );
-        assert!(out.contains("lifeboat_dns_zone_serial 7\n"), "{out}");
+        assert!(out.contains("lifeboat_dns_zone_serial 7.0\n"), "{out}");
         assert_eq!(m.queries("a", "noerror"), 2);
         assert_eq!(m.total_queries(), 3);
     }

@@ -145,8 +145,9 @@ async fn nxdomain_nodata_and_refused_are_distinguished() {
 
     assert_eq!(h.metrics.queries("A", "NXDOMAIN"), 1);
     assert_eq!(h.metrics.queries("A", "REFUSED"), 1);
-    let mut text = String::new();
-    h.metrics.render_prometheus(&mut text);
+    let mut page = lifeboat_core::metrics::Page::new();
+    h.metrics.render_prometheus(&mut page);
+    let text = page.render();
     assert!(
         text.contains("lifeboat_dns_queries_total{qtype=\"A\",rcode=\"NXDOMAIN\"} 1"),
         "{text}"

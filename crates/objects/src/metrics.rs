@@ -1,9 +1,10 @@
-//! Replication metrics of one region's replicator, rendered in Prometheus text format.
+//! Replication metrics of one region's replicator, added to a `/metrics` page (lifeboat_core::metrics).
 //!
 //! Everything is atomics: the transfer tasks update them without locks and
 //! [`ObjectMetrics::render_prometheus`] never blocks.
 
-use std::fmt::Write as _;
+use lifeboat_core::metrics::{Kind, Page};
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -12,7 +13,6 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
 ];
 
-#[derive(Debug)]
 pub struct ObjectMetrics {
     region: String,
     /// Operations (puts and deletes) waiting, and their bytes.
@@ -36,9 +36,19 @@ pub struct ObjectMetrics {
     pub(crate) backfill_done: AtomicU64,
     /// Age of the oldest pending operation, milliseconds (the replication lag).
     pub(crate) oldest_pending_ms: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
-    latency_sum_us: AtomicU64,
+    /// Time from a change being seen to its copy being verified (the client library's
+    /// histogram: buckets, sum and count).
+    latency: Histogram,
+}
+
+impl std::fmt::Debug for ObjectMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectMetrics")
+            .field("region", &self.region)
+            .field("ops_pending", &self.ops_pending)
+            .field("ops_failed", &self.ops_failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ObjectMetrics {
@@ -58,24 +68,12 @@ impl ObjectMetrics {
             backfill_total: AtomicU64::new(0),
             backfill_done: AtomicU64::new(0),
             oldest_pending_ms: AtomicU64::new(0),
-            latency_buckets: Default::default(),
-            latency_count: AtomicU64::new(0),
-            latency_sum_us: AtomicU64::new(0),
+            latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
 
     pub(crate) fn observe_latency(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.latency.observe(d.as_secs_f64());
     }
 
     /// Operations waiting to be replicated (puts and deletes, all destinations).
@@ -106,115 +104,99 @@ impl ObjectMetrics {
         )
     }
 
-    /// Append this replicator's metrics in Prometheus text exposition format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        let r = &self.region;
-        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let mut line = |name: &str, kind: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name}{{region=\"{r}\"}} {value}");
+    /// Add this replicator's metrics to a `/metrics` page.
+    pub fn render_prometheus(&self, out: &mut Page) {
+        let r = self.region.as_str();
+        let g = |v: &AtomicU64| v.load(Ordering::Relaxed) as f64;
+        let mut line = |name: &str, kind: Kind, help: &str, value: f64| {
+            out.family(name, kind, help);
+            out.sample(name, &[("region", r)], value);
         };
         line(
             "lifeboat_objects_pending_ops",
-            "gauge",
+            Kind::Gauge,
             "Object operations waiting to be replicated.",
-            g(&self.ops_pending).to_string(),
+            g(&self.ops_pending),
         );
         line(
             "lifeboat_objects_pending_bytes",
-            "gauge",
+            Kind::Gauge,
             "Bytes waiting to be replicated.",
-            g(&self.bytes_pending).to_string(),
+            g(&self.bytes_pending),
         );
         line(
             "lifeboat_objects_failed_ops",
-            "gauge",
+            Kind::Gauge,
             "Objects marked FAILED (lifeboat objects retry).",
-            g(&self.ops_failed).to_string(),
+            g(&self.ops_failed),
         );
         line(
             "lifeboat_objects_lag_seconds",
-            "gauge",
+            Kind::Gauge,
             "Age of the oldest pending operation.",
-            format!("{:.3}", g(&self.oldest_pending_ms) as f64 / 1000.0),
+            g(&self.oldest_pending_ms) / 1000.0,
         );
         line(
             "lifeboat_objects_replicated_total",
-            "counter",
+            Kind::Counter,
             "Objects copied to a destination.",
-            g(&self.replicated_total).to_string(),
+            g(&self.replicated_total),
         );
         line(
             "lifeboat_objects_deleted_total",
-            "counter",
+            Kind::Counter,
             "Deletions replicated to a destination.",
-            g(&self.deleted_total).to_string(),
+            g(&self.deleted_total),
         );
         line(
             "lifeboat_objects_replicated_bytes_total",
-            "counter",
+            Kind::Counter,
             "Bytes copied to destinations.",
-            g(&self.bytes_replicated_total).to_string(),
+            g(&self.bytes_replicated_total),
         );
         line(
             "lifeboat_objects_failures_total",
-            "counter",
+            Kind::Counter,
             "Replication attempts that failed.",
-            g(&self.failures_total).to_string(),
+            g(&self.failures_total),
         );
         line(
             "lifeboat_objects_repaired_total",
-            "counter",
+            Kind::Counter,
             "Destination copies found changed or missing and copied again.",
-            g(&self.repaired_total).to_string(),
+            g(&self.repaired_total),
         );
         line(
             "lifeboat_objects_latency_alerts_total",
-            "counter",
+            Kind::Counter,
             "Objects whose replication took longer than latency_alert.",
-            g(&self.latency_alerts_total).to_string(),
+            g(&self.latency_alerts_total),
         );
         line(
             "lifeboat_objects_reconciles_total",
-            "counter",
+            Kind::Counter,
             "Periodic reconcile passes completed (source listed; when active, destination copies checked).",
-            g(&self.reconciles_total).to_string(),
+            g(&self.reconciles_total),
         );
         line(
             "lifeboat_objects_backfill_total",
-            "gauge",
+            Kind::Gauge,
             "Operations enqueued by the current backfill.",
-            g(&self.backfill_total).to_string(),
+            g(&self.backfill_total),
         );
         line(
             "lifeboat_objects_backfill_done",
-            "gauge",
+            Kind::Gauge,
             "Backfill operations completed.",
-            g(&self.backfill_done).to_string(),
+            g(&self.backfill_done),
         );
 
-        let name = "lifeboat_objects_replication_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Time from a change being seen to its copy being verified at the destination."
+        out.histogram(
+            "lifeboat_objects_replication_latency_seconds",
+            "Time from a change being seen to its copy being verified at the destination.",
+            &[("region", r)],
+            &self.latency,
         );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{region=\"{r}\",le=\"{bound}\"}} {}",
-                g(&self.latency_buckets[i])
-            );
-        }
-        let count = g(&self.latency_count);
-        let _ = writeln!(out, "{name}_bucket{{region=\"{r}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{region=\"{r}\"}} {:.6}",
-            g(&self.latency_sum_us) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count{{region=\"{r}\"}} {count}");
     }
 }
 
@@ -228,8 +210,9 @@ mod tests {
         m.observe_latency(Duration::from_millis(30));
         m.observe_latency(Duration::from_secs(2));
         m.ops_pending.store(3, Ordering::Relaxed);
-        let mut out = String::new();
-        m.render_prometheus(&mut out);
+        let mut page = Page::new();
+        m.render_prometheus(&mut page);
+        let out = page.render();
         assert!(
             out.contains("lifeboat_objects_pending_ops{region=\"a\"} 3"),
             "{out}"

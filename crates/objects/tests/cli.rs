@@ -173,8 +173,9 @@ async fn slow_replication_raises_a_latency_alert() {
         "{}",
         ev.detail
     );
-    let mut prom = String::new();
-    metrics.render_prometheus(&mut prom);
+    let mut page = lifeboat_core::metrics::Page::new();
+    metrics.render_prometheus(&mut page);
+    let prom = page.render();
     assert!(
         prom.contains("lifeboat_objects_latency_alerts_total{region=\"a\"} 1"),
         "{prom}"

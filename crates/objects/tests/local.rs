@@ -170,8 +170,9 @@ async fn backfill_of_a_thousand_small_objects() {
         futures::executor::block_on(a.role.status()).caught_up
     })
     .await;
-    let mut prom = String::new();
-    a.metrics.render_prometheus(&mut prom);
+    let mut page = lifeboat_core::metrics::Page::new();
+    a.metrics.render_prometheus(&mut page);
+    let prom = page.render();
     assert!(
         prom.contains("lifeboat_objects_replicated_total{region=\"a\"} 1000"),
         "{prom}"

@@ -1,45 +1,39 @@
-//! `/metrics`: the controller's Prometheus text (epoch, phase, leases, health,
+//! `/metrics`: the controller's metrics page (epoch, phase, leases, health,
 //! the last failover's steps, leadership), plus any extra families the binary adds.
 
 use super::*;
 
 /// The leadership gauges (every controller, leader or not).
-pub fn leadership_metrics(out: &mut String, v: &LeadershipView) {
-    family(
-        out,
+pub fn leadership_metrics(out: &mut Page, v: &LeadershipView) {
+    out.family(
         "lifeboat_controller_leading",
-        "gauge",
+        Kind::Gauge,
         "1 while this controller leads and may grant leases, else 0.",
     );
-    sample(
-        out,
+    out.sample(
         "lifeboat_controller_leading",
         &[("member", &v.this)],
         f64::from(u8::from(v.leading)),
     );
-    family(
-        out,
+    out.family(
         "lifeboat_etcd_endpoint_healthy",
-        "gauge",
+        Kind::Gauge,
         "1 if the etcd endpoint answered its last status request, else 0.",
     );
     for e in &v.etcd {
-        sample(
-            out,
+        out.sample(
             "lifeboat_etcd_endpoint_healthy",
             &[("endpoint", &e.endpoint)],
             f64::from(u8::from(e.healthy)),
         );
     }
-    family(
-        out,
+    out.family(
         "lifeboat_controller_up",
-        "gauge",
+        Kind::Gauge,
         "1 if the controller answered its last /healthz from this one, else 0.",
     );
     for c in &v.controllers {
-        sample(
-            out,
+        out.sample(
             "lifeboat_controller_up",
             &[("member", &c.name)],
             f64::from(u8::from(c.up)),
@@ -105,60 +99,52 @@ pub(super) fn last_failover_steps(journal: &[JournalEntry]) -> Vec<(&'static str
 }
 
 pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoResponse {
-    let mut out = String::new();
+    let mut out = Page::new();
     let (epoch, active, failovers, lapses) = {
         let m = c.machine.lock().await;
         (m.epoch, m.active.clone(), m.failovers, m.lease_lapses)
     };
-    family(
-        &mut out,
+    out.family(
         "lifeboat_epoch",
-        "gauge",
+        Kind::Gauge,
         "Current epoch (fencing token).",
     );
-    sample(&mut out, "lifeboat_epoch", &[], epoch.0 as f64);
-    family(
-        &mut out,
+    out.sample("lifeboat_epoch", &[], epoch.0 as f64);
+    out.family(
         "lifeboat_active_region",
-        "gauge",
+        Kind::Gauge,
         "1 for the active region, 0 for the others.",
     );
     for r in c.cfg.region_ids() {
-        sample(
-            &mut out,
+        out.sample(
             "lifeboat_active_region",
             &[("region", r.as_str())],
             f64::from(u8::from(active.as_ref() == Some(&r))),
         );
     }
-    family(
-        &mut out,
+    out.family(
         "lifeboat_failovers_total",
-        "counter",
+        Kind::Counter,
         "Promotions since the deployment started.",
     );
-    sample(&mut out, "lifeboat_failovers_total", &[], failovers as f64);
-    family(
-        &mut out,
-        "lifeboat_lease_lapses_total",
-        "counter",
+    out.sample("lifeboat_failovers_total", &[], failovers as f64);
+    out.family("lifeboat_lease_lapses_total",
+        Kind::Counter,
         "Failures detected with the active region's lease lapsed (its agent stopped renewing), since this controller started.",
     );
-    sample(&mut out, "lifeboat_lease_lapses_total", &[], lapses as f64);
+    out.sample("lifeboat_lease_lapses_total", &[], lapses as f64);
     // Witness-loss promises (rule 7, docs/architecture.md), from each region's latest report: what
     // holds a promotion back, and who serves on promises instead of a grant.
     let reports = lock(&c.reports).clone();
     let now = Instant::now();
-    family(
-        &mut out,
+    out.family(
         "lifeboat_region_promise_remaining_ms",
-        "gauge",
+        Kind::Gauge,
         "Milliseconds the region's agent still promises not to activate (0: no promise).",
     );
-    family(
-        &mut out,
+    out.family(
         "lifeboat_region_witness_lost",
-        "gauge",
+        Kind::Gauge,
         "1 while the region's agent holds its lease on promises (witness lost), else 0.",
     );
     for r in c.cfg.region_ids() {
@@ -171,50 +157,43 @@ pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoRespon
                 Some(p.remaining_ms.saturating_sub(age))
             })
             .unwrap_or(0);
-        sample(
-            &mut out,
+        out.sample(
             "lifeboat_region_promise_remaining_ms",
             &[("region", r.as_str())],
             remaining as f64,
         );
-        sample(
-            &mut out,
+        out.sample(
             "lifeboat_region_witness_lost",
             &[("region", r.as_str())],
             f64::from(u8::from(rep.is_some_and(|(_, rep)| rep.witness_lost))),
         );
     }
     let decision = lock(&c.decision).clone();
-    family(
-        &mut out,
+    out.family(
         "lifeboat_region_health",
-        "gauge",
+        Kind::Gauge,
         "Region health by quorum: 1 healthy, 0 unhealthy, -1 unknown.",
     );
     for (r, h) in &decision.regions {
-        sample(
-            &mut out,
+        out.sample(
             "lifeboat_region_health",
             &[("region", r.as_str())],
             health_value(*h),
         );
     }
-    family(
-        &mut out,
+    out.family(
         "lifeboat_check_health",
-        "gauge",
+        Kind::Gauge,
         "Check health per vantage point (and \"quorum\" for the decision).",
     );
     for (name, v) in &decision.checks {
-        sample(
-            &mut out,
+        out.sample(
             "lifeboat_check_health",
             &[("check", name), ("vantage", "quorum")],
             health_value(v.status),
         );
         for (vp, h) in &v.vantage {
-            sample(
-                &mut out,
+            out.sample(
                 "lifeboat_check_health",
                 &[("check", name), ("vantage", &vp.to_string())],
                 health_value(*h),
@@ -222,19 +201,13 @@ pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoRespon
         }
     }
     if let Ok(journal) = c.store.journal(0, 100_000).await {
-        family(
-            &mut out,
+        out.family(
             "lifeboat_failover_step_seconds",
-            "gauge",
+            Kind::Gauge,
             "Duration of each step of the most recent failover.",
         );
         for (step, secs) in last_failover_steps(&journal) {
-            sample(
-                &mut out,
-                "lifeboat_failover_step_seconds",
-                &[("step", step)],
-                secs,
-            );
+            out.sample("lifeboat_failover_step_seconds", &[("step", step)], secs);
         }
     }
     if let Some(v) = c.opts.leadership.as_ref().map(|f| f()) {
@@ -249,8 +222,8 @@ pub(super) async fn metrics(State(c): State<Arc<Controller>>) -> impl IntoRespon
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            lifeboat_core::metrics::CONTENT_TYPE,
         )],
-        out,
+        out.render(),
     )
 }

@@ -159,7 +159,9 @@ async fn data_roles(
             .with_context(|| format!("setting up object replication for region {region}"))?;
         roles.push(rep.role());
         let m = rep.metrics();
-        metrics.push(Arc::new(move |out: &mut String| m.render_prometheus(out)));
+        metrics.push(Arc::new(move |out: &mut lifeboat_core::metrics::Page| {
+            m.render_prometheus(out)
+        }));
         tasks.spawn(async move {
             if let Err(e) = rep.run(cancel).await {
                 tracing::error!("object replication stopped: {e:#}");

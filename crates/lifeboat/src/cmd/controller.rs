@@ -95,7 +95,7 @@ pub(crate) async fn run(args: ControllerArgs) -> Result<ExitCode> {
         let dns = lifeboat_dns::DnsServer::new(&cfg, served.routing())
             .context("building the DNS zone")?;
         let metrics = dns.metrics();
-        served.add_metrics(Arc::new(move |out: &mut String| {
+        served.add_metrics(Arc::new(move |out: &mut lifeboat_core::metrics::Page| {
             metrics.render_prometheus(out)
         }));
         workers.spawn(
