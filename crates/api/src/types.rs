@@ -281,3 +281,36 @@ pub type Journal = Vec<JournalEntry>;
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// A drill's outcome in one line, for the controller's list of drill reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillListing {
+    /// Assigned by the controller when it stores the report (empty in an upload).
+    #[serde(default)]
+    pub id: String,
+    /// The scenario, or "random" for a random schedule.
+    pub scenario: String,
+    pub started_at_unix_ms: u64,
+    pub finished_at_unix_ms: u64,
+    pub runs: usize,
+    pub recovered: usize,
+    pub rto_median_ms: Option<u64>,
+    pub rto_max_ms: Option<u64>,
+    pub lost_acknowledged_writes: usize,
+    pub dual_primary_samples: usize,
+    /// The drill's verdict: passed, or the reasons it failed.
+    pub passed: bool,
+    #[serde(default)]
+    pub failures: Vec<String>,
+}
+
+/// `POST /v1/drills`: `lifeboat drill` hands its report to the controller, which keeps
+/// the newest ones for the dashboard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillUpload {
+    pub listing: DrillListing,
+    /// The JSON report, as `--json` writes it.
+    pub report: serde_json::Value,
+    /// The HTML report, as `--html` writes it.
+    pub html: String,
+}

@@ -8,6 +8,7 @@
 //! after it. Agent answers come back as events through a channel.
 
 pub(crate) mod dashboard;
+mod drills;
 mod handlers;
 mod lag;
 mod metrics;
@@ -434,6 +435,13 @@ impl Controller {
         Router::new()
             .route("/", get(dashboard::dashboard))
             .route("/v1/events", get(dashboard::events))
+            .route(
+                "/v1/drills",
+                get(drills::list)
+                    .post(drills::upload)
+                    .layer(axum::extract::DefaultBodyLimit::max(drills::MAX_UPLOAD)),
+            )
+            .route("/drills/{id}", get(drills::html))
             .route("/v1/status", get(handlers::status))
             .route("/v1/regions", get(handlers::regions))
             .route("/v1/health", get(handlers::health))

@@ -369,15 +369,60 @@ async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a
     }
     let last = page.screenshot("3-b-active").await;
 
-    // Region a's agent has a read-only page of its own: a standby now, at epoch 2.
+    // A drill's report is listed on the dashboard (the drill hands it to the
+    // controller) and opens from it.
+    let out = Command::new(bin())
+        .args(["drill", "--config", &config_path, "--scenario", "app-crash"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "drill: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    let href = loop {
+        let v = page
+            .eval("(document.querySelector('#drills tr[data-drill] a') || {}).href || ''")
+            .await;
+        let href = v.as_str().unwrap_or_default().to_owned();
+        if !href.is_empty() {
+            break href;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no drill listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let row = page
+        .eval("document.querySelector('#drills tr[data-drill]').innerText")
+        .await;
+    let row = row.as_str().unwrap();
+    assert!(row.contains("app-crash") && row.contains("passed"), "{row}");
+    let drills = page.screenshot("4-drill-listed").await;
+    page.navigate(&href).await;
+    let t0 = Instant::now();
+    loop {
+        let n = page.eval("document.querySelectorAll('svg').length").await;
+        if n.as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the report has no timeline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Region a's agent has a read-only page of its own.
     let agent_a = cfg.regions["a"].agent_addr;
     page.navigate(&format!("http://{agent_a}/")).await;
     page.wait_text("conn", "live", Duration::from_secs(30))
         .await;
     page.wait_text("region", "a", Duration::from_secs(10)).await;
-    page.wait_text("epoch", "2", Duration::from_secs(30)).await;
-    let role = page.text("role").await;
-    assert!(role.starts_with("standby"), "a's agent says {role:?}");
+    // (The drill crashed b's app: a is active again, at epoch 3.)
+    page.wait_text("epoch", "3", Duration::from_secs(30)).await;
+    page.wait_text("role", "ACTIVE", Duration::from_secs(30))
+        .await;
     let rows = page
         .eval("document.querySelectorAll('#roles tbody tr').length")
         .await;
@@ -391,15 +436,16 @@ async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a
     for markup in ["&lt;", "&gt;", "&amp;", "<br", "</"] {
         assert!(!body.contains(markup), "{markup} shows as text: {body}");
     }
-    let agent_shot = page.screenshot("4-agent-a").await;
+    let agent_shot = page.screenshot("5-agent-a").await;
     eprintln!(
-        "dashboard: the controller made b active {} ms after the confirmation, the page showed it {} ms after that ({} ms in all); screenshots {}, {}, {}, {}",
+        "dashboard: the controller made b active {} ms after the confirmation, the page showed it {} ms after that ({} ms in all); screenshots {}, {}, {}, {}, {}",
         api_b.as_millis(),
         (page_b - api_b).as_millis(),
         page_b.as_millis(),
         first.display(),
         dialog.display(),
         last.display(),
+        drills.display(),
         agent_shot.display()
     );
     drop(page);

@@ -106,6 +106,37 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
         html.contains("<svg") && html.contains("promoted"),
         "HTML report has its timeline"
     );
+    // The controller kept the report for its dashboard: listed, and the same HTML.
+    let (_, list) = http_get(&format!("http://{api}/v1/drills")).await.unwrap();
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let listed = &list[0];
+    assert_eq!(listed["scenario"], "region-outage", "{list}");
+    assert_eq!(listed["passed"], true, "{list}");
+    assert_eq!(listed["runs"], 1, "{list}");
+    assert_eq!(
+        listed["started_at_unix_ms"], r["started_at_unix_ms"],
+        "{list}"
+    );
+    let id = listed["id"].as_str().unwrap();
+    let (status, served) = http_get(&format!("http://{api}/drills/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        served, html,
+        "the dashboard opens the report the drill wrote"
+    );
+    let (status, _) = http_get(&format!("http://{api}/drills/..%2Fcontroller.db"))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "a report id is never a path");
+    let refused = reqwest::Client::new()
+        .post(format!("http://{api}/v1/drills"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "storing a report needs the token");
 
     // After: the app answers from region b, through the address DNS gives out.
     let (ip, port) = dns.rsplit_once(':').unwrap();

@@ -79,11 +79,56 @@ pub(crate) async fn run_drill(cfg: &lifeboat_config::Config, args: DrillArgs) ->
     for f in &failures {
         eprintln!("lifeboat drill: FAILED: {f}");
     }
+    // The controller keeps the report for its dashboard. A drill whose report it
+    // cannot take still ends with its own verdict: the files (--json, --html) and the
+    // summary above are the record.
+    if let Err(e) = upload_report(cfg, &report, &failures).await {
+        eprintln!(
+            "lifeboat drill: the report was not stored on the controller (the dashboard will not list it): {e:#}"
+        );
+    }
     Ok(if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Hand the report to the controller (`POST /v1/drills`) for the dashboard's list.
+async fn upload_report(
+    cfg: &lifeboat_config::Config,
+    report: &lifeboat_drill::DrillReport,
+    failures: &[String],
+) -> Result<()> {
+    let s = &report.summary;
+    let upload = lifeboat_api::types::DrillUpload {
+        listing: lifeboat_api::types::DrillListing {
+            id: String::new(),
+            scenario: report.scenario.clone(),
+            started_at_unix_ms: report.started_at_unix_ms,
+            finished_at_unix_ms: report.finished_at_unix_ms,
+            runs: s.runs,
+            recovered: s.recovered,
+            rto_median_ms: s.rto_median_ms,
+            rto_max_ms: s.rto_max_ms,
+            lost_acknowledged_writes: s.lost_acknowledged_writes_total,
+            dual_primary_samples: s.dual_primary_samples_total,
+            passed: failures.is_empty(),
+            failures: failures.to_vec(),
+        },
+        report: serde_json::to_value(report).context("encoding the report")?,
+        html: lifeboat_drill::render_html(report),
+    };
+    let client = crate::shared::api_client(cfg, true)?;
+    let stored: lifeboat_api::types::DrillListing = client
+        .post("/v1/drills", &upload)
+        .await
+        .context("POST /v1/drills")?;
+    eprintln!(
+        "lifeboat drill: report {} stored on the controller (its dashboard lists it)",
+        stored.id
+    );
+    Ok(())
 }
 
 /// Why a drill fails, if it does. A drill is a test: two primaries, a run that did not
