@@ -206,14 +206,7 @@ async fn steady_on_a(api: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let demo_dir = dir.path().join("demo");
-    let mut cmd = Command::new(bin());
-    cmd.args(["demo", "--dir"])
-        .arg(&demo_dir)
-        .env("LIFEBOAT_LOG", "info");
-    let mut demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
-    let config_path = demo.wait_line("  config", Duration::from_secs(180)).await;
+    let (dir, demo_dir, demo, config_path, _) = start_demo().await;
     let cfg = Config::load(Path::new(&config_path)).unwrap();
     let api = cfg.controller.api_addr.to_string();
     let token = std::fs::read_to_string(demo_dir.join("token"))

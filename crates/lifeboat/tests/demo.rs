@@ -18,25 +18,6 @@ fn config_value(config: &str, key: &str) -> String {
         .to_owned()
 }
 
-/// Start `lifeboat demo --dir` in a temp dir; wait for its banner; return the temp dir,
-/// the demo's directory, the process, the config path and the config text.
-async fn start_demo() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, String) {
-    let mut dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
-        eprintln!("keeping {}", dir.path().display());
-        dir.disable_cleanup(true);
-    }
-    let demo_dir = dir.path().join("demo");
-    let mut cmd = Command::new(bin());
-    cmd.args(["demo", "--dir"])
-        .arg(&demo_dir)
-        .env("LIFEBOAT_LOG", "info");
-    let mut demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
-    let config_path = demo.wait_line("  config", Duration::from_secs(120)).await;
-    let config = std::fs::read_to_string(&config_path).unwrap();
-    (dir, demo_dir, demo, config_path, config)
-}
-
 /// `lifeboat drill --scenario S` against the demo, writing drill.json and drill.html
 /// into `dir`; asserts it succeeded and returns its terminal summary and JSON report.
 fn run_drill(

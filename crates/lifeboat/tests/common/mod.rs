@@ -780,6 +780,25 @@ pub fn demo_log_tails(demo_dir: &Path) -> String {
     out
 }
 
+/// Start `lifeboat demo --dir` in a temp dir; wait for its banner; return the temp dir,
+/// the demo's directory, the process, the config path and the config text.
+pub async fn start_demo() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, String) {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
+        eprintln!("keeping {}", dir.path().display());
+        dir.disable_cleanup(true);
+    }
+    let demo_dir = dir.path().join("demo");
+    let mut cmd = Command::new(bin());
+    cmd.args(["demo", "--dir"])
+        .arg(&demo_dir)
+        .env("LIFEBOAT_LOG", "info");
+    let mut demo = Proc::spawn("demo", cmd, &dir.path().join("demo.log"));
+    let config_path = demo.wait_line("  config", Duration::from_secs(120)).await;
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    (dir, demo_dir, demo, config_path, config)
+}
+
 /// Ctrl-C a `lifeboat demo` and wait (bounded) until it has exited; nothing it started
 /// (servers restarted by agents during a drill, etcd members) may be left running.
 pub async fn stop_demo(mut demo: Proc, demo_dir: &Path) {
