@@ -122,6 +122,12 @@ pub struct NameserverConfig {
     /// Where that agent binds its DNS sockets (UDP and TCP). Default: `address` port 53.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Several controllers (`[controller] store = "etcd"`): the member of
+    /// `[[controller.members]]` that answers at this name (it binds its own `dns_addr`).
+    /// Every member with a `dns_addr` is named by one entry, so the zone's NS records
+    /// list every controller.
+    #[serde(default)]
+    pub member: Option<String>,
 }
 
 /// The record types a zone may hold. SOA and NS come from `[dns.soa]` and `[[dns.nameservers]]`.
@@ -404,6 +410,7 @@ impl DnsConfig {
             v.error("dns", "list the zone's nameservers in [[dns.nameservers]] (the controller and the agents that serve the zone)");
         }
         let mut seen_ns = BTreeSet::new();
+        let mut seen_member = BTreeSet::new();
         for (i, ns) in self.nameservers.iter().enumerate() {
             let at = format!("dns.nameservers[{i}]");
             if let Err(e) = check_name(&ns.name) {
@@ -420,6 +427,43 @@ impl DnsConfig {
             } else if ns.listen.is_some() {
                 v.error(&format!("{at}.listen"), "`listen` is for an agent's nameserver (set `region`); the controller listens on controller.dns_addr");
             }
+            let several = cfg.controller.store == crate::etcd::StoreKind::Etcd;
+            match (&ns.member, &ns.region) {
+                (Some(_), Some(_)) => v.error(
+                    &format!("{at}.member"),
+                    "a nameserver is one controller (`member`) or one region's agent (`region`), not both",
+                ),
+                (Some(m), None) if !several => v.error(
+                    &format!("{at}.member"),
+                    format!("`member = {m:?}` is for several controllers ([controller] store = \"etcd\"); the one controller answers at an entry without `region`"),
+                ),
+                (Some(m), None) => {
+                    if !cfg.controller.members.iter().any(|c| &c.name == m) {
+                        v.error(
+                            &format!("{at}.member"),
+                            format!(
+                                "no controller named {m:?} in [[controller.members]] (members: {})",
+                                cfg.controller
+                                    .members
+                                    .iter()
+                                    .map(|c| c.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                    } else if !seen_member.insert(m.clone()) {
+                        v.error(
+                            &format!("{at}.member"),
+                            format!("controller {m:?} is named by two nameservers"),
+                        );
+                    }
+                }
+                (None, None) if several => v.error(
+                    &at,
+                    "with several controllers, say which one answers at this name (`member = \"c1\"`, a name from [[controller.members]])",
+                ),
+                _ => {}
+            }
             if !seen_ns.insert(abs.clone()) {
                 v.error(
                     &format!("{at}.name"),
@@ -431,6 +475,23 @@ impl DnsConfig {
                     &at,
                     format!("{abs} is inside the zone: set `address` (its glue record)"),
                 );
+            }
+        }
+        // Resolvers ask only the nameservers the NS records list: a controller that
+        // serves the zone but is not listed would never be asked.
+        if cfg.controller.store == crate::etcd::StoreKind::Etcd {
+            for m in &cfg.controller.members {
+                if let Some(addr) = m.dns_addr
+                    && !seen_member.contains(&m.name)
+                {
+                    v.error(
+                        "dns.nameservers",
+                        format!(
+                            "controller {:?} serves the zone (dns_addr {addr}) but no [[dns.nameservers]] entry has `member = {:?}`: the zone's NS records must list every controller",
+                            m.name, m.name
+                        ),
+                    );
+                }
             }
         }
         if let Some(m) = &self.soa.mname

@@ -319,3 +319,54 @@ fn constructors_set_what_the_parser_defaults_to() {
     let check: CheckConfig = toml::from_str("type = \"tcp\"").expect("parses");
     assert_eq!(check, CheckConfig::new(CheckKind::Tcp));
 }
+
+/// Several controllers: the zone's NS records list every controller that serves DNS,
+/// each entry naming its member.
+#[test]
+fn every_controller_that_serves_dns_is_a_listed_nameserver() {
+    let etcd = "endpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/lifeboat/shop\"";
+    let dns = |entries: &str| {
+        format!(
+            "{}\n[dns]\nzone = \"shop.example.\"\n\n{entries}",
+            with_etcd(etcd)
+        )
+    };
+    // c1 (the one member with a dns_addr) named: valid.
+    let ok =
+        dns("[[dns.nameservers]]\nname = \"ns-c1\"\naddress = \"127.0.0.1\"\nmember = \"c1\"\n");
+    parse(&ok).expect("valid");
+    // An entry that names no member, one that names an unknown member, one that is
+    // both a member and a region, and c1 never named.
+    let bad = dns(
+        "[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n\
+         [[dns.nameservers]]\nname = \"ns-c9\"\naddress = \"127.0.0.2\"\nmember = \"c9\"\n\n\
+         [[dns.nameservers]]\nname = \"ns-c2\"\naddress = \"127.0.0.3\"\nmember = \"c2\"\nregion = \"a\"\nlisten = \"127.0.0.3:53\"\n",
+    );
+    let errs = parse(&bad).expect_err("rejected").0;
+    let said: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}: {}", e.key, e.message))
+        .collect();
+    let has = |key: &str, what: &str| {
+        assert!(
+            said.iter()
+                .any(|s| s.starts_with(&format!("{key}: ")) && s.contains(what)),
+            "no {key} error about {what:?}: {said:#?}"
+        );
+    };
+    has("dns.nameservers[0]", "say which one answers");
+    has("dns.nameservers[1].member", "no controller named \"c9\"");
+    has("dns.nameservers[2].member", "not both");
+    has("dns.nameservers", "controller \"c1\" serves the zone");
+    // One controller (SQLite) has no members to name.
+    let sqlite = format!(
+        "{EXAMPLE}\n[dns]\nzone = \"shop.example.\"\n\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\nmember = \"c1\"\n"
+    );
+    let errs = parse(&sqlite).expect_err("rejected").0;
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "dns.nameservers[0].member"
+                && e.message.contains("several controllers")),
+        "{errs:?}"
+    );
+}

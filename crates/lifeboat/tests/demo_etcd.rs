@@ -77,6 +77,37 @@ async fn the_demo_with_three_controllers_shows_its_leader_and_outlives_its_kill(
     assert!(st.contains("epoch 1  active a  phase steady"), "{st}");
     assert!(st.contains("raft leader"), "etcd's health is shown:\n{st}");
 
+    // Every controller answers the zone, and its NS records list all three: ask each
+    // member's DNS (a follower answers from the replicated state).
+    let cfg = lifeboat_config::Config::load(std::path::Path::new(&config)).unwrap();
+    for m in &cfg.controller.members {
+        let dns = m.dns_addr.unwrap();
+        let out = Command::new("dig")
+            .arg(format!("@{}", dns.ip()))
+            .args(["-p", &dns.port().to_string()])
+            .args(["demo.lifeboat.", "NS", "+short", "+time=2", "+tries=2"])
+            .output()
+            .expect("dig (scripts/test installs dnsutils)");
+        let mut ns: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        ns.sort();
+        assert_eq!(
+            ns.iter()
+                .filter(|n| n.starts_with("ns-c"))
+                .cloned()
+                .collect::<Vec<_>>(),
+            [
+                "ns-c1.demo.lifeboat.",
+                "ns-c2.demo.lifeboat.",
+                "ns-c3.demo.lifeboat."
+            ],
+            "{}'s NS records: {ns:?}",
+            m.name
+        );
+    }
+
     let before = takeovers(&config);
     let pid: i32 = std::fs::read_to_string(demo_dir.join(format!("control/controller-{old}.pid")))
         .unwrap()

@@ -281,7 +281,17 @@ impl Deployment {
             ));
             regions.push(spec);
         }
-        cfg.push_str("[dns]\nzone = \"test.lifeboat.\"\nttl = \"1s\"\n\n[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n");
+        cfg.push_str("[dns]\nzone = \"test.lifeboat.\"\nttl = \"1s\"\n\n");
+        if members.is_empty() {
+            cfg.push_str("[[dns.nameservers]]\nname = \"ns1\"\naddress = \"127.0.0.1\"\n\n");
+        }
+        // Several controllers: each answers at a name of its own (the NS records list
+        // every one).
+        for (name, _) in &members {
+            cfg.push_str(&format!(
+                "[[dns.nameservers]]\nname = \"ns-{name}\"\naddress = \"127.0.0.1\"\nmember = \"{name}\"\n\n"
+            ));
+        }
         let config = d.join("lifeboat.toml");
         std::fs::write(&config, cfg).unwrap();
         Deployment {

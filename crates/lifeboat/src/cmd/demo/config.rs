@@ -119,12 +119,31 @@ fn demo_config(args: &DemoArgs, engine: Engine, l: &Layout, p: &Ports) -> Result
         checks.insert(format!("app-{r}"), check);
     }
 
-    let mut nameservers = vec![NameserverConfig {
-        name: "ns1".to_owned(),
-        address: Some("127.0.0.1".parse()?),
-        region: None,
-        listen: None,
-    }];
+    // The controller answers at ns1; several controllers each at a name of their own,
+    // so that the zone's NS records list all of them.
+    let mut nameservers = if controller.members.is_empty() {
+        vec![NameserverConfig {
+            name: "ns1".to_owned(),
+            address: Some("127.0.0.1".parse()?),
+            region: None,
+            listen: None,
+            member: None,
+        }]
+    } else {
+        controller
+            .members
+            .iter()
+            .map(|m| -> Result<NameserverConfig> {
+                Ok(NameserverConfig {
+                    name: format!("ns-{}", m.name),
+                    address: Some("127.0.0.1".parse()?),
+                    region: None,
+                    listen: None,
+                    member: Some(m.name.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
     // Each agent serves the zone too, from the last routing table it saw: names
     // resolve while the witness is lost (rule 7 keeps the region serving).
     for (r, ip) in REGIONS {
@@ -133,6 +152,7 @@ fn demo_config(args: &DemoArgs, engine: Engine, l: &Layout, p: &Ports) -> Result
             address: Some(ip.parse()?),
             region: Some(r.to_owned()),
             listen: Some(addr(ip, p.dns)?),
+            member: None,
         });
     }
     let mut records = Vec::new();
