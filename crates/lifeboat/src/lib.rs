@@ -5,6 +5,7 @@
 //! place that tells PostgreSQL from MariaDB), `shared` (config loading, signals, the
 //! API client) and `sockets` (what the long-running processes bind).
 
+mod certs;
 pub mod cli;
 mod cmd;
 mod engine;

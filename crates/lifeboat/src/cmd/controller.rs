@@ -90,6 +90,20 @@ pub(crate) async fn run(args: ControllerArgs) -> Result<ExitCode> {
         ),
         Some(name) => ha_controller(&cfg, name, token, local, opts)?,
     };
+    // The expiry of the certificates it uses (today etcd's), for the alert rules.
+    let cert_files = crate::certs::controller_files(&cfg);
+    if !cert_files.is_empty() {
+        let figures = crate::certs::Figures::default();
+        let shown = figures.clone();
+        served.add_metrics(Arc::new(move |out: &mut lifeboat_core::metrics::Page| {
+            shown.render(out)
+        }));
+        let c = probe_cancel.clone();
+        workers.spawn("certificate expiry watch", async move {
+            crate::certs::watch(cert_files, figures, c).await;
+            Ok(())
+        });
+    }
     if let (Some(_), Some(addr)) = (&cfg.dns, cfg.controller.dns_addr) {
         let (udp, tcp) = bind_dns(addr, "controller.dns_addr").await?;
         let dns = lifeboat_dns::DnsServer::new(&cfg, served.routing())
