@@ -17,6 +17,11 @@ use tokio::time::Instant;
 /// A deployment of two regions and three controllers c1..c3 on a fresh etcd
 /// cluster, a active and serving (without etcd installed it fails, saying so).
 async fn three_controllers() -> Option<(EtcdCluster, Deployment)> {
+    controllers(3).await
+}
+
+/// `n` controllers c1..cn on a three-member etcd cluster, two agents, a active.
+async fn controllers(n: usize) -> Option<(EtcdCluster, Deployment)> {
     if etcd_bin().is_none() {
         panic!(
             "etcd is not installed: apt-get install -y etcd-server (./scripts/test installs it; a missing dependency fails its test, it never skips)"
@@ -25,11 +30,11 @@ async fn three_controllers() -> Option<(EtcdCluster, Deployment)> {
     let etcd = EtcdCluster::start(3).await;
     let mut d = Deployment::new(Options {
         etcd_endpoints: etcd.endpoints(),
-        controllers: 3,
+        controllers: n,
         ..Options::default()
     });
-    for c in ["c1", "c2", "c3"] {
-        d.start_member(c).await;
+    for i in 1..=n {
+        d.start_member(&format!("c{i}")).await;
     }
     d.start_agent("a", None).await;
     d.start_agent("b", None).await;
@@ -238,6 +243,79 @@ async fn first_event(url: &str) -> serde_json::Value {
         }
     }
     panic!("{url}: the stream ended before its first message");
+}
+
+/// Five controllers: the leader is killed, then the one that replaced it. Each time
+/// another of the survivors leads and grants a's lease at the same epoch; a's app never
+/// fails for more than a second and nothing fails over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_controllers_outlive_two_leader_kills_with_no_failover() {
+    let Some((_etcd, mut d)) = controllers(5).await else {
+        return;
+    };
+    let (_, st) = d.leader().await.expect("one controller leads");
+    let epoch = st.epoch;
+    let last_seq = d.journal().await.last().map_or(0, |e| e.seq);
+    let sampler = Sampler::start(d.app_url("a"));
+    let mut killed: Vec<String> = Vec::new();
+    for round in 1..=2 {
+        let (old, _) = d
+            .wait_for("a leader", Duration::from_secs(30), || async {
+                d.leader().await.filter(|(n, _)| !killed.contains(n))
+            })
+            .await;
+        d.proc(&format!("controller-{old}")).kill9();
+        d.procs.remove(&format!("controller-{old}"));
+        killed.push(old.clone());
+        let t0 = Instant::now();
+        let (new, st) = d
+            .wait_for(
+                "a surviving controller granting a's lease",
+                Duration::from_secs(30),
+                || async {
+                    d.leader().await.filter(|(n, st)| {
+                        !killed.contains(n)
+                            && st.lease.as_ref().is_some_and(|l| {
+                                l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0
+                            })
+                    })
+                },
+            )
+            .await;
+        eprintln!(
+            "round {round}: {old} killed, {new} leads and grants after {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(st.epoch, epoch, "a leader change is not an epoch change");
+        assert_eq!(st.active.as_ref().map(|r| r.as_str()), Some("a"));
+        // Every survivor sees the same leader.
+        let survivors: Vec<String> = d
+            .members
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| !killed.contains(n))
+            .collect();
+        assert_eq!(survivors.len(), 5 - round);
+        d.wait_for(
+            "every survivor naming the new leader",
+            Duration::from_secs(10),
+            || async {
+                for n in &survivors {
+                    let st = d.member_client(n).status().await.ok()?;
+                    if st.leadership?.leader.as_deref() != Some(new.as_str()) {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let gap = sampler.worst_gap().await;
+    assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
+    let j = d.journal().await;
+    assert!(moves(&j, last_seq).is_empty(), "{:?}", moves(&j, last_seq));
 }
 
 /// Two of three etcd members killed: no quorum. The leader stops granting (it
