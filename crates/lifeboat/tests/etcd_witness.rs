@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::etcd::{EtcdCluster, etcd_bin};
+use common::etcd::{EtcdCluster, Tls, etcd_bin};
 use common::{Deployment, Options, http_get};
 use lifeboat_core::{Epoch, JournalEntry, JournalKind};
 use std::sync::Arc;
@@ -22,14 +22,21 @@ async fn three_controllers() -> Option<(EtcdCluster, Deployment)> {
 
 /// `n` controllers c1..cn on a three-member etcd cluster, two agents, a active.
 async fn controllers(n: usize) -> Option<(EtcdCluster, Deployment)> {
+    controllers_on(n, None).await
+}
+
+/// `n` controllers on a three-member etcd cluster, over TLS with `tls`.
+async fn controllers_on(n: usize, tls: Option<Tls>) -> Option<(EtcdCluster, Deployment)> {
     if etcd_bin().is_none() {
         panic!(
             "etcd is not installed: apt-get install -y etcd-server (./scripts/test installs it; a missing dependency fails its test, it never skips)"
         );
     }
-    let etcd = EtcdCluster::start(3).await;
+    let etcd_extra = tls.as_ref().map(Tls::config_lines).unwrap_or_default();
+    let etcd = EtcdCluster::start_with(3, tls).await;
     let mut d = Deployment::new(Options {
         etcd_endpoints: etcd.endpoints(),
+        etcd_extra,
         controllers: n,
         ..Options::default()
     });
@@ -316,6 +323,67 @@ async fn five_controllers_outlive_two_leader_kills_with_no_failover() {
     assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
     let j = d.journal().await;
     assert!(moves(&j, last_seq).is_empty(), "{:?}", moves(&j, last_seq));
+}
+
+/// Controllers whose etcd speaks only TLS with client certificates: they lead, grant,
+/// hand over on a leader kill as without TLS, and show when their certificates
+/// expire (the CA and the client certificate, made to last a day).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_on_tls_etcd_lead_hand_over_and_show_their_certificates_expiry() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = Tls::make(certs.path());
+    let Some((_etcd, mut d)) = controllers_on(2, Some(tls)).await else {
+        return;
+    };
+    let (old, st) = d.leader().await.expect("one controller leads over TLS");
+    let epoch = st.epoch;
+    let addr =
+        |d: &Deployment, name: &str| d.members.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    let (_, metrics) = http_get(&format!("http://{}/metrics", addr(&d, &old)))
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for used_as in ["etcd-ca", "etcd-client"] {
+        let v: f64 = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("lifeboat_certificate_expiry_timestamp_seconds{")
+                    && l.contains(&format!("used_as=\"{used_as}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no expiry of the {used_as} certificate: {metrics}"));
+        assert!(
+            v > now + 3600.0 && v < now + 2.0 * 86400.0,
+            "{used_as} expires at {v}, now {now} (made for a day)"
+        );
+    }
+    let sampler = Sampler::start(d.app_url("a"));
+    d.proc(&format!("controller-{old}")).kill9();
+    d.procs.remove(&format!("controller-{old}"));
+    let st = d
+        .wait_for(
+            "the other controller granting a's lease over TLS",
+            Duration::from_secs(30),
+            || async {
+                d.leader()
+                    .await
+                    .filter(|(n, st)| {
+                        *n != old
+                            && st.lease.as_ref().is_some_and(|l| {
+                                l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0
+                            })
+                    })
+                    .map(|(_, st)| st)
+            },
+        )
+        .await;
+    assert_eq!(st.epoch, epoch);
+    let gap = sampler.worst_gap().await;
+    assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
 }
 
 /// Two of three etcd members killed: no quorum. The leader stops granting (it

@@ -22,7 +22,62 @@ pub struct EtcdCluster {
     pub members: Vec<EtcdMember>,
     initial_cluster: String,
     token: String,
+    /// Clients speak https and must show a certificate of this CA.
+    pub tls: Option<Tls>,
+    /// The client health checks use (with the client certificate under TLS).
+    http: reqwest::Client,
     dir: tempfile::TempDir,
+}
+
+/// A CA and the server and client certificates it signed (for 127.0.0.1, valid one
+/// day), made with the openssl CLI (scripts/test installs it).
+#[derive(Clone)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
+}
+
+impl Tls {
+    pub fn make(dir: &Path) -> Tls {
+        assert!(
+            Path::new("/usr/bin/openssl").exists(),
+            "openssl is not installed: apt-get install -y openssl (./scripts/test installs it)"
+        );
+        let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=lifeboat-test-ca \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+for who in server client; do
+  openssl req -newkey rsa:2048 -nodes -keyout $who.key -out $who.csr -subj /CN=$who
+  printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n' > $who.ext
+  openssl x509 -req -in $who.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $who.pem -days 1 -extfile $who.ext
+done"#;
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tls {
+            ca: dir.join("ca.pem"),
+            server: (dir.join("server.pem"), dir.join("server.key")),
+            client: (dir.join("client.pem"), dir.join("client.key")),
+        }
+    }
+
+    /// The `[controller.etcd]` lines of a controller that uses these files.
+    pub fn config_lines(&self) -> String {
+        format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            self.ca.display(),
+            self.client.0.display(),
+            self.client.1.display()
+        )
+    }
 }
 
 /// The etcd binary, or None (the caller skips, saying so) when it is not installed.
@@ -37,6 +92,12 @@ impl EtcdCluster {
     /// Start `n` members, their data in a temp dir of their own (removed on Drop,
     /// kept with LIFEBOAT_KEEP_TEST_DIR), and wait until the cluster has a leader.
     pub async fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, None).await
+    }
+
+    /// `n` members whose clients must speak TLS with a certificate of `tls`'s CA.
+    pub async fn start_with(n: usize, tls: Option<Tls>) -> EtcdCluster {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
             eprintln!("keeping etcd data in {}", dir.path().display());
@@ -46,7 +107,7 @@ impl EtcdCluster {
         for i in 1..=n {
             let name = format!("e{i}");
             members.push(EtcdMember {
-                client_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port("127.0.0.1")),
                 peer_url: format!("http://127.0.0.1:{}", free_port("127.0.0.1")),
                 data_dir: dir.path().join(format!("etcd-{name}")),
                 log: dir.path().join(format!("etcd-{name}.log")),
@@ -59,10 +120,23 @@ impl EtcdCluster {
             .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
+        let mut http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy();
+        if let Some(t) = &tls {
+            let ca = std::fs::read(&t.ca).unwrap();
+            let mut id = std::fs::read(&t.client.0).unwrap();
+            id.extend(std::fs::read(&t.client.1).unwrap());
+            http = http
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+                .identity(reqwest::Identity::from_pem(&id).unwrap());
+        }
         let mut c = EtcdCluster {
             members,
             initial_cluster,
             token: format!("lifeboat-test-{}", std::process::id()),
+            tls,
+            http: http.build().unwrap(),
             dir,
         };
         for i in 0..n {
@@ -94,7 +168,17 @@ impl EtcdCluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", "new"])
-            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server.0)
+                .arg("--key-file")
+                .arg(&t.server.1)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd
             // Debian's etcd 3.4 on amd64 needs nothing more; on other architectures
             // it asks for ETCD_UNSUPPORTED_ARCH.
             .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
@@ -111,9 +195,11 @@ impl EtcdCluster {
     /// cluster with a leader).
     pub async fn healthy(&self, i: usize) -> bool {
         let url = format!("{}/health", self.members[i].client_url);
-        super::http_get(&url)
-            .await
-            .is_some_and(|(s, body)| s == 200 && body.contains("true"))
+        let Ok(resp) = self.http.get(url).send().await else {
+            return false;
+        };
+        let ok = resp.status().is_success();
+        ok && resp.text().await.is_ok_and(|body| body.contains("true"))
     }
 
     /// Wait until every running member says healthy.

@@ -183,6 +183,8 @@ pub struct Options {
     /// Non-empty: `[controller] store = "etcd"` on these endpoints, with
     /// `controllers` members c1, c2 … on 127.0.0.1.
     pub etcd_endpoints: Vec<String>,
+    /// More `[controller.etcd]` lines (TLS files, credentials).
+    pub etcd_extra: String,
     pub controllers: usize,
 }
 
@@ -197,6 +199,7 @@ impl Default for Options {
             fixed_ports: BTreeMap::new(),
             failover_extra: String::new(),
             etcd_endpoints: Vec::new(),
+            etcd_extra: String::new(),
             controllers: 0,
         }
     }
@@ -240,6 +243,7 @@ impl Deployment {
                     .join(", "),
                 std::process::id()
             );
+            etcd.push_str(&opts.etcd_extra);
             for (name, addr) in &members {
                 etcd.push_str(&format!(
                     "\n[[controller.members]]\nname = \"{name}\"\napi_addr = \"{addr}\"\ndns_addr = \"127.0.0.1:0\"\n"
