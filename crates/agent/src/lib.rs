@@ -120,6 +120,9 @@ pub struct Agent {
     checks: ChecksRx,
     role_cache: Mutex<Vec<RoleStatus>>,
     extra_metrics: Mutex<Vec<MetricsFn>>,
+    /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
+    /// open dashboard never holds up the HTTP server's graceful stop.
+    pub(crate) stopping: CancellationToken,
     /// False only in tests that run an agent inside a test binary (which cannot be
     /// re-executed as the guard process).
     guard_enabled: std::sync::atomic::AtomicBool,
@@ -209,6 +212,7 @@ impl Agent {
             checks,
             role_cache: Mutex::new(unobserved),
             extra_metrics: Mutex::new(Vec::new()),
+            stopping: CancellationToken::new(),
             guard_enabled: std::sync::atomic::AtomicBool::new(true),
             renewal_failures: Mutex::new((0, None)),
             report_interval,
@@ -880,6 +884,8 @@ impl Agent {
     /// Run every loop until `cancel`; on the way out, fence the region (no lease
     /// survives the agent) and stop the services.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        // However run ends, the dashboards' streams end with it.
+        let _streams = self.stopping.clone().drop_guard();
         self.journal_step(
             JournalKind::Info,
             "agent started; region fenced until it holds a lease",

@@ -90,6 +90,8 @@ async fn events(
     impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let stopping = agent.stopping.clone().cancelled_owned();
     let s = futures::stream::unfold((agent, 0u64, true), |(agent, seq, first)| async move {
         if !first {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -122,7 +124,7 @@ async fn events(
             (agent, next, false),
         ))
     });
-    Sse::new(s).keep_alive(KeepAlive::default())
+    Sse::new(s.take_until(stopping)).keep_alive(KeepAlive::default())
 }
 
 async fn command(

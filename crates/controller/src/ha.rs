@@ -79,6 +79,9 @@ pub struct HaController {
     members_health: Mutex<Vec<ControllerMemberView>>,
     client: tokio::sync::Mutex<Option<etcd_client::Client>>,
     late_metrics: Mutex<Vec<MetricsFn>>,
+    /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
+    /// open dashboard never holds up the HTTP server's graceful stop.
+    stopping: CancellationToken,
 }
 
 impl HaController {
@@ -143,6 +146,7 @@ impl HaController {
             replicated: Mutex::new(Snapshot::default()),
             client: tokio::sync::Mutex::new(None),
             late_metrics: Mutex::new(Vec::new()),
+            stopping: CancellationToken::new(),
         }))
     }
 
@@ -201,6 +205,8 @@ impl HaController {
 
     /// Follow, campaign, lead, follow again … until `cancel`.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        // However run ends, the dashboards' streams end with it.
+        let _streams = self.stopping.clone().drop_guard();
         let health = tokio::spawn(self.clone().watch_etcd_health(cancel.clone()));
         let Some(client) = self.client(&cancel).await else {
             return Ok(());
@@ -694,6 +700,8 @@ fn follower_events(
 > {
     use crate::server::dashboard::RETRY;
     use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let stopping = h.stopping.clone().cancelled_owned();
     let s = futures::stream::unfold((h, 0u64, true), |(h, seq, first)| async move {
         if !first {
             tokio::time::sleep(FOLLOWER_EVENTS_EVERY).await;
@@ -727,7 +735,7 @@ fn follower_events(
             .data(update.to_string());
         Some((Ok(ev), (h, next, false)))
     });
-    Sse::new(s).keep_alive(KeepAlive::default())
+    Sse::new(s.take_until(stopping)).keep_alive(KeepAlive::default())
 }
 
 /// How often a follower's dashboard stream sends the replicated state.

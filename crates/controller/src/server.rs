@@ -92,6 +92,9 @@ pub struct Controller {
     broken: Mutex<Option<String>>,
     /// The last minutes of the agents' replication lag, for the dashboard.
     lag: Mutex<lag::LagHistory>,
+    /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
+    /// open dashboard never holds up the HTTP server's graceful stop.
+    stopping: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -227,6 +230,7 @@ impl Controller {
             late_metrics: Mutex::new(Vec::new()),
             broken: Mutex::new(None),
             lag: Mutex::new(lag::LagHistory::default()),
+            stopping: CancellationToken::new(),
         }))
     }
 
@@ -398,6 +402,8 @@ impl Controller {
 
     /// Tick the machine until `cancel`; feed agents' answers back in.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<()> {
+        // However run ends, the dashboards' streams end with it.
+        let _streams = self.stopping.clone().drop_guard();
         let mut results = lock(&self.results_rx)
             .take()
             .context("controller already running")?;

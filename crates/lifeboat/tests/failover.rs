@@ -462,3 +462,49 @@ async fn json_logs_for_log_shippers_and_a_bad_log_filter_is_refused() {
         "{err}"
     );
 }
+
+/// An open dashboard does not hold up a stop: the controller's and an agent's live
+/// streams (`/v1/events`) end when the process is told to stop, so SIGTERM still
+/// stops it in order instead of waiting for the browser to go away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_dashboards_do_not_hold_up_a_stop() {
+    let mut d = Deployment::new(Options::default());
+    d.start_controller().await;
+    d.start_agent("a", None).await;
+    d.start_agent("b", None).await;
+    d.wait_active("a", Duration::from_secs(30)).await;
+    let cfg = lifeboat_config::Config::load(&d.config).unwrap();
+    // Two pages left open: the controller's and a's agent's.
+    let mut streams = Vec::new();
+    for url in [
+        format!("http://{}/v1/events", d.ctrl_addr),
+        format!("http://{}/v1/events", cfg.regions["a"].agent_addr),
+    ] {
+        let mut resp = reqwest::Client::new().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        // Its first message has arrived: the stream is live.
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&first).contains("event: update"),
+            "{url}"
+        );
+        streams.push(resp);
+    }
+    for name in ["controller", "agent-a"] {
+        d.proc(name).signal(nix::sys::signal::Signal::SIGTERM);
+    }
+    for name in ["controller", "agent-a"] {
+        let t0 = tokio::time::Instant::now();
+        while d.proc(name).child.try_wait().unwrap().is_none() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{name} did not stop within 20 s of SIGTERM with its dashboard open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The streams ended with their processes, rather than being cut.
+    for mut resp in streams {
+        while let Ok(Some(_)) = resp.chunk().await {}
+    }
+}

@@ -11,7 +11,7 @@
 use super::lag::LagSample;
 use super::*;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures::stream::{self, Stream};
+use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use std::convert::Infallible;
 
@@ -120,6 +120,7 @@ impl Cursor {
 pub(super) async fn events(
     State(c): State<Arc<Controller>>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stopping = c.stopping.clone().cancelled_owned();
     let cursor = Cursor {
         c,
         journal_seq: 0,
@@ -142,5 +143,5 @@ pub(super) async fn events(
             tokio::time::sleep(EVERY).await;
         }
     });
-    Sse::new(s).keep_alive(KeepAlive::default())
+    Sse::new(s.take_until(stopping)).keep_alive(KeepAlive::default())
 }
