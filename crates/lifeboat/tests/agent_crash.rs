@@ -54,11 +54,7 @@ struct Demo {
 
 impl Demo {
     async fn start(engine: Engine) -> Demo {
-        let mut dir = tempfile::tempdir().unwrap();
-        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
-            eprintln!("keeping {}", dir.path().display());
-            dir.disable_cleanup(true);
-        }
+        let dir = common::test_dir();
         let demo_dir = dir.path().join("demo");
         let mut cmd = Command::new(bin());
         cmd.args(["demo", "--dir"]).arg(&demo_dir).args([

@@ -286,10 +286,7 @@ fn psql(demo_dir: &std::path::Path, ip: &str, port: &str, sql: &str) -> String {
 /// b reports caught up — no lease-lapse failover — and no acknowledged write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switchover_survives_a_controller_kill_after_its_fence_and_waits_for_catch_up() {
-    let mut dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
-        dir.disable_cleanup(true);
-    }
+    let dir = common::test_dir();
     let demo_dir = dir.path().join("demo");
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["demo", "--dir"])

@@ -158,6 +158,15 @@ impl Browser {
         }
     }
 
+    /// Nothing on the page reads as markup or an escape: text is placed as text.
+    async fn assert_no_markup_as_text(&mut self) {
+        let body = self.eval("document.body.innerText").await;
+        let body = body.as_str().unwrap();
+        for markup in ["&lt;", "&gt;", "&amp;", "<br", "</"] {
+            assert!(!body.contains(markup), "{markup} shows as text: {body}");
+        }
+    }
+
     async fn screenshot(&mut self, name: &str) -> PathBuf {
         let r = self
             .call(
@@ -271,11 +280,7 @@ async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a
         .eval("document.querySelectorAll('#health tr:first-child th').length")
         .await;
     assert!(cols.as_u64().unwrap() >= 4, "health matrix columns: {cols}");
-    let body = page.eval("document.body.innerText").await;
-    let body = body.as_str().unwrap();
-    for markup in ["&lt;", "&gt;", "&amp;", "<br", "</"] {
-        assert!(!body.contains(markup), "{markup} shows as text: {body}");
-    }
+    page.assert_no_markup_as_text().await;
     let first = page.screenshot("1-a-active").await;
 
     // A marker that a reload would wipe out.
@@ -424,11 +429,7 @@ async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a
         .eval("document.querySelectorAll('button').length")
         .await;
     assert_eq!(actions, 0, "the agent's page is read-only");
-    let body = page.eval("document.body.innerText").await;
-    let body = body.as_str().unwrap();
-    for markup in ["&lt;", "&gt;", "&amp;", "<br", "</"] {
-        assert!(!body.contains(markup), "{markup} shows as text: {body}");
-    }
+    page.assert_no_markup_as_text().await;
     let agent_shot = page.screenshot("5-agent-a").await;
     eprintln!(
         "dashboard: the controller made b active {} ms after the confirmation, the page showed it {} ms after that ({} ms in all); screenshots {}, {}, {}, {}, {}",

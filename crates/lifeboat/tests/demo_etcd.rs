@@ -44,11 +44,7 @@ async fn the_demo_with_three_controllers_shows_its_leader_and_outlives_its_kill(
             "etcd is not installed: apt-get install -y etcd-server (./scripts/test installs it; a missing dependency fails its test, it never skips)"
         );
     }
-    let mut dir = tempfile::tempdir().unwrap();
-    if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
-        eprintln!("keeping {}", dir.path().display());
-        dir.disable_cleanup(true);
-    }
+    let dir = common::test_dir();
     let demo_dir = dir.path().join("demo");
     let mut cmd = Command::new(bin());
     cmd.args(["demo", "--controllers", "3", "--dir"])

@@ -54,6 +54,27 @@ async fn controllers_on(n: usize, tls: Option<Tls>) -> Option<(EtcdCluster, Depl
     Some((etcd, d))
 }
 
+/// a holds a lease this status's controller granted (a renewed with it) and it runs.
+fn grants_a(st: &lifeboat_api::types::ControllerStatus) -> bool {
+    st.lease
+        .as_ref()
+        .is_some_and(|l| l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0)
+}
+
+/// Wait until a controller that `may_lead` accepts leads and grants a's lease.
+async fn wait_granting(
+    d: &Deployment,
+    what: &str,
+    may_lead: impl Fn(&str) -> bool,
+) -> (String, lifeboat_api::types::ControllerStatus) {
+    d.wait_for(what, Duration::from_secs(30), || async {
+        d.leader()
+            .await
+            .filter(|(n, st)| may_lead(n) && grants_a(st))
+    })
+    .await
+}
+
 /// Samples a's app every 100 ms; the longest run of failed answers.
 struct Sampler {
     stop: Arc<AtomicBool>,
@@ -127,23 +148,7 @@ async fn a_killed_leader_is_replaced_with_no_failover_and_no_gap() {
         "{new} led only {took:?} after the kill (etcd lease ttl 3 s)"
     );
     // The new leader grants a's lease (a renews with it) at the same epoch.
-    let st = d
-        .wait_for(
-            "a's lease granted by the new leader",
-            Duration::from_secs(30),
-            || async {
-                d.leader()
-                    .await
-                    .filter(|(n, st)| {
-                        *n == new
-                            && st.lease.as_ref().is_some_and(|l| {
-                                l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0
-                            })
-                    })
-                    .map(|(_, st)| st)
-            },
-        )
-        .await;
+    let (_, st) = wait_granting(&d, "a's lease granted by the new leader", |n| n == new).await;
     eprintln!("{new} granting after {:?}", killed.elapsed());
     // The new leader's status shows the killed controller down, the others up.
     d.wait_for(
@@ -275,20 +280,10 @@ async fn five_controllers_outlive_two_leader_kills_with_no_failover() {
         d.procs.remove(&format!("controller-{old}"));
         killed.push(old.clone());
         let t0 = Instant::now();
-        let (new, st) = d
-            .wait_for(
-                "a surviving controller granting a's lease",
-                Duration::from_secs(30),
-                || async {
-                    d.leader().await.filter(|(n, st)| {
-                        !killed.contains(n)
-                            && st.lease.as_ref().is_some_and(|l| {
-                                l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0
-                            })
-                    })
-                },
-            )
-            .await;
+        let (new, st) = wait_granting(&d, "a surviving controller granting a's lease", |n| {
+            !killed.iter().any(|k| k == n)
+        })
+        .await;
         eprintln!(
             "round {round}: {old} killed, {new} leads and grants after {:?}",
             t0.elapsed()
@@ -364,23 +359,12 @@ async fn controllers_on_tls_etcd_lead_hand_over_and_show_their_certificates_expi
     let sampler = Sampler::start(d.app_url("a"));
     d.proc(&format!("controller-{old}")).kill9();
     d.procs.remove(&format!("controller-{old}"));
-    let st = d
-        .wait_for(
-            "the other controller granting a's lease over TLS",
-            Duration::from_secs(30),
-            || async {
-                d.leader()
-                    .await
-                    .filter(|(n, st)| {
-                        *n != old
-                            && st.lease.as_ref().is_some_and(|l| {
-                                l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0
-                            })
-                    })
-                    .map(|(_, st)| st)
-            },
-        )
-        .await;
+    let (_, st) = wait_granting(
+        &d,
+        "the other controller granting a's lease over TLS",
+        |n| n != old,
+    )
+    .await;
     assert_eq!(st.epoch, epoch);
     let gap = sampler.worst_gap().await;
     assert!(gap <= Duration::from_secs(1), "a's app failed for {gap:?}");
@@ -575,10 +559,7 @@ async fn bench_leader_kill_and_epoch_write() {
         let led = killed.elapsed();
         loop {
             let st = d.member_client(&new).status().await.ok();
-            if st.is_some_and(|st| {
-                st.lease
-                    .is_some_and(|l| l.holder.as_str() == "a" && l.renewed && l.expires_in_ms > 0)
-            }) {
+            if st.is_some_and(|st| grants_a(&st)) {
                 break;
             }
             assert!(

@@ -27,11 +27,7 @@ impl Demo {
     /// `lifeboat demo --dir` on `database`, waited for; the drill's waits shortened so
     /// that a fault that never converges ends the schedule within the test's time.
     async fn start(database: &str) -> Demo {
-        let mut dir = tempfile::tempdir().unwrap();
-        if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
-            eprintln!("keeping {}", dir.path().display());
-            dir.disable_cleanup(true);
-        }
+        let dir = common::test_dir();
         let demo_dir = dir.path().join("demo");
         let mut cmd = Command::new(bin());
         cmd.args(["demo", "--database", database, "--dir"])

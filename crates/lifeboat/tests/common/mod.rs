@@ -794,14 +794,21 @@ pub fn demo_log_tails(demo_dir: &Path) -> String {
     out
 }
 
-/// Start `lifeboat demo --dir` in a temp dir; wait for its banner; return the temp dir,
-/// the demo's directory, the process, the config path and the config text.
-pub async fn start_demo() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, String) {
+/// A temp dir for one test, removed when it drops unless LIFEBOAT_KEEP_TEST_DIR is
+/// set (then its path is printed and it stays, for a look after a failure).
+pub fn test_dir() -> tempfile::TempDir {
     let mut dir = tempfile::tempdir().unwrap();
     if std::env::var_os("LIFEBOAT_KEEP_TEST_DIR").is_some() {
         eprintln!("keeping {}", dir.path().display());
         dir.disable_cleanup(true);
     }
+    dir
+}
+
+/// Start `lifeboat demo --dir` in a temp dir; wait for its banner; return the temp dir,
+/// the demo's directory, the process, the config path and the config text.
+pub async fn start_demo() -> (tempfile::TempDir, std::path::PathBuf, Proc, String, String) {
+    let dir = test_dir();
     let demo_dir = dir.path().join("demo");
     let mut cmd = Command::new(bin());
     cmd.args(["demo", "--dir"])
