@@ -76,6 +76,9 @@ pub struct Controller {
     started: Instant,
     machine: tokio::sync::Mutex<Machine>,
     reports: Mutex<BTreeMap<RegionId, (Instant, AgentReport)>>,
+    /// When each agent's reports resumed after a gap longer than `report_ttl` (or
+    /// began): its votes wait until it has probed afresh ([`vote_age`]).
+    resumed: Mutex<BTreeMap<RegionId, Instant>>,
     local: watch::Receiver<CheckStates>,
     decision: Mutex<Decision>,
     routing: watch::Sender<RoutingTable>,
@@ -95,6 +98,24 @@ pub struct Controller {
     /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
     /// open dashboard never holds up the HTTP server's graceful stop.
     stopping: CancellationToken,
+}
+
+/// The age a vantage point's report counts with in the health quorum. An agent whose
+/// reports resumed less than `report_ttl` ago counts as stale (no vote): the checks it
+/// reports were judged while it was cut off or gone (a partitioned agent's probes of the
+/// other region failed because of the partition, and its rise counts keep saying so for
+/// a while after the heal). Seen in CI: right after a partition of a healed, a's stale
+/// "b unreachable" plus one timed-out probe made a quorum, and b failed back to a. Only
+/// a vote is withheld, never given, so this can delay a failover by at most
+/// `report_ttl`, never cause one.
+fn vote_age(now: Instant, at: Instant, resumed: Option<Instant>, report_ttl: Duration) -> Duration {
+    let age = now.saturating_duration_since(at);
+    match resumed {
+        Some(r) if now.saturating_duration_since(r) < report_ttl => {
+            age.max(report_ttl + Duration::from_millis(1))
+        }
+        _ => age,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -230,6 +251,7 @@ impl Controller {
             late_metrics: Mutex::new(Vec::new()),
             broken: Mutex::new(None),
             lag: Mutex::new(lag::LagHistory::default()),
+            resumed: Mutex::new(BTreeMap::new()),
             stopping: CancellationToken::new(),
         }))
     }
@@ -379,7 +401,14 @@ impl Controller {
             VantageReport::from_states(VantageId::Controller, &self.local.borrow()),
             Duration::ZERO,
         )];
+        let resumed = lock(&self.resumed).clone();
         for (region, (at, r)) in lock(&self.reports).iter() {
+            let age = vote_age(
+                now,
+                *at,
+                resumed.get(region).copied(),
+                self.cfg.failover.report_ttl,
+            );
             reports.push((
                 VantageReport {
                     vantage: VantageId::Agent(region.clone()),
@@ -394,10 +423,22 @@ impl Controller {
                         .map(|(n, c)| (n.clone(), c.detail.clone()))
                         .collect(),
                 },
-                now.saturating_duration_since(*at),
+                age,
             ));
         }
         decide(&self.cfg, &reports)
+    }
+
+    /// Note an agent's report arriving at `now`: after a gap longer than `report_ttl`
+    /// (a partition healed, an agent restarted or thawed) its reports have resumed.
+    fn note_report(&self, region: &RegionId, now: Instant) {
+        let ttl = self.cfg.failover.report_ttl;
+        let gap = lock(&self.reports)
+            .get(region)
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) > ttl);
+        if gap {
+            lock(&self.resumed).insert(region.clone(), now);
+        }
     }
 
     /// Tick the machine until `cancel`; feed agents' answers back in.
@@ -582,6 +623,27 @@ impl Controller {
 mod tests {
     use super::*;
     use crate::machine::Durable;
+
+    #[test]
+    fn an_agent_whose_reports_just_resumed_has_no_vote_for_a_report_ttl() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(2);
+        let ms = Duration::from_millis;
+        // Reporting steadily: its report counts with its own age.
+        assert_eq!(
+            vote_age(t0 + ms(5000), t0 + ms(4800), Some(t0), ttl),
+            ms(200)
+        );
+        assert_eq!(vote_age(t0 + ms(5000), t0 + ms(4800), None, ttl), ms(200));
+        // Resumed 500 ms ago (a partition healed): stale, whatever its age.
+        let age = vote_age(t0 + ms(5000), t0 + ms(4900), Some(t0 + ms(4500)), ttl);
+        assert!(age > ttl, "{age:?}");
+        // A report_ttl after the resume it votes again.
+        assert_eq!(
+            vote_age(t0 + ms(6600), t0 + ms(6500), Some(t0 + ms(4500)), ttl),
+            ms(100)
+        );
+    }
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// The real SQLite store, whose writes fail once `failing` is set (a full or

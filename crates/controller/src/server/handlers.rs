@@ -233,6 +233,7 @@ pub(super) async fn report(
         witness_lost: r.witness_lost,
         view_active: r.view_active.clone(),
     };
+    c.note_report(&r.region, Instant::now());
     lock(&c.lag).record(crate::store::unix_ms(), &r.region, &r.roles);
     lock(&c.reports).insert(r.region.clone(), (Instant::now(), r));
     c.step(ev).await.map_err(internal)?;
