@@ -11,6 +11,7 @@ export RUNS="${RUNS:-20}"
 out=bench/etcd/last-run.txt
 {
   echo "# $(date -u +%FT%TZ) $(etcd --version | head -n 1), nproc $(nproc), load average $(cut -d" " -f1-3 /proc/loadavg)"
-  cargo nextest run -p lifeboat --features etcd --test etcd_witness --run-ignored only \
-    --no-capture bench_leader_kill_and_epoch_write 2>/dev/null | grep -E '^(run |leader |a.s app|epoch write)'
+  # The test command's build (every feature), so the bench reuses it.
+  cargo nextest run --workspace --all-features --run-ignored only --no-capture \
+    -E 'test(bench_leader_kill_and_epoch_write)' 2>/dev/null | grep -E '^(run |leader |a.s app|epoch write)'
 } | tee "$out"

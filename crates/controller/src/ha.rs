@@ -4,10 +4,13 @@
 //! the state and the leader's routing table from etcd (one transaction) whenever a
 //! watch on the deployment's keys reports a change, and every [`FOLLOW_EVERY`]
 //! besides, and serves them: DNS, `/v1/routing`, `/v1/status`, `/v1/discovery`, `/v1/journal`,
-//! `/metrics`, the dashboard. Everything else (leases, reports, moves) it answers
-//! with 421 naming the leader; the agents' and the CLI's client then tries the next
-//! controller (redirect by the client, no forwarding: a follower never stands
-//! between an agent and its lease).
+//! `/metrics`, the dashboard. The operator's calls that only the leader can answer
+//! (switchover, failover, drill reports, the health matrix) it forwards to the
+//! leader and returns the leader's answer ([`forward`]), so the dashboard's actions
+//! and the CLI work through any controller. The agents' calls (leases, reports) it
+//! answers with 421 naming the leader, and their client tries the next controller:
+//! redirect, not forwarding, so that a follower never stands between an agent and
+//! its lease.
 //!
 //! When nobody leads (no leader key), a follower grants itself an etcd lease and
 //! takes the leader key with it in a transaction that requires the key to be
@@ -79,6 +82,8 @@ pub struct HaController {
     members_health: Mutex<Vec<ControllerMemberView>>,
     client: tokio::sync::Mutex<Option<etcd_client::Client>>,
     late_metrics: Mutex<Vec<MetricsFn>>,
+    /// For the operator's calls forwarded to the leader.
+    http: reqwest::Client,
     /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
     /// open dashboard never holds up the HTTP server's graceful stop.
     stopping: CancellationToken,
@@ -146,6 +151,12 @@ impl HaController {
             replicated: Mutex::new(Snapshot::default()),
             client: tokio::sync::Mutex::new(None),
             late_metrics: Mutex::new(Vec::new()),
+            http: reqwest::Client::builder()
+                .timeout(FORWARD_TIMEOUT)
+                .connect_timeout(Duration::from_secs(2))
+                .no_proxy()
+                .build()
+                .context("building the HTTP client that forwards to the leader")?,
             stopping: CancellationToken::new(),
         }))
     }
@@ -741,7 +752,110 @@ fn follower_events(
 /// How often a follower's dashboard stream sends the replicated state.
 const FOLLOWER_EVENTS_EVERY: Duration = Duration::from_millis(500);
 
+/// Marks a call a follower forwarded: the leader answers it, and a controller that
+/// is no longer the leader when it arrives answers 421 rather than forward it again.
+pub const FORWARDED_BY: &str = "x-lifeboat-forwarded-by";
+/// On a forwarded call's answer: the controller that answered it.
+pub const ANSWERED_BY: &str = "x-lifeboat-answered-by";
+/// How long a follower waits for the leader's answer to a forwarded call.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The calls a follower forwards to the leader: the operator's, which only the
+/// leader can answer. The agents' (`/v1/lease`, `/v1/report`) are not among them.
+fn forwarded(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::POST => matches!(path, "/v1/failover" | "/v1/switchover" | "/v1/drills"),
+        Method::GET => {
+            matches!(path, "/v1/health" | "/v1/regions" | "/v1/drills")
+                || path.starts_with("/drills/")
+        }
+        _ => false,
+    }
+}
+
+/// Send an operator's call on to the leader and return its answer, with
+/// [`ANSWERED_BY`] naming it. The leader checks the operator token, as for a call
+/// made to it. Nobody leading, or the leader unreachable: 503, nothing was done.
+/// Sent but unanswered: 504, saying that it may have been carried out.
+async fn forward(h: &HaController, req: Request) -> Response {
+    use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+    if req.headers().contains_key(FORWARDED_BY) {
+        return h.not_leader().into_response();
+    }
+    let me = &h.me.name;
+    let v = h.view();
+    let (Some(leader), Some(url)) = (v.leader, v.leader_url) else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "controller {me} is not the leader and nobody leads right now (an election takes up to the etcd lease ttl): nothing was done; try again in a few seconds"
+            ),
+        )
+        .into_response();
+    };
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, crate::server::MAX_FORWARDED_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("reading the request to forward to the leader {leader}: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = format!("{url}{path}");
+    let mut out = h
+        .http
+        .request(parts.method.clone(), &target)
+        .header(FORWARDED_BY, me.as_str())
+        .body(body);
+    for name in [AUTHORIZATION, CONTENT_TYPE, ACCEPT] {
+        if let Some(v) = parts.headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    let answer = match out.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let content_type = resp.headers().get(CONTENT_TYPE).cloned();
+            resp.bytes().await.map(|b| (status, content_type, b))
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok((status, content_type, bytes)) => {
+            let mut r = (status, bytes).into_response();
+            if let Some(ct) = content_type {
+                r.headers_mut().insert(CONTENT_TYPE, ct);
+            }
+            if let Ok(v) = axum::http::HeaderValue::from_str(&leader) {
+                r.headers_mut().insert(ANSWERED_BY, v);
+            }
+            r
+        }
+        Err(e) if e.is_connect() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "controller {me} is not the leader, and the leader {leader} at {url} does not answer it ({e}): nothing was done"
+            ),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "controller {me} forwarded this to the leader {leader} at {url} and got no answer ({e}): it may have been carried out; see `lifeboat status` and `lifeboat journal`"
+            ),
+        )
+        .into_response(),
+    }
+}
+
 async fn follower(h: &HaController, req: Request) -> Response {
+    if forwarded(req.method(), req.uri().path()) {
+        return forward(h, req).await;
+    }
     if req.method() != Method::GET {
         return h.not_leader().into_response();
     }

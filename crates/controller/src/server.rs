@@ -9,6 +9,10 @@
 
 pub(crate) mod dashboard;
 mod drills;
+
+/// The largest request body a follower forwards to the leader (a drill report).
+#[cfg(feature = "etcd")]
+pub(crate) const MAX_FORWARDED_BODY: usize = drills::MAX_UPLOAD;
 mod handlers;
 mod lag;
 mod metrics;

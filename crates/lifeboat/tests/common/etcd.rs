@@ -154,6 +154,15 @@ impl EtcdCluster {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
+    /// The endpoints on 127.0.0.2 (each member listens there too): a controller
+    /// given these reaches etcd by packets an [`NftCut`] can drop.
+    pub fn second_endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| second_address(&m.client_url))
+            .collect()
+    }
+
     /// Start (or restart, on its data) member `i`.
     pub fn start_member(&mut self, i: usize) {
         let m = &mut self.members[i];
@@ -161,7 +170,12 @@ impl EtcdCluster {
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
-            .args(["--listen-client-urls", &m.client_url])
+            // Also on 127.0.0.2 (the same port): a controller given those endpoints
+            // can be cut off from etcd by address alone ([`NftCut`]).
+            .args([
+                "--listen-client-urls",
+                &format!("{},{}", m.client_url, second_address(&m.client_url)),
+            ])
             .args(["--advertise-client-urls", &m.client_url])
             .args(["--listen-peer-urls", &m.peer_url])
             .args(["--initial-advertise-peer-urls", &m.peer_url])
@@ -239,71 +253,63 @@ impl EtcdCluster {
     }
 }
 
-/// A TCP forwarder in front of one etcd member that can be *cut*: from then on it
-/// forwards nothing in either direction and keeps every connection open, as a
-/// firewall dropping the packets would (the client sees timeouts, not resets).
-/// Stands between one controller and etcd: that controller alone is cut off.
-pub struct CuttableProxy {
-    pub addr: String,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
+fn second_address(url: &str) -> String {
+    url.replacen("://127.0.0.1:", "://127.0.0.2:", 1)
 }
 
-impl CuttableProxy {
-    pub async fn start(upstream: &str) -> CuttableProxy {
-        use std::sync::atomic::Ordering;
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let c = cut.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
-                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
-                    continue;
-                };
-                let (dr, dw) = down.into_split();
-                let (ur, uw) = up.into_split();
-                for (mut r, mut w) in [
-                    (
-                        Box::new(dr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                        Box::new(uw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
-                    ),
-                    (Box::new(ur), Box::new(dw)),
-                ] {
-                    let c = c.clone();
-                    tokio::spawn(async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match r.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if c.load(Ordering::Relaxed) {
-                                continue;
-                            }
-                            if w.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        CuttableProxy { addr, cut, task }
-    }
+/// An nftables table that drops every packet to and from the etcd members'
+/// second address (127.0.0.2, [`EtcdCluster::second_endpoints`]) in both
+/// directions: whoever reaches etcd there is cut off as by a firewall (its
+/// connections stay open and go silent; no reset), and everyone on 127.0.0.1 is
+/// not. Removed on Drop.
+pub struct NftCut {
+    table: String,
+}
 
-    pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+impl NftCut {
+    pub fn cut(etcd: &EtcdCluster) -> NftCut {
+        let ports: Vec<String> = etcd
+            .endpoints()
+            .iter()
+            .filter_map(|u| {
+                u.rsplit(':')
+                    .next()
+                    .map(|p| p.trim_end_matches('/').to_owned())
+            })
+            .collect();
+        let ports = ports.join(", ");
+        let table = format!("lbetcdcut{}", std::process::id());
+        nft(&format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    ip daddr 127.0.0.2 tcp dport {{ {ports} }} drop\n    ip saddr 127.0.0.2 tcp sport {{ {ports} }} drop\n  }}\n}}\n"
+        ));
+        NftCut { table }
     }
 }
 
-impl Drop for CuttableProxy {
+impl Drop for NftCut {
     fn drop(&mut self) {
-        self.task.abort();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
     }
+}
+
+/// Run an nftables script in this network namespace.
+fn nft(script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft is installed by scripts/test (Debian package nftables)");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
