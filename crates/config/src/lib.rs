@@ -16,6 +16,7 @@ pub mod mysql;
 pub mod objects;
 pub mod postgres;
 mod secret;
+pub mod tables;
 mod write;
 
 pub use error::{ConfigError, ConfigErrors, LoadError, Validator};
@@ -48,6 +49,9 @@ pub struct Config {
     pub dns: Option<dns::DnsConfig>,
     #[serde(default)]
     pub objects: Option<objects::ObjectsConfig>,
+    /// `[tables]`: global tables (a DynamoDB-compatible table server per region).
+    #[serde(default)]
+    pub tables: Option<tables::TablesConfig>,
     #[serde(default)]
     pub database: Option<database::DatabaseConfig>,
     #[serde(default)]
@@ -619,6 +623,9 @@ impl Config {
         }
         if let Some(objects) = &self.objects {
             objects.validate(self, v);
+        }
+        if let Some(tables) = &self.tables {
+            tables.validate(self, v);
         }
         if let Some(db) = &self.database {
             db.validate(self, v);

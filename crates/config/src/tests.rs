@@ -370,3 +370,67 @@ fn every_controller_that_serves_dns_is_a_listed_nameserver() {
         "{errs:?}"
     );
 }
+
+const TABLES: &str = r#"
+[[tables.access_keys]]
+id = "AKIDEXAMPLE"
+secret_env = "TABLES_SECRET"
+
+[tables.regions.a]
+listen = "127.0.0.1:8000"
+peer_listen = "127.0.0.1:8001"
+
+[tables.regions.b]
+listen = "0.0.0.0:8000"
+peer_listen = "0.0.0.0:8001"
+peer_url = "http://10.0.2.5:8001"
+"#;
+
+#[test]
+fn a_tables_section_is_valid_and_says_where_each_peer_is_reached() {
+    let cfg = parse(&format!("{EXAMPLE}\n{TABLES}")).expect("tables parse");
+    let t = cfg.tables.as_ref().expect("tables");
+    assert_eq!(t.regions["a"].peer_base(), "http://127.0.0.1:8001");
+    assert_eq!(t.regions["b"].peer_base(), "http://10.0.2.5:8001");
+    assert_eq!(
+        cfg.tables_data_dir(&RegionId::new("a")),
+        Some(cfg.agent_state_dir(&RegionId::new("a")).join("tables"))
+    );
+}
+
+#[test]
+fn tables_errors_name_their_key() {
+    for (from, to, key, says) in [
+        (
+            "secret_env = \"TABLES_SECRET\"",
+            "secret = \"inline\"",
+            "tables.access_keys[0].secret",
+            "never inline",
+        ),
+        (
+            "peer_url = \"http://10.0.2.5:8001\"",
+            "",
+            "tables.regions.b.peer_url",
+            "wildcard",
+        ),
+        (
+            "[tables.regions.b]",
+            "[tables.regions.z]",
+            "tables.regions.z",
+            "not defined",
+        ),
+        (
+            "peer_listen = \"127.0.0.1:8001\"",
+            "peer_listen = \"127.0.0.1:8000\"",
+            "tables.regions.a.peer_listen",
+            "must differ",
+        ),
+    ] {
+        let text = format!("{EXAMPLE}\n{}", TABLES.replace(from, to));
+        let errs = parse(&text).expect_err("refused").0;
+        assert!(
+            errs.iter().any(|e| e.key == key && e.message.contains(says)),
+            "{key}: {errs:?}"
+        );
+    }
+}

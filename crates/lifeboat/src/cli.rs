@@ -38,6 +38,11 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::objects::ObjectsCommand,
     },
+    /// Global tables: run a region's DynamoDB-compatible table server.
+    Tables {
+        #[command(subcommand)]
+        command: cmd::tables::TablesCommand,
+    },
     /// Database orchestration: bootstrap a region's server as the config describes it.
     Db {
         #[command(subcommand)]
@@ -117,6 +122,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Switchover(args) => cmd::moves::switchover(args).await,
         Command::Journal(args) => cmd::journal::run(args).await,
         Command::Objects { command } => cmd::objects::run(command).await,
+        Command::Tables { command } => cmd::tables::run(command).await,
         Command::Db { command } => cmd::db::run(command).await,
         Command::Drill(args) => cmd::drill::run(args).await,
         Command::Demo(args) => cmd::demo::run(args).await,

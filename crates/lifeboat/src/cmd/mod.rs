@@ -13,4 +13,5 @@ pub(crate) mod objects;
 pub(crate) mod region_guard;
 pub(crate) mod sample_app;
 pub(crate) mod status;
+pub(crate) mod tables;
 pub(crate) mod validate;

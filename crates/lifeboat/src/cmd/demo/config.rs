@@ -296,6 +296,7 @@ fn demo_config(args: &DemoArgs, engine: Engine, l: &Layout, p: &Ports) -> Result
         checks,
         dns: Some(dns),
         objects: Some(objects),
+        tables: None,
         database: Some(database),
         drill: Some(drill),
         source: l.config.clone(),
