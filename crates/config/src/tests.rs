@@ -429,7 +429,8 @@ fn tables_errors_name_their_key() {
         let text = format!("{EXAMPLE}\n{}", TABLES.replace(from, to));
         let errs = parse(&text).expect_err("refused").0;
         assert!(
-            errs.iter().any(|e| e.key == key && e.message.contains(says)),
+            errs.iter()
+                .any(|e| e.key == key && e.message.contains(says)),
             "{key}: {errs:?}"
         );
     }
