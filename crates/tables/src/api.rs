@@ -43,6 +43,7 @@ pub async fn handle(store: &Arc<Store>, op: &str, req: &Value) -> Result<Value, 
             Ok(json!({ "TableDescription": d }))
         }
         "UpdateTimeToLive" => update_ttl(store, req).await,
+        "UpdateTable" => update_table(store, req).await,
         "DescribeTimeToLive" => {
             let def = store.table(table_name(req)?)?;
             Ok(json!({ "TimeToLiveDescription": match &def.ttl_attribute {
@@ -329,25 +330,7 @@ async fn create_table(store: &Arc<Store>, req: &Value) -> Result<Value, ApiError
             "One or more parameter values were invalid: Number of attributes in KeySchema does not exactly match number of attributes defined in AttributeDefinitions",
         ));
     }
-    let stream_view = match req.get("StreamSpecification").filter(|v| !v.is_null()) {
-        None => None,
-        Some(spec) => {
-            if opt_bool(spec, "StreamEnabled")?.unwrap_or(false) {
-                let view = opt_str(spec, "StreamViewType")?.unwrap_or("");
-                if !matches!(
-                    view,
-                    "KEYS_ONLY" | "NEW_IMAGE" | "OLD_IMAGE" | "NEW_AND_OLD_IMAGES"
-                ) {
-                    return Err(ApiError::validation(format!(
-                        "StreamViewType {view:?}: use KEYS_ONLY, NEW_IMAGE, OLD_IMAGE or NEW_AND_OLD_IMAGES"
-                    )));
-                }
-                Some(view.to_owned())
-            } else {
-                None
-            }
-        }
-    };
+    let stream_view = stream_spec(req)?.flatten();
     let created_ms = crate::store::now_ms();
     let def = TableDef {
         name: name.to_owned(),
@@ -356,10 +339,59 @@ async fn create_table(store: &Arc<Store>, req: &Value) -> Result<Value, ApiError
         created_ms,
         ttl_attribute: None,
         stream_view,
+        stream_enabled_ms: None,
         id: table_id(name, created_ms),
     };
     let def = store.create_table(def).await?;
     Ok(json!({ "TableDescription": describe_def(store, &def, "ACTIVE") }))
+}
+
+/// The request's StreamSpecification: None if absent; Some(None): streams disabled;
+/// Some(Some(view)): enabled with that StreamViewType.
+fn stream_spec(req: &Value) -> Result<Option<Option<String>>, ApiError> {
+    let Some(spec) = req.get("StreamSpecification").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if !opt_bool(spec, "StreamEnabled")?.unwrap_or(false) {
+        return Ok(Some(None));
+    }
+    let view = opt_str(spec, "StreamViewType")?.unwrap_or("");
+    if !matches!(
+        view,
+        "KEYS_ONLY" | "NEW_IMAGE" | "OLD_IMAGE" | "NEW_AND_OLD_IMAGES"
+    ) {
+        return Err(ApiError::validation(format!(
+            "StreamViewType {view:?}: use KEYS_ONLY, NEW_IMAGE, OLD_IMAGE or NEW_AND_OLD_IMAGES"
+        )));
+    }
+    Ok(Some(Some(view.to_owned())))
+}
+
+/// UpdateTable: enable or disable the table's stream (StreamSpecification, which
+/// reaches the other regions as an UPDATE_TABLE change). BillingMode
+/// PAY_PER_REQUEST is taken as it is; nothing else of a table can change yet.
+async fn update_table(store: &Arc<Store>, req: &Value) -> Result<Value, ApiError> {
+    let name = table_name(req)?;
+    store.table(name)?;
+    for (field, v) in req.as_object().into_iter().flatten() {
+        match field.as_str() {
+            "TableName" | "StreamSpecification" => {}
+            "BillingMode" if v.as_str() == Some("PAY_PER_REQUEST") => {}
+            _ if v.is_null() => {}
+            other => {
+                return Err(ApiError::validation(format!(
+                    "UpdateTable {other}: lifeboat's tables can change only their StreamSpecification yet"
+                )));
+            }
+        }
+    }
+    let Some(view) = stream_spec(req)? else {
+        return Err(ApiError::validation(
+            "UpdateTable: nothing to change (lifeboat's tables can change only their StreamSpecification yet)",
+        ));
+    };
+    let def = store.set_stream(name, view).await?;
+    Ok(json!({ "TableDescription": describe(store, &def, "ACTIVE").await? }))
 }
 
 /// A table's id: a UUID-shaped hash of its name and creation time.
@@ -385,10 +417,12 @@ fn arn(store: &Store, def: &TableDef) -> String {
     )
 }
 
-/// The stream's label: the table's creation time, as DynamoDB labels streams.
+/// The stream's label: when it was enabled (the table's creation, or UpdateTable's),
+/// as DynamoDB labels streams.
 pub fn stream_label(def: &TableDef) -> String {
-    let secs = def.created_ms.div_euclid(1000);
-    let ms = def.created_ms.rem_euclid(1000);
+    let at = def.stream_enabled_ms.unwrap_or(def.created_ms);
+    let secs = at.div_euclid(1000);
+    let ms = at.rem_euclid(1000);
     let (y, mo, d, h, mi, s) = civil(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}")
 }

@@ -7,6 +7,7 @@
 //! - [`sigv4`]: AWS Signature Version 4, verified against the configured keys.
 //! - [`store`]: a region's tables in SQLite: group commit, versions, the change log.
 //! - [`api`]: DynamoDB's operations on the store; [`error`]: its error shapes.
+//! - [`streams`]: the DynamoDB Streams API over the change log.
 //! - [`replicate`]: pulling the other regions' changes; last writer wins, conflicts
 //!   recorded.
 //! - [`server`]: the API port (SigV4) and the peer port, the pullers, the TTL sweeper.
@@ -20,3 +21,4 @@ pub mod error;
 pub mod replicate;
 pub mod server;
 pub mod store;
+pub mod streams;

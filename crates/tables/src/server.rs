@@ -157,7 +157,9 @@ impl TableServer {
     /// Status: this region's tables, the replication from each peer, conflicts.
     pub async fn status(&self) -> Result<serde_json::Value, ApiError> {
         let conflicts = self.store.conflict_counts().await?;
+        let by_origin = self.store.changes_by_origin().await?;
         Ok(serde_json::json!({
+            "changes_by_origin": by_origin,
             "region": self.store.region(),
             "tables": self.store.table_names(),
             "latest_seq": *self.store.latest().borrow(),
@@ -400,6 +402,12 @@ async fn answer(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if let Some(op) = target.strip_prefix("DynamoDBStreams_20120810.") {
+        let req: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::serialization(format!("the request body is not valid JSON: {e}"))
+        })?;
+        return crate::streams::handle(&s.store, op, &req).await;
+    }
     let Some(op) = target.strip_prefix("DynamoDB_20120810.") else {
         return Err(ApiError::unknown_operation(if target.is_empty() {
             "the request has no X-Amz-Target header (DynamoDB_20120810.<Operation>)".to_owned()

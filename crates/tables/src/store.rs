@@ -71,6 +71,10 @@ pub struct TableDef {
     /// StreamSpecification's view type, when streams are enabled.
     #[serde(default)]
     pub stream_view: Option<String>,
+    /// When UpdateTable last enabled the stream (ms since the epoch; None: enabled
+    /// at creation, `created_ms`). The stream serves changes made from then on.
+    #[serde(default)]
+    pub stream_enabled_ms: Option<i64>,
     /// Stable across regions: the table's identity (TableId).
     pub id: String,
 }
@@ -284,6 +288,11 @@ enum Op {
         table: String,
         attribute: Option<String>,
     },
+    /// UpdateTable's StreamSpecification: the view type (None: disabled).
+    SetStream {
+        table: String,
+        view: Option<String>,
+    },
     Write(Vec<ItemWrite>),
     ExpireTtl {
         now_s: i64,
@@ -359,6 +368,7 @@ CREATE TABLE IF NOT EXISTS changes (
   vtime TEXT NOT NULL, vregion TEXT NOT NULL, vv TEXT NOT NULL,
   at_ms INTEGER NOT NULL, ttl INTEGER NOT NULL DEFAULT 0, conflict TEXT);
 CREATE INDEX IF NOT EXISTS changes_origin ON changes (vregion, seq);
+CREATE INDEX IF NOT EXISTS changes_tbl ON changes (tbl, seq);
 CREATE TABLE IF NOT EXISTS cursors (peer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS conflicts (
   id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, keys TEXT NOT NULL,
@@ -517,6 +527,25 @@ impl Store {
         }
     }
 
+    /// Enable the table's stream with view type `view`, or disable it (None);
+    /// replicated as an UPDATE_TABLE change, as [`Store::set_ttl`] is.
+    pub async fn set_stream(
+        &self,
+        table: &str,
+        view: Option<String>,
+    ) -> Result<TableDef, ApiError> {
+        match self
+            .submit(Op::SetStream {
+                table: table.to_owned(),
+                view,
+            })
+            .await?
+        {
+            Outcome::Table(t) => Ok(t),
+            _ => Err(ApiError::internal("unexpected answer from the writer")),
+        }
+    }
+
     /// Apply `writes` in order, in one transaction: all or (the first error) none.
     pub async fn write(&self, writes: Vec<ItemWrite>) -> Result<Vec<Written>, ApiError> {
         match self.submit(Op::Write(writes)).await? {
@@ -662,6 +691,19 @@ impl Store {
         self.read(move |c| read_changes(c, seq, limit, None)).await
     }
 
+    /// The item changes (INSERT, MODIFY, REMOVE) of `table` after `after_seq`,
+    /// oldest first, at most `limit` (the table's stream; index `changes_tbl`).
+    pub async fn table_changes_since(
+        self: &Arc<Self>,
+        table: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Change>, ApiError> {
+        let table = table.to_owned();
+        self.read(move |c| read_changes_of(c, after_seq, limit, None, Some(table)))
+            .await
+    }
+
     /// This region's own changes after `seq` (what its peers pull), at most `limit`.
     pub async fn own_changes_since(
         self: &Arc<Self>,
@@ -788,6 +830,28 @@ impl Store {
                     },
                     at_ms,
                 });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// How many item changes this region's log holds, per region that made them
+    /// (each change applied once: a peer's count here equals the peer's own).
+    pub async fn changes_by_origin(self: &Arc<Self>) -> Result<BTreeMap<String, u64>, ApiError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT vregion, count(*) FROM changes WHERE kind IN ('INSERT', 'MODIFY', 'REMOVE') GROUP BY vregion",
+                )
+                .map_err(sql)?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sql)?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (t, n) = row.map_err(sql)?;
+                out.insert(t, n.max(0) as u64);
             }
             Ok(out)
         })
@@ -1060,6 +1124,34 @@ fn apply(
             put_def(tx, &def)?;
             // Existing items' expiry follows the new attribute.
             recompute_expiry(tx, &def)?;
+            append_table_change(tx, hlc, region, "UPDATE_TABLE", &def)?;
+            changes.push(TableChange::Put(def.clone()));
+            Ok(Outcome::Table(def))
+        }
+        Op::SetStream { table, view } => {
+            let mut def =
+                lookup_def(tables, changes, table).ok_or_else(|| ApiError::no_table(table))?;
+            match (&def.stream_view, view) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::validation(format!(
+                        "Table already has an enabled stream: TableName: {table}"
+                    )));
+                }
+                (None, None) => {
+                    return Err(ApiError::validation(format!(
+                        "Table does not have an enabled stream: TableName: {table}"
+                    )));
+                }
+                _ => {}
+            }
+            def.stream_view = view.clone();
+            if view.is_some() {
+                // The clock's time (later than every write seen here so far), in ms:
+                // the stream serves the writes whose version is from then on.
+                let ms = hlc.new_timestamp().get_time().as_nanos() / 1_000_000;
+                def.stream_enabled_ms = Some(i64::try_from(ms).unwrap_or(i64::MAX));
+            }
+            put_def(tx, &def)?;
             append_table_change(tx, hlc, region, "UPDATE_TABLE", &def)?;
             changes.push(TableChange::Put(def.clone()));
             Ok(Outcome::Table(def))
@@ -1463,18 +1555,35 @@ fn read_changes(
     limit: usize,
     origin: Option<String>,
 ) -> Result<Vec<Change>, ApiError> {
+    read_changes_of(c, seq, limit, origin, None)
+}
+
+/// [`read_changes`], or with `table`: only that table's item changes (by the
+/// `changes_tbl` index).
+fn read_changes_of(
+    c: &Connection,
+    seq: u64,
+    limit: usize,
+    origin: Option<String>,
+    table: Option<String>,
+) -> Result<Vec<Change>, ApiError> {
     let mut st = c
-        .prepare_cached(
+        .prepare_cached(if table.is_some() {
             "SELECT seq, tbl, kind, keys, old, new, vtime, vregion, vv, at_ms, ttl, conflict FROM changes
-             WHERE seq > ?1 AND (?3 IS NULL OR vregion = ?3) ORDER BY seq LIMIT ?2",
-        )
+             WHERE tbl = ?4 AND seq > ?1 AND kind IN ('INSERT', 'MODIFY', 'REMOVE')
+             AND (?3 IS NULL OR vregion = ?3) ORDER BY seq LIMIT ?2"
+        } else {
+            "SELECT seq, tbl, kind, keys, old, new, vtime, vregion, vv, at_ms, ttl, conflict FROM changes
+             WHERE seq > ?1 AND (?3 IS NULL OR vregion = ?3) AND ?4 IS NULL ORDER BY seq LIMIT ?2"
+        })
         .map_err(sql)?;
     let rows = st
         .query_map(
             params![
                 i64::try_from(seq).unwrap_or(i64::MAX),
                 i64::try_from(limit).unwrap_or(i64::MAX),
-                origin
+                origin,
+                table
             ],
             |r| {
                 Ok((
