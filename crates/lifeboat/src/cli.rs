@@ -38,7 +38,8 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::objects::ObjectsCommand,
     },
-    /// Global tables: run a region's DynamoDB-compatible table server.
+    /// Global tables: run a region's DynamoDB-compatible table server; list conflicts.
+    #[command(alias = "table")]
     Tables {
         #[command(subcommand)]
         command: cmd::tables::TablesCommand,

@@ -18,6 +18,65 @@ fn config_value(config: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// Region `r`'s table server endpoint in the demo's config (`[tables.regions.r]`).
+fn tables_endpoint(config: &str, r: &str) -> String {
+    let section = format!("[tables.regions.{r}]");
+    let from = config
+        .find(&section)
+        .unwrap_or_else(|| panic!("no {section} in the demo's config"));
+    let listen = config_value(&config[from..], "listen");
+    format!("http://{listen}")
+}
+
+async fn demo_tables_take_boto3_and_replicate(demo_dir: &std::path::Path, config: &str) {
+    let secret = std::fs::read_to_string(demo_dir.join("tables-secret")).unwrap();
+    let boto3 = |endpoint: &str, script: &str, args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .env("ENDPOINT", endpoint)
+            .env("KEY_ID", "AKIDLIFEBOATDEMO")
+            .env("SECRET", secret.trim())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{script} {args:?} against {endpoint}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (a, b) = (tables_endpoint(config, "a"), tables_endpoint(config, "b"));
+    let api_checks = concat!(env!("CARGO_MANIFEST_DIR"), "/../tables/tests/boto3_api.py");
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tables/client.py");
+    boto3(&a, api_checks, &[]);
+    let in_a: Vec<String> =
+        serde_json::from_str(&boto3(&a, client, &[&a, "ids", "orders"])).unwrap();
+    assert!(in_a.len() > 4000, "{}", in_a.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("python3")
+            .args([client, &b, "ids", "orders"])
+            .env("KEY_ID", "AKIDLIFEBOATDEMO")
+            .env("SECRET", secret.trim())
+            .output()
+            .unwrap();
+        let in_b: Vec<String> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if in_b == in_a {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "region b's table server holds {} of region a's {} items",
+            in_b.len(),
+            in_a.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `lifeboat drill --scenario S` against the demo, writing drill.json and drill.html
 /// into `dir`; asserts it succeeded and returns its terminal summary and JSON report.
 fn run_drill(
@@ -65,6 +124,11 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     // The page names the region that served it: a, not merely "some region".
     assert!(page.contains(r#"id="region">a</span>"#), "{page}");
     assert!(page.contains("Hello from the lifeboat demo"), "{page}");
+
+    // The demo's global tables: boto3's client and resource APIs against region a's
+    // table server (the checks of crates/tables/tests/boto3_api.py), and every item
+    // reaches region b.
+    demo_tables_take_boto3_and_replicate(&demo_dir, &config).await;
 
     // The drill: black-box, through the demo's DNS, killing region a.
     let (summary, r) = run_drill(dir.path(), &config_path, "region-outage");

@@ -16,6 +16,24 @@ use tokio_util::sync::CancellationToken;
 pub enum TablesCommand {
     /// Run one region's table server (DynamoDB's API, SigV4) until SIGTERM.
     Serve(ServeArgs),
+    /// List the writes that lost to a concurrent write (last writer wins): both
+    /// versions, both regions, both times, from every region's table server.
+    Conflicts(ConflictsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConflictsArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Only this table's.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// Only the conflicts this region recorded (its writes that lost).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// One JSON document: each region's conflicts as its table server lists them.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -30,7 +48,133 @@ pub struct ServeArgs {
 pub(crate) async fn run(command: TablesCommand) -> Result<ExitCode> {
     match command {
         TablesCommand::Serve(args) => serve(args).await,
+        TablesCommand::Conflicts(args) => conflicts(args).await,
     }
+}
+
+/// Every conflict of every region (each is recorded once, by the region whose write
+/// lost), merged in time order. A region that does not answer is named, and the
+/// exit status is 1: the list is then incomplete.
+async fn conflicts(args: ConflictsArgs) -> Result<ExitCode> {
+    use lifeboat_tables::store::Conflict;
+    let cfg = load_config(&args.config)?;
+    let tables = cfg
+        .tables
+        .as_ref()
+        .with_context(|| format!("{} has no [tables] section", cfg.source.display()))?;
+    if let Some(r) = &args.region {
+        region_of(&cfg, r)?;
+        anyhow::ensure!(
+            tables.regions.contains_key(r),
+            "--region {r}: region {r} runs no table server ([tables.regions.{r}])"
+        );
+    }
+    let token = cfg.auth.secret().load().with_context(|| {
+        format!(
+            "loading the bearer token named in {} [auth]",
+            cfg.source.display()
+        )
+    })?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let mut all: Vec<(String, Conflict)> = Vec::new();
+    let mut by_region = serde_json::Map::new();
+    let mut incomplete = Vec::new();
+    for (region, rc) in &tables.regions {
+        if args.region.as_ref().is_some_and(|r| r != region) {
+            continue;
+        }
+        let mut after = 0u64;
+        let mut got: Vec<Conflict> = Vec::new();
+        let failed = loop {
+            let mut url = format!(
+                "{}/lifeboat/v1/conflicts?after={after}&limit=1000",
+                rc.peer_base()
+            );
+            if let Some(t) = &args.table {
+                url.push_str(&format!("&table={t}"));
+            }
+            let page = match http.get(&url).bearer_auth(&token).send().await {
+                Ok(r) if r.status().is_success() => {
+                    r.json::<Vec<Conflict>>().await.map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("{url}: {}", r.status())),
+                Err(e) => Err(format!("{url}: {e}")),
+            };
+            match page {
+                Ok(p) if p.is_empty() => break None,
+                Ok(p) => {
+                    after = p.last().map_or(after, |c| c.id);
+                    got.extend(p);
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = failed {
+            eprintln!(
+                "region {region}: its table server does not answer ({e}): its conflicts are not listed"
+            );
+            incomplete.push(region.clone());
+            continue;
+        }
+        by_region.insert(region.clone(), serde_json::to_value(&got)?);
+        all.extend(got.into_iter().map(|c| (region.clone(), c)));
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "conflicts": by_region,
+                "incomplete": incomplete,
+            }))?
+        );
+    } else {
+        all.sort_by_key(|(_, c)| c.at_ms);
+        print!("{}", render_conflicts(&all));
+    }
+    Ok(if incomplete.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A hybrid-logical-clock time (NTP64: seconds since the Unix epoch in the high 32
+/// bits) in RFC 3339 with milliseconds.
+fn hlc_time(t: u64) -> String {
+    let secs = t >> 32;
+    let nanos = ((t & 0xffff_ffff) * 1_000_000_000) >> 32;
+    let at = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos as u32);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn render_conflicts(all: &[(String, lifeboat_tables::store::Conflict)]) -> String {
+    if all.is_empty() {
+        return "no conflicts: no write has lost to a concurrent one\n".to_owned();
+    }
+    let item = |v: &Option<serde_json::Value>| match v {
+        Some(v) => v.to_string(),
+        None => "(deleted)".to_owned(),
+    };
+    let mut out = format!(
+        "{} conflicts (writes that lost to a concurrent, later write):\n",
+        all.len()
+    );
+    for (_, c) in all {
+        out.push_str(&format!(
+            "table {} key {}\n  lost: region {} at {}: {}\n  won:  region {} at {}: {}\n",
+            c.table,
+            c.keys,
+            c.loser_version.region,
+            hlc_time(c.loser_version.time),
+            item(&c.loser),
+            c.winner_version.region,
+            hlc_time(c.winner_version.time),
+            item(&c.winner),
+        ));
+    }
+    out
 }
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
@@ -99,4 +243,45 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .run(api, peer, cancel)
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_render_both_versions_regions_and_times() {
+        use lifeboat_tables::store::{Conflict, Version};
+        let t = |secs: u64, ms: u64| (secs << 32) | ((ms << 32) / 1000 + 1);
+        let c = Conflict {
+            id: 1,
+            table: "orders".into(),
+            keys: serde_json::json!({"id": {"S": "k1"}}),
+            loser: Some(serde_json::json!({"v": {"S": "a"}})),
+            loser_version: Version {
+                time: t(1_764_000_000, 250),
+                region: "a".into(),
+            },
+            winner: None,
+            winner_version: Version {
+                time: t(1_764_000_001, 5),
+                region: "b".into(),
+            },
+            at_ms: 1,
+        };
+        let out = render_conflicts(&[("a".into(), c)]);
+        assert!(out.starts_with("1 conflicts"), "{out}");
+        assert!(
+            out.contains("lost: region a at 2025-11-24T16:00:00.250Z: {\"v\":{\"S\":\"a\"}}"),
+            "{out}"
+        );
+        assert!(
+            out.contains("won:  region b at 2025-11-24T16:00:01.005Z: (deleted)"),
+            "{out}"
+        );
+        assert_eq!(
+            render_conflicts(&[]),
+            "no conflicts: no write has lost to a concurrent one\n"
+        );
+    }
 }

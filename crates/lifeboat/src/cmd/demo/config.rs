@@ -13,6 +13,10 @@ use lifeboat_config::dns::{
 use lifeboat_config::drill::{DrillConfig, DrillControllerConfig, DrillRegionConfig};
 use lifeboat_config::etcd::{ControllerMember, EtcdConfig, StoreKind};
 use lifeboat_config::objects::{ObjectsConfig, StoreConfig};
+use lifeboat_config::tables::{AccessKeyConfig, TableRegionConfig, TablesConfig};
+
+/// The demo's table servers' access key id (its secret is in `<dir>/tables-secret`).
+pub(super) const DEMO_TABLES_KEY_ID: &str = "AKIDLIFEBOATDEMO";
 use lifeboat_config::{
     AuthConfig, CheckConfig, CheckKind, Config, ControllerConfig, Deployment, FailbackPolicy,
     FailoverConfig, FailoverMode, InitialRole, RegionConfig, ServiceConfig, ServiceMode,
@@ -296,7 +300,30 @@ fn demo_config(args: &DemoArgs, engine: Engine, l: &Layout, p: &Ports) -> Result
         checks,
         dns: Some(dns),
         objects: Some(objects),
-        tables: None,
+        tables: Some(TablesConfig {
+            access_keys: vec![AccessKeyConfig {
+                id: DEMO_TABLES_KEY_ID.to_owned(),
+                secret: None,
+                secret_file: Some(d("tables-secret")),
+                secret_env: None,
+            }],
+            regions: REGIONS
+                .iter()
+                .map(|(r, ip)| {
+                    let ip: std::net::IpAddr =
+                        ip.parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+                    (
+                        (*r).to_owned(),
+                        TableRegionConfig {
+                            listen: std::net::SocketAddr::new(ip, p.tables),
+                            peer_listen: std::net::SocketAddr::new(ip, p.tables_peer),
+                            peer_url: None,
+                            data_dir: None,
+                        },
+                    )
+                })
+                .collect(),
+        }),
         database: Some(database),
         drill: Some(drill),
         source: l.config.clone(),
@@ -351,6 +378,8 @@ mod tests {
             dns: 21001,
             app: 21002,
             agent: 21003,
+            tables: 21006,
+            tables_peer: 21007,
             db: BTreeMap::from([("a", 21004), ("b", 21005)]),
             more_controllers: (1..n).map(|i| (21010 + i, 21020 + i)).collect(),
             etcd: (0..if n > 1 { n } else { 0 })

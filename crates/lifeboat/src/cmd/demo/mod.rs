@@ -159,6 +159,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     write_secret(&layout.dir.join("token"), &random_secret())?;
     write_secret(&layout.dir.join("db-password"), &random_secret())?;
     write_secret(&layout.dir.join("repl-password"), &random_secret())?;
+    write_secret(&layout.dir.join("tables-secret"), &random_secret())?;
     for (r, _) in REGIONS {
         std::fs::create_dir_all(layout.dir.join(format!("objects-{r}")))?;
     }
@@ -183,6 +184,9 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     config::remove_partitions();
     for (r, _) in REGIONS {
         children.stop(&format!("agent-{r}")).await;
+    }
+    for (r, _) in REGIONS {
+        children.stop(&format!("tables-{r}")).await;
     }
     for (name, _) in controller_procs(&cfg) {
         children.stop(&name).await;
@@ -273,6 +277,17 @@ async fn run_inner(
                 &format!("agent-{r}"),
                 &["agent", "--region", r],
                 "listening agent ",
+            )
+            .await?;
+    }
+    // Each region's table server: a process of its own beside the agent
+    // (docs/tables.md), so a drill that kills an agent leaves the table up.
+    for (r, _) in REGIONS {
+        children
+            .spawn(
+                &format!("tables-{r}"),
+                &["tables", "serve", "--region", r],
+                "listening tables ",
             )
             .await?;
     }
@@ -499,11 +514,19 @@ async fn print_banner(args: &DemoArgs, engine: Engine, cfg: &Config, l: &Layout,
             l.dir.join(format!("objects-{r}")).display()
         ));
     }
+    for (r, ip) in REGIONS {
+        s.push_str(&format!(
+            "  tables      region {r}: http://{ip}:{}   (DynamoDB's API: endpoint_url, key id {}, secret in {})\n",
+            p.tables,
+            config::DEMO_TABLES_KEY_ID,
+            l.dir.join("tables-secret").display()
+        ));
+    }
     s.push_str(&format!(
         "\n  config      {cfgp}\n  logs        {}\n\n",
         l.logs.display()
     ));
-    s.push_str(&format!("Try:\n  lifeboat status --config {cfgp}\n  lifeboat failover --config {cfgp} --to b\n  lifeboat drill --config {cfgp} --scenario region-outage\n  lifeboat drill --config {cfgp} --schedule random --faults 8 --fault-seconds 1-10\n  lifeboat objects status --config {cfgp} --region a\n"));
+    s.push_str(&format!("Try:\n  lifeboat status --config {cfgp}\n  lifeboat failover --config {cfgp} --to b\n  lifeboat drill --config {cfgp} --scenario region-outage\n  lifeboat drill --config {cfgp} --schedule random --faults 8 --fault-seconds 1-10\n  lifeboat objects status --config {cfgp} --region a\n  lifeboat table conflicts --config {cfgp}\n"));
     println!("{s}");
     use std::io::Write;
     let _ = std::io::stdout().flush();

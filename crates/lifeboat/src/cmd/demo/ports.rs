@@ -12,6 +12,9 @@ pub(super) struct Ports {
     pub(super) dns: u16,
     pub(super) app: u16,
     pub(super) agent: u16,
+    /// Each region's table server: its API (the SDKs' endpoint) and its peer port.
+    pub(super) tables: u16,
+    pub(super) tables_peer: u16,
     pub(super) db: BTreeMap<&'static str, u16>,
     /// `--controllers N` > 1: the API and DNS ports of controllers c2..cN (c1 has
     /// `api` and `dns`), and each etcd member's client and peer ports.
@@ -70,6 +73,8 @@ pub(super) fn choose_ports(controllers: usize) -> Result<Ports> {
             dns: free_on_all(&["127.0.0.1", "127.0.1.1", "127.0.2.1"], true)?,
             app: free_on_all(&region_ips, false)?,
             agent: free_on_all(&region_ips, false)?,
+            tables: free_on_all(&region_ips, false)?,
+            tables_peer: free_on_all(&region_ips, false)?,
             db,
             more_controllers: (1..controllers)
                 .map(|_| {
@@ -88,7 +93,7 @@ pub(super) fn choose_ports(controllers: usize) -> Result<Ports> {
                 })
                 .collect::<Result<_>>()?,
         };
-        let mut all = vec![p.api, p.dns, p.app, p.agent];
+        let mut all = vec![p.api, p.dns, p.app, p.agent, p.tables, p.tables_peer];
         all.extend(p.db.values());
         all.extend(p.more_controllers.iter().flat_map(|(a, d)| [*a, *d]));
         all.extend(p.etcd.iter().flat_map(|(c, q)| [*c, *q]));
