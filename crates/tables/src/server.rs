@@ -312,15 +312,15 @@ async fn metrics(State(s): State<Arc<TableServer>>) -> Response {
         );
     }
     out.family(
-        "lifeboat_table_conflicts",
-        Kind::Gauge,
-        "Writes of this region that lost to a concurrent write of another (last writer wins), recorded with both versions.",
+        "lifeboat_table_conflicts_total",
+        Kind::Counter,
+        "Writes of this region that lost to a concurrent write of another (last writer wins), each recorded with both versions (lifeboat table conflicts).",
     );
     match s.store.conflict_counts().await {
         Ok(counts) => {
             for (table, n) in counts {
                 out.sample(
-                    "lifeboat_table_conflicts",
+                    "lifeboat_table_conflicts_total",
                     &[("region", me.as_str()), ("table", table.as_str())],
                     n as f64,
                 );

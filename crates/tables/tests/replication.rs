@@ -157,5 +157,30 @@ async fn both_regions_writing_the_same_keys_through_a_partition_converge_and_eve
             .is_empty(),
         "b's writes won: b records none"
     );
+    // The conflicts are counted on a's /metrics, and both regions' pulls are up again.
+    for r in &mesh.regions {
+        let page = reqwest::get(format!("http://127.0.0.1:{}/metrics", r.peer_port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let conflicts = format!(
+            "lifeboat_table_conflicts_total{{region=\"a\",table=\"parted\"}} {}",
+            BOTH + 1
+        );
+        assert_eq!(
+            page.contains(&conflicts),
+            r.name == "a",
+            "{}: {page}",
+            r.name
+        );
+        let other = if r.name == "a" { "b" } else { "a" };
+        let up = format!(
+            "lifeboat_table_replication_up{{from=\"{other}\",to=\"{}\"}} 1",
+            r.name
+        );
+        assert!(page.contains(&up), "{}: {page}", r.name);
+    }
     mesh.stop().await;
 }
