@@ -16,6 +16,7 @@ pub(crate) const MAX_FORWARDED_BODY: usize = drills::MAX_UPLOAD;
 mod handlers;
 mod lag;
 mod metrics;
+mod tables;
 
 pub use metrics::leadership_metrics;
 
@@ -99,6 +100,8 @@ pub struct Controller {
     broken: Mutex<Option<String>>,
     /// The last minutes of the agents' replication lag, for the dashboard.
     lag: Mutex<lag::LagHistory>,
+    /// The table servers' status (global tables), for the dashboard.
+    tables: Arc<Mutex<Vec<tables::TableServerView>>>,
     /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
     /// open dashboard never holds up the HTTP server's graceful stop.
     stopping: CancellationToken,
@@ -255,6 +258,7 @@ impl Controller {
             late_metrics: Mutex::new(Vec::new()),
             broken: Mutex::new(None),
             lag: Mutex::new(lag::LagHistory::default()),
+            tables: Arc::default(),
             resumed: Mutex::new(BTreeMap::new()),
             stopping: CancellationToken::new(),
         }))
@@ -452,6 +456,15 @@ impl Controller {
         let mut results = lock(&self.results_rx)
             .take()
             .context("controller already running")?;
+        // The table servers' status for the dashboard, asked until run returns.
+        let tables_cancel = cancel.child_token();
+        let _stop_tables = tables_cancel.clone().drop_guard();
+        tokio::spawn(tables::watch(
+            self.cfg.clone(),
+            self.token.clone(),
+            self.tables.clone(),
+            tables_cancel,
+        ));
         let tick = self.opts.tick.unwrap_or(Duration::from_millis(50));
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -249,6 +249,24 @@ async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a
             .await,
         "a"
     );
+    // The demo's table servers: both regions' up, no conflict, each pulling the other.
+    let t0 = Instant::now();
+    loop {
+        let rows = page
+            .eval("[...document.querySelectorAll('#tables tr')].slice(1).map((r) => r.textContent).join('\\n')")
+            .await;
+        let rows = rows.as_str().unwrap_or_default().to_owned();
+        if rows.lines().count() == 2
+            && rows.lines().all(|r| r.contains("up") && r.contains("none") && r.contains("pending"))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the Global tables panel shows {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The journal's first rows arrive with the first update; its times are ISO 8601 UTC.
     let t0 = Instant::now();
     let first_time = loop {

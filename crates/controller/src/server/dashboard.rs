@@ -47,6 +47,8 @@ struct Update {
     journal: Vec<JournalEntry>,
     /// Lag samples after the last message's (the first: the whole window).
     lag: Vec<LagSample>,
+    /// Each region's table server (global tables), as last asked.
+    tables: Vec<super::tables::TableServerView>,
 }
 
 struct Cursor {
@@ -74,6 +76,7 @@ impl Cursor {
                 .unwrap_or_default()
         };
         let lag = lock(&c.lag).since(self.lag_seq);
+        let tables = lock(&c.tables).clone();
         // The same picture as last time (and no news) is not sent again, but a
         // message goes out at least once a second: the page's ages and countdowns are
         // computed from the newest one.
@@ -84,6 +87,7 @@ impl Cursor {
             &status.mode,
             &status.failovers,
             &health,
+            &tables,
         ))
         .unwrap_or_default();
         let fresh = self.first
@@ -109,6 +113,7 @@ impl Cursor {
             health,
             journal,
             lag,
+            tables,
         };
         self.first = false;
         self.last_sent = key;
