@@ -257,7 +257,9 @@ async fn an_operator_sees_a_active_fails_over_from_the_page_and_sees_b_without_a
             .await;
         let rows = rows.as_str().unwrap_or_default().to_owned();
         if rows.lines().count() == 2
-            && rows.lines().all(|r| r.contains("up") && r.contains("none") && r.contains("pending"))
+            && rows
+                .lines()
+                .all(|r| r.contains("up") && r.contains("none") && r.contains("pending"))
         {
             break;
         }

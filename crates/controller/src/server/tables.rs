@@ -65,7 +65,9 @@ pub(super) async fn watch(
                 if !r.status().is_success() {
                     return Err(format!("{}", r.status()));
                 }
-                r.json::<serde_json::Value>().await.map_err(|e| e.to_string())
+                r.json::<serde_json::Value>()
+                    .await
+                    .map_err(|e| e.to_string())
             }
             .await;
             views.push(match answer {
