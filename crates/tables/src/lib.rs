@@ -10,7 +10,8 @@
 //! - [`streams`]: the DynamoDB Streams API over the change log.
 //! - [`replicate`]: pulling the other regions' changes; last writer wins, conflicts
 //!   recorded.
-//! - [`server`]: the API port (SigV4) and the peer port, the pullers, the TTL sweeper.
+//! - [`server`]: the API port (SigV4) and the peer port, the pullers, the TTL sweeper,
+//!   the tombstone collector.
 
 pub mod expr;
 pub mod sigv4;

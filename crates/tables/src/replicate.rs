@@ -6,7 +6,10 @@
 //! changes applied here) is stored in the same transaction as the changes it
 //! covers, so a kill -9 or a partition resumes with no gap and no duplicate; a
 //! redelivered change is recognised by the item's version vector and skipped.
-//! Every request carries the deployment's bearer token.
+//! Every request carries the deployment's bearer token, and the puller's cursors
+//! (`&region=b&cursors=a:12,b:40,c:7`, its own newest change under its own name),
+//! from which each region learns when every region has a delete (tombstone
+//! collection, `Store::peer_applied`).
 
 use crate::store::{Applied, Change, Store, now_ms};
 use serde::{Deserialize, Serialize};
@@ -205,6 +208,52 @@ pub async fn pull(
     }
 }
 
+/// `cursors=` of a pull: `region:seq`, comma-separated.
+pub fn format_cursors(cursors: &BTreeMap<String, u64>) -> String {
+    cursors
+        .iter()
+        .map(|(r, s)| format!("{r}:{s}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parse `cursors=` of a pull (region names of letters, digits, '-' and '_'; each
+/// seq a whole number; each region once). Empty: none.
+pub fn parse_cursors(s: &str) -> Result<BTreeMap<String, u64>, String> {
+    let mut out = BTreeMap::new();
+    if s.is_empty() {
+        return Ok(out);
+    }
+    for entry in s.split(',') {
+        let Some((region, seq)) = entry.split_once(':') else {
+            return Err(format!(
+                "cursors: {entry:?} is not region:seq (cursors=a:12,c:7)"
+            ));
+        };
+        if region.is_empty()
+            || !region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "cursors: {region:?} is not a region name (letters, digits, '-' and '_')"
+            ));
+        }
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "cursors: the seq of region {region} ({seq:?}) is not a whole number"
+            ));
+        }
+        let seq: u64 = seq
+            .parse()
+            .map_err(|_| format!("cursors: the seq of region {region} ({seq}) is too large"))?;
+        if out.insert(region.to_owned(), seq).is_some() {
+            return Err(format!("cursors: region {region} is given twice"));
+        }
+    }
+    Ok(out)
+}
+
 async fn wait(cancel: &CancellationToken, d: Duration) {
     tokio::select! {
         _ = cancel.cancelled() => {}
@@ -230,7 +279,15 @@ async fn pull_once(
         peer.url,
         LONG_POLL.as_millis()
     );
-    let mut req = http.get(&url);
+    // With it, what this region has applied of every region's log (and its own
+    // newest change): the peer learns when every region has a delete, to collect
+    // its tombstone (`Store::peer_applied`).
+    let report = store.applied_report().await.map_err(|e| e.to_string())?;
+    let mut req = http.get(format!(
+        "{url}&region={}&cursors={}",
+        store.region(),
+        format_cursors(&report)
+    ));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }

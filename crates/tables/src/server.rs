@@ -3,7 +3,8 @@
 //!   request verified with AWS Signature V4 against the configured access keys;
 //! - the peer port: what the other regions' table servers pull (`/lifeboat/v1/…`,
 //!   the deployment's bearer token), the conflicts list, status and `/metrics`;
-//! - one puller per peer region ([`crate::replicate`]) and the TTL sweeper.
+//! - one puller per peer region ([`crate::replicate`]), the TTL sweeper and the
+//!   tombstone collector.
 
 use crate::api;
 use crate::error::{ApiError, CONTENT_TYPE};
@@ -26,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 pub const MAX_BODY: usize = 16 << 20;
 /// How often expired items (TTL) are looked for.
 pub const TTL_EVERY: Duration = Duration::from_secs(1);
+/// How often tombstones every region has applied are collected.
+pub const TOMBSTONES_EVERY: Duration = Duration::from_secs(10);
+/// The most tombstones collected in one transaction.
+pub const TOMBSTONE_BATCH: usize = 1000;
 
 /// The access keys the server accepts: id → secret.
 pub type AccessKeys = HashMap<String, String>;
@@ -100,6 +105,7 @@ impl TableServer {
     ) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(self.clone().sweep_ttl(cancel.clone()));
+        tasks.spawn(self.clone().sweep_tombstones(cancel.clone()));
         for p in self.opts.peers.clone() {
             tasks.spawn(replicate::pull(
                 self.store.clone(),
@@ -154,10 +160,48 @@ impl TableServer {
         }
     }
 
+    /// Collect tombstones every region has applied (and older than the store's
+    /// grace period), in batches, every [`TOMBSTONES_EVERY`].
+    async fn sweep_tombstones(self: Arc<Self>, cancel: CancellationToken) {
+        let peers = self.peer_names();
+        let mut every = tokio::time::interval(TOMBSTONES_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            // Batch after batch while batches are full, each its own transaction
+            // (other writes go between).
+            while !cancel.is_cancelled() {
+                match self.store.collect_tombstones(&peers, TOMBSTONE_BATCH).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!("{n} tombstones collected");
+                        }
+                        if n < TOMBSTONE_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("tombstone collection: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The other regions' names.
+    pub fn peer_names(&self) -> Vec<String> {
+        self.opts.peers.iter().map(|p| p.region.clone()).collect()
+    }
+
     /// Status: this region's tables, the replication from each peer, conflicts.
     pub async fn status(&self) -> Result<serde_json::Value, ApiError> {
         let conflicts = self.store.conflict_counts().await?;
         let by_origin = self.store.changes_by_origin().await?;
+        let tombstones = self.store.tombstones(&self.peer_names()).await?;
         Ok(serde_json::json!({
             "changes_by_origin": by_origin,
             "region": self.store.region(),
@@ -165,6 +209,7 @@ impl TableServer {
             "latest_seq": *self.store.latest().borrow(),
             "replication": self.replication.states(),
             "conflicts": conflicts,
+            "tombstones": tombstones,
         }))
     }
 }
@@ -206,6 +251,11 @@ struct ChangesQuery {
     limit: Option<usize>,
     #[serde(default)]
     wait_ms: Option<u64>,
+    /// The pulling region, and its cursors (`replicate::parse_cursors`).
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    cursors: Option<String>,
 }
 
 async fn changes(
@@ -221,6 +271,29 @@ async fn changes(
             "after, limit and wait_ms must be whole numbers",
         ));
     };
+    // The puller's report: its cursors, its own newest change under its name.
+    match (&q.region, &q.cursors) {
+        (None, None) => {}
+        (Some(region), Some(cursors)) => {
+            let mut applied = match replicate::parse_cursors(cursors) {
+                Ok(c) => c,
+                Err(e) => return json_error(ApiError::validation(e)),
+            };
+            let Some(own) = applied.remove(region) else {
+                return json_error(ApiError::validation(format!(
+                    "cursors: no entry for the pulling region {region:?} (its own newest change)"
+                )));
+            };
+            if let Err(e) = s.store.peer_applied(region, own, applied).await {
+                tracing::warn!("noting what region {region} has applied: {e}");
+            }
+        }
+        _ => {
+            return json_error(ApiError::validation(
+                "region and cursors go together: the pulling region and how far it has applied each region's changes (cursors=a:12,c:7)",
+            ));
+        }
+    }
     let limit = q.limit.unwrap_or(replicate::BATCH).clamp(1, 10_000);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(30_000));
     match replicate::serve_changes(&s.store, q.after, limit, wait).await {
@@ -338,6 +411,31 @@ async fn metrics(State(s): State<Arc<TableServer>>) -> Response {
         &[("region", me.as_str())],
         *s.store.latest().borrow() as f64,
     );
+    out.family(
+        "lifeboat_table_tombstones",
+        Kind::Gauge,
+        "Tombstones (deleted items' versions) held in this region: each is kept until every region has applied its delete and it is older than the grace period.",
+    );
+    out.family(
+        "lifeboat_table_tombstones_collected_total",
+        Kind::Counter,
+        "Tombstones collected in this region (deleted once every region had applied them and the grace period had passed).",
+    );
+    match s.store.tombstones(&s.peer_names()).await {
+        Ok(t) => {
+            out.sample(
+                "lifeboat_table_tombstones",
+                &[("region", me.as_str())],
+                t.held as f64,
+            );
+            out.sample(
+                "lifeboat_table_tombstones_collected_total",
+                &[("region", me.as_str())],
+                t.collected as f64,
+            );
+        }
+        Err(e) => tracing::warn!("metrics: counting tombstones: {e}"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -13,6 +13,9 @@
 //!   and the region that made it (last writer wins on (time, region)), and a version
 //!   vector (each region's latest write to it) that tells a concurrent write from a
 //!   later one. A delete leaves a tombstone (no item, a version) for replication.
+//! - A tombstone is collected (deleted, not replicated) once every region is known
+//!   to have applied it and it is older than the grace period
+//!   ([`Store::collect_tombstones`]).
 //! - Every change (insert, modify, remove) is appended to `changes` in the same
 //!   transaction: the source of replication and of the stream.
 
@@ -26,7 +29,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::oneshot;
 
@@ -36,6 +39,9 @@ pub const GROUP: usize = 512;
 const READERS: usize = 4;
 /// The most bytes of items one Query or Scan page reads (DynamoDB's 1 MB).
 pub const PAGE_BYTES: usize = 1024 * 1024;
+/// How long a tombstone is kept at least, by its version's time, even once every
+/// region has applied it (docs/tables.md, "Replication").
+pub const TOMBSTONE_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -263,6 +269,20 @@ pub struct Conflict {
     pub at_ms: i64,
 }
 
+/// Tombstones of a region, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstones {
+    /// Held now.
+    pub held: u64,
+    /// Collected since the store was created.
+    pub collected: u64,
+    /// The grace period (seconds).
+    pub grace_s: u64,
+    /// For each region, the seq of its log up to which every region is known to
+    /// have applied its changes (a tombstone of it at or before is collectable).
+    pub applied_everywhere: BTreeMap<String, u64>,
+}
+
 /// What applying a batch of a peer's changes did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -305,6 +325,20 @@ enum Op {
         /// the peer had nothing more of its own).
         upto: u64,
     },
+    /// A peer's report, sent with its pull: its cursor for each origin, and its
+    /// own newest change's seq.
+    PeerApplied {
+        peer: String,
+        own: u64,
+        applied: BTreeMap<String, u64>,
+    },
+    /// Delete up to `limit` tombstones every region has applied (of the regions
+    /// `peers` and this one) whose version is at or before `cutoff` (NTP64).
+    CollectTombstones {
+        peers: Vec<String>,
+        cutoff: u64,
+        limit: usize,
+    },
 }
 
 enum Outcome {
@@ -312,6 +346,8 @@ enum Outcome {
     Written(Vec<Written>),
     Expired(usize),
     Applied(Applied),
+    Noted,
+    Collected(usize),
 }
 
 struct Job {
@@ -330,6 +366,8 @@ pub struct Store {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The newest change's seq, published after each commit.
     latest: tokio::sync::watch::Sender<u64>,
+    /// [`TOMBSTONE_GRACE`] unless set ([`Store::set_tombstone_grace`]), in ms.
+    tombstone_grace_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -353,6 +391,12 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
+/// `items.oseq`: the seq of the row's version in its origin's (`vregion`'s) log.
+/// `peer_cursors`: how far each peer has applied each origin's log, as it said in
+/// a report this region has confirmed; `peer_reports`: a peer's report waiting for
+/// this region to have applied the peer's own changes up to `own` (see
+/// [`Store::peer_applied`]). `tombstones_collected`: how many were, and the newest
+/// version among them (the clock never starts behind it).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tables (name TEXT PRIMARY KEY, def TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
@@ -360,8 +404,10 @@ CREATE TABLE IF NOT EXISTS items (
   item TEXT,
   vtime TEXT NOT NULL, vregion TEXT NOT NULL, vv TEXT NOT NULL,
   expires INTEGER, size INTEGER NOT NULL,
+  oseq INTEGER,
   PRIMARY KEY (tbl, seg, hk, rk)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_expires ON items (tbl, expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS items_tombstones ON items (vregion, oseq) WHERE item IS NULL;
 CREATE TABLE IF NOT EXISTS changes (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, kind TEXT NOT NULL,
   keys TEXT NOT NULL, old TEXT, new TEXT,
@@ -370,6 +416,13 @@ CREATE TABLE IF NOT EXISTS changes (
 CREATE INDEX IF NOT EXISTS changes_origin ON changes (vregion, seq);
 CREATE INDEX IF NOT EXISTS changes_tbl ON changes (tbl, seq);
 CREATE TABLE IF NOT EXISTS cursors (peer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS peer_cursors (
+  peer TEXT NOT NULL, origin TEXT NOT NULL, seq INTEGER NOT NULL,
+  PRIMARY KEY (peer, origin)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS peer_reports (
+  peer TEXT PRIMARY KEY, own INTEGER NOT NULL, cursors TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones_collected (
+  id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL, newest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS conflicts (
   id INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, keys TEXT NOT NULL,
   loser TEXT, loser_vtime TEXT NOT NULL, loser_region TEXT NOT NULL,
@@ -411,9 +464,14 @@ impl Store {
         }
         // The clock never goes back past what is stored: a restart with a clock
         // stepped back still writes later versions than the ones it overwrites
-        // (and `write_one` takes the item's version + 1 at least).
+        // (and `write_one` takes the item's version + 1 at least), nor past a
+        // collected tombstone's (a new write of its key has no row to outdo).
         let latest: Option<String> = conn
-            .query_row("SELECT max(vtime) FROM items", [], |r| r.get(0))
+            .query_row(
+                "SELECT max(v) FROM (SELECT max(vtime) AS v FROM items UNION ALL SELECT newest FROM tombstones_collected)",
+                [],
+                |r| r.get(0),
+            )
             .optional()?
             .flatten();
         let hlc = uhlc::HLCBuilder::new()
@@ -458,6 +516,9 @@ impl Store {
             next_reader: AtomicUsize::new(0),
             writer: Mutex::new(Some(writer)),
             latest,
+            tombstone_grace_ms: AtomicU64::new(
+                u64::try_from(TOMBSTONE_GRACE.as_millis()).unwrap_or(u64::MAX),
+            ),
         }))
     }
 
@@ -773,6 +834,126 @@ impl Store {
         }
     }
 
+    /// What this region tells each peer it pulls from (the pull's `cursors`): its
+    /// cursor for every peer and, under its own name, its own newest change's seq.
+    pub async fn applied_report(self: &Arc<Self>) -> Result<BTreeMap<String, u64>, ApiError> {
+        let me = self.region.clone();
+        self.read(move |c| {
+            // One statement, one snapshot: the own seq is at least that of every own
+            // change made before the cursors were stored.
+            let mut st = c
+                .prepare_cached(
+                    "SELECT peer, seq FROM cursors WHERE peer <> ?1
+                     UNION ALL SELECT ?1, coalesce(max(seq), 0) FROM changes WHERE vregion = ?1",
+                )
+                .map_err(sql)?;
+            let rows = st
+                .query_map(params![me], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .map_err(sql)?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (region, seq) = row.map_err(sql)?;
+                out.insert(region, seq.max(0) as u64);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Note what `peer` said with its pull: how far it has applied each region's
+    /// log (`applied`) and its own newest change's seq (`own`). It is taken as known
+    /// only once this region has applied the peer's own changes up to `own`: then
+    /// every write the peer made before applying what it reports is here too, so a
+    /// write of it concurrent with a delete, still on its way here, holds the
+    /// delete's tombstone back. Until then the report waits, and later reports of
+    /// the peer are dropped (they would wait longer).
+    pub async fn peer_applied(
+        &self,
+        peer: &str,
+        own: u64,
+        applied: BTreeMap<String, u64>,
+    ) -> Result<(), ApiError> {
+        match self
+            .submit(Op::PeerApplied {
+                peer: peer.to_owned(),
+                own,
+                applied,
+            })
+            .await?
+        {
+            Outcome::Noted => Ok(()),
+            _ => Err(ApiError::internal("unexpected answer from the writer")),
+        }
+    }
+
+    /// Keep tombstones at least `grace` by their version's time (default
+    /// [`TOMBSTONE_GRACE`]).
+    pub fn set_tombstone_grace(&self, grace: std::time::Duration) {
+        self.tombstone_grace_ms.store(
+            u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn tombstone_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.tombstone_grace_ms.load(Ordering::Relaxed))
+    }
+
+    /// Delete up to `limit` tombstones that every region (this one and `peers`) is
+    /// known to have applied — the delete or a later version of the item — and whose
+    /// version is older than the grace period. Local housekeeping: no change record,
+    /// nothing replicated. Returns how many were deleted.
+    pub async fn collect_tombstones(
+        &self,
+        peers: &[String],
+        limit: usize,
+    ) -> Result<usize, ApiError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let cutoff = uhlc::NTP64::from(now.saturating_sub(self.tombstone_grace())).as_u64();
+        match self
+            .submit(Op::CollectTombstones {
+                peers: peers.to_vec(),
+                cutoff,
+                limit,
+            })
+            .await?
+        {
+            Outcome::Collected(n) => Ok(n),
+            _ => Err(ApiError::internal("unexpected answer from the writer")),
+        }
+    }
+
+    /// Tombstones held and collected here, and what every region has applied.
+    pub async fn tombstones(self: &Arc<Self>, peers: &[String]) -> Result<Tombstones, ApiError> {
+        let me = self.region.clone();
+        let peers = peers.to_vec();
+        let grace_s = self.tombstone_grace().as_secs();
+        self.read(move |c| {
+            let held: i64 = c
+                .query_row("SELECT count(*) FROM items WHERE item IS NULL", [], |r| {
+                    r.get(0)
+                })
+                .map_err(sql)?;
+            let collected: Option<i64> = c
+                .query_row("SELECT n FROM tombstones_collected WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql)?;
+            Ok(Tombstones {
+                held: held.max(0) as u64,
+                collected: collected.unwrap_or(0).max(0) as u64,
+                grace_s,
+                applied_everywhere: applied_everywhere(c, &me, &peers)?,
+            })
+        })
+        .await
+    }
+
     /// Conflicts recorded here (this region's writes that lost), oldest first,
     /// after id `after`, of `table` or all.
     pub async fn conflicts(
@@ -983,6 +1164,8 @@ struct Current {
     item: Option<Item>,
     version: Version,
     vv: VersionVector,
+    /// The version's seq in its origin's log (None: not known, never collected).
+    oseq: Option<u64>,
 }
 
 impl Writer {
@@ -1208,6 +1391,88 @@ fn apply(
             }
             Ok(Outcome::Expired(n))
         }
+        Op::PeerApplied { peer, own, applied } => {
+            confirm_report(tx, peer)?;
+            let waiting: i64 = tx
+                .prepare_cached("SELECT count(*) FROM peer_reports WHERE peer = ?1")
+                .map_err(sql)?
+                .query_row(params![peer], |r| r.get(0))
+                .map_err(sql)?;
+            if waiting == 0 {
+                if stored_cursor(tx, peer)? >= *own {
+                    know(tx, peer, applied)?;
+                } else {
+                    let json = serde_json::to_string(applied)
+                        .map_err(|e| ApiError::internal(e.to_string()))?;
+                    tx.prepare_cached(
+                        "INSERT INTO peer_reports (peer, own, cursors) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(sql)?
+                    .execute(params![peer, i64::try_from(*own).unwrap_or(i64::MAX), json])
+                    .map_err(sql)?;
+                }
+            }
+            Ok(Outcome::Noted)
+        }
+        Op::CollectTombstones {
+            peers,
+            cutoff,
+            limit,
+        } => {
+            for p in peers {
+                confirm_report(tx, p)?;
+            }
+            let cutoff = vtime_text(*cutoff);
+            let mut n = 0usize;
+            let mut newest: Option<String> = None;
+            for (origin, upto) in applied_everywhere(tx, region, peers)? {
+                if upto == 0 || n >= *limit {
+                    continue;
+                }
+                let rows: Vec<TombstoneRow> = {
+                    let mut st = tx
+                        .prepare_cached(
+                            "SELECT tbl, seg, hk, rk, vtime FROM items
+                             WHERE item IS NULL AND vregion = ?1 AND oseq <= ?2 AND vtime <= ?3 LIMIT ?4",
+                        )
+                        .map_err(sql)?;
+                    let rows = st
+                        .query_map(
+                            params![
+                                origin,
+                                i64::try_from(upto).unwrap_or(i64::MAX),
+                                cutoff,
+                                i64::try_from(*limit - n).unwrap_or(i64::MAX)
+                            ],
+                            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                        )
+                        .map_err(sql)?;
+                    rows.collect::<Result<_, _>>().map_err(sql)?
+                };
+                for (tbl, seg, hk, rk, vtime) in rows {
+                    n += tx
+                        .prepare_cached(
+                            "DELETE FROM items WHERE tbl = ?1 AND seg = ?2 AND hk = ?3 AND rk = ?4 AND item IS NULL",
+                        )
+                        .map_err(sql)?
+                        .execute(params![tbl, seg, hk, rk])
+                        .map_err(sql)?;
+                    if newest.as_ref().is_none_or(|t| vtime > *t) {
+                        newest = Some(vtime);
+                    }
+                }
+            }
+            if let Some(newest) = newest {
+                tx.prepare_cached(
+                    "INSERT INTO tombstones_collected (id, n, newest) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET n = n + excluded.n, newest = max(newest, excluded.newest)",
+                )
+                .map_err(sql)?
+                .execute(params![i64::try_from(n).unwrap_or(i64::MAX), newest])
+                .map_err(sql)?;
+            }
+            Ok(Outcome::Collected(n))
+        }
         Op::ApplyRemote {
             peer,
             changes: remote,
@@ -1363,23 +1628,28 @@ fn recompute_expiry(tx: &rusqlite::Transaction<'_>, def: &TableDef) -> Result<()
     Ok(())
 }
 
+/// item, vtime, vregion, vv, oseq.
+type ItemRow = (Option<String>, String, String, String, Option<i64>);
+/// A tombstone's key (tbl, seg, hk, rk) and vtime.
+type TombstoneRow = (String, i64, Vec<u8>, Vec<u8>, String);
+
 fn current(
     tx: &rusqlite::Transaction<'_>,
     table: &str,
     seg: u32,
     key: &KeyBytes,
 ) -> Result<Option<Current>, ApiError> {
-    let row: Option<(Option<String>, String, String, String)> = tx
+    let row: Option<ItemRow> = tx
         .prepare_cached(
-            "SELECT item, vtime, vregion, vv FROM items WHERE tbl = ?1 AND seg = ?2 AND hk = ?3 AND rk = ?4",
+            "SELECT item, vtime, vregion, vv, oseq FROM items WHERE tbl = ?1 AND seg = ?2 AND hk = ?3 AND rk = ?4",
         )
         .map_err(sql)?
         .query_row(params![table, seg, key.hk, key.rk], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()
         .map_err(sql)?;
-    let Some((item, vtime, vregion, vv)) = row else {
+    let Some((item, vtime, vregion, vv, oseq)) = row else {
         return Ok(None);
     };
     Ok(Some(Current {
@@ -1390,6 +1660,7 @@ fn current(
         },
         vv: serde_json::from_str(&vv)
             .map_err(|e| ApiError::internal(format!("a stored version vector: {e}")))?,
+        oseq: oseq.map(|s| s.max(0) as u64),
     }))
 }
 
@@ -1454,8 +1725,7 @@ fn write_one(
     };
     let mut vv = cur.map(|c| c.vv).unwrap_or_default();
     vv.insert(region.to_owned(), time);
-    put_row(tx, def, seg, &kb, new.as_ref(), &version, &vv)?;
-    append_change(
+    let seq = append_change(
         tx,
         &def.name,
         &key,
@@ -1466,10 +1736,13 @@ fn write_one(
         ttl,
         None,
     )?;
+    put_row(tx, def, seg, &kb, new.as_ref(), &version, &vv, seq)?;
     Ok(Written { old, new })
 }
 
-/// Store an item's row: the item (None: a tombstone), its version and vector.
+/// Store an item's row: the item (None: a tombstone), its version and vector, and
+/// `oseq`, the version's seq in its origin's log.
+#[allow(clippy::too_many_arguments)]
 fn put_row(
     tx: &rusqlite::Transaction<'_>,
     def: &TableDef,
@@ -1478,14 +1751,15 @@ fn put_row(
     item: Option<&Item>,
     version: &Version,
     vv: &VersionVector,
+    oseq: u64,
 ) -> Result<(), ApiError> {
     let vv_json = serde_json::to_string(vv).map_err(|e| ApiError::internal(e.to_string()))?;
     let json = item.map(|n| item_to_json(n).to_string());
     let size = item.map_or(0, item_size);
     let expires = item.and_then(|n| def.expires(n));
     tx.prepare_cached(
-        "INSERT INTO items (tbl, seg, hk, rk, item, vtime, vregion, vv, expires, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (tbl, seg, hk, rk) DO UPDATE SET item = excluded.item, vtime = excluded.vtime, vregion = excluded.vregion, vv = excluded.vv, expires = excluded.expires, size = excluded.size",
+        "INSERT INTO items (tbl, seg, hk, rk, item, vtime, vregion, vv, expires, size, oseq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+         ON CONFLICT (tbl, seg, hk, rk) DO UPDATE SET item = excluded.item, vtime = excluded.vtime, vregion = excluded.vregion, vv = excluded.vv, expires = excluded.expires, size = excluded.size, oseq = excluded.oseq",
     )
     .map_err(sql)?
     .execute(params![
@@ -1498,14 +1772,15 @@ fn put_row(
         version.region,
         vv_json,
         expires,
-        i64::try_from(size).unwrap_or(i64::MAX)
+        i64::try_from(size).unwrap_or(i64::MAX),
+        i64::try_from(oseq).unwrap_or(i64::MAX)
     ])
     .map_err(sql)?;
     Ok(())
 }
 
-/// Append a change of an item (`old` → `new`) to the log. `conflict`: the local
-/// version this (replicated) change overwrote concurrently.
+/// Append a change of an item (`old` → `new`) to the log and return its seq.
+/// `conflict`: the local version this (replicated) change overwrote concurrently.
 #[allow(clippy::too_many_arguments)]
 fn append_change(
     tx: &rusqlite::Transaction<'_>,
@@ -1517,7 +1792,7 @@ fn append_change(
     vv: &VersionVector,
     ttl: bool,
     conflict: Option<&serde_json::Value>,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     let kind = match (old, new) {
         (None, Some(_)) => "INSERT",
         (Some(_), Some(_)) => "MODIFY",
@@ -1542,7 +1817,8 @@ fn append_change(
         conflict.map(|c| c.to_string()),
     ])
     .map_err(sql)?;
-    Ok(())
+    // The change's seq: its rowid (AUTOINCREMENT).
+    Ok(tx.last_insert_rowid().max(0) as u64)
 }
 
 fn json_text(s: &str) -> Result<serde_json::Value, ApiError> {
@@ -1653,6 +1929,131 @@ fn version_json(item: Option<&Item>, v: &Version) -> serde_json::Value {
     })
 }
 
+/// This region's cursor for `peer`: the last of the peer's changes applied here.
+fn stored_cursor(c: &Connection, peer: &str) -> Result<u64, ApiError> {
+    let v: Option<i64> = c
+        .prepare_cached("SELECT seq FROM cursors WHERE peer = ?1")
+        .map_err(sql)?
+        .query_row(params![peer], |r| r.get(0))
+        .optional()
+        .map_err(sql)?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+/// How far `peer` is known (a confirmed report) to have applied `origin`'s log.
+fn known_applied(c: &Connection, peer: &str, origin: &str) -> Result<u64, ApiError> {
+    let v: Option<i64> = c
+        .prepare_cached("SELECT seq FROM peer_cursors WHERE peer = ?1 AND origin = ?2")
+        .map_err(sql)?
+        .query_row(params![peer, origin], |r| r.get(0))
+        .optional()
+        .map_err(sql)?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+/// Take what `peer` reported as known (each cursor only ever grows).
+fn know(c: &Connection, peer: &str, applied: &BTreeMap<String, u64>) -> Result<(), ApiError> {
+    let mut st = c
+        .prepare_cached(
+            "INSERT INTO peer_cursors (peer, origin, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (peer, origin) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > peer_cursors.seq",
+        )
+        .map_err(sql)?;
+    for (origin, seq) in applied {
+        if origin != peer {
+            st.execute(params![
+                peer,
+                origin,
+                i64::try_from(*seq).unwrap_or(i64::MAX)
+            ])
+            .map_err(sql)?;
+        }
+    }
+    Ok(())
+}
+
+/// Take `peer`'s waiting report as known once this region has applied the peer's
+/// own changes up to the report's `own` ([`Store::peer_applied`]).
+fn confirm_report(c: &Connection, peer: &str) -> Result<(), ApiError> {
+    let row: Option<(i64, String)> = c
+        .prepare_cached("SELECT own, cursors FROM peer_reports WHERE peer = ?1")
+        .map_err(sql)?
+        .query_row(params![peer], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(sql)?;
+    let Some((own, cursors)) = row else {
+        return Ok(());
+    };
+    if stored_cursor(c, peer)? < own.max(0) as u64 {
+        return Ok(());
+    }
+    let applied: BTreeMap<String, u64> = serde_json::from_str(&cursors)
+        .map_err(|e| ApiError::internal(format!("a stored report of region {peer}: {e}")))?;
+    know(c, peer, &applied)?;
+    c.prepare_cached("DELETE FROM peer_reports WHERE peer = ?1")
+        .map_err(sql)?
+        .execute(params![peer])
+        .map_err(sql)?;
+    Ok(())
+}
+
+/// For each region (`me` and `peers`), the seq of its log up to which every other
+/// of them is known to have applied its changes: `me` by its cursors, a peer by its
+/// confirmed reports (0: one of them not known). A region has its own changes.
+fn applied_everywhere(
+    c: &Connection,
+    me: &str,
+    peers: &[String],
+) -> Result<BTreeMap<String, u64>, ApiError> {
+    let mut regions: Vec<&str> = peers.iter().map(String::as_str).collect();
+    regions.push(me);
+    regions.sort_unstable();
+    regions.dedup();
+    let mut out = BTreeMap::new();
+    for origin in &regions {
+        let mut least = u64::MAX;
+        for x in &regions {
+            if x == origin {
+                continue;
+            }
+            let applied = if *x == me {
+                stored_cursor(c, origin)?
+            } else {
+                known_applied(c, x, origin)?
+            };
+            least = least.min(applied);
+        }
+        out.insert((*origin).to_owned(), least);
+    }
+    Ok(out)
+}
+
+/// Whether `cur`, a tombstone, was collected by the region that made `ch` before
+/// it made `ch`: `ch` neither covers it nor is covered by it (a write of a key that
+/// region had no row of), and that region had applied the tombstone's version
+/// before making `ch` — its own, earlier in its log; or, from its report this region
+/// confirmed, which came before `ch` in its log since this region had applied the
+/// region's changes up to the report when it confirmed it, and `ch` follows. Such a
+/// change comes after the delete, not concurrently with it: it is applied as onto
+/// no row, as it would be had this region collected the tombstone too.
+fn forgotten(c: &Connection, cur: &Current, ch: &Change) -> Result<bool, ApiError> {
+    let Some(oseq) = cur.oseq else {
+        return Ok(false);
+    };
+    if cur.item.is_some() || seen_by(&ch.vv, &cur.vv) || seen_by(&cur.vv, &ch.vv) {
+        return Ok(false);
+    }
+    let from = ch.version.region.as_str();
+    // A redelivery tells nothing of when it was made.
+    if ch.seq <= stored_cursor(c, from)? {
+        return Ok(false);
+    }
+    if cur.version.region == from {
+        return Ok(ch.seq > oseq);
+    }
+    Ok(known_applied(c, from, &cur.version.region)? >= oseq)
+}
+
 /// What one replicated item change did here.
 enum RemoteItem {
     Applied { conflict: bool },
@@ -1663,7 +2064,8 @@ enum RemoteItem {
 /// Apply a peer's change of an item: skipped if this region's item has seen it
 /// (a redelivery, or an older write), applied if it is later (last writer wins on
 /// (time, region)), kept out if it is earlier; a concurrent write of this region
-/// that loses is recorded as a conflict, with both versions.
+/// that loses is recorded as a conflict, with both versions. A tombstone the
+/// change's region has collected before making the change is as if collected here.
 fn apply_remote_item(
     tx: &rusqlite::Transaction<'_>,
     me: &str,
@@ -1674,9 +2076,12 @@ fn apply_remote_item(
     let (key, kb) = def.key_of(&keys, true)?;
     let seg = segment_hash(&kb.hk);
     let new = ch.new.as_ref().map(item_from_json).transpose()?;
-    let cur = current(tx, &def.name, seg, &kb)?;
+    let cur = match current(tx, &def.name, seg, &kb)? {
+        Some(c) if forgotten(tx, &c, ch)? => None,
+        c => c,
+    };
     let Some(cur) = cur else {
-        put_row(tx, def, seg, &kb, new.as_ref(), &ch.version, &ch.vv)?;
+        put_row(tx, def, seg, &kb, new.as_ref(), &ch.version, &ch.vv, ch.seq)?;
         if new.is_some() {
             append_change(
                 tx,
@@ -1698,7 +2103,7 @@ fn apply_remote_item(
     let concurrent = !seen_by(&cur.vv, &ch.vv);
     let vv = merged(&cur.vv, &ch.vv);
     if ch.version > cur.version {
-        put_row(tx, def, seg, &kb, new.as_ref(), &ch.version, &vv)?;
+        put_row(tx, def, seg, &kb, new.as_ref(), &ch.version, &vv, ch.seq)?;
         // This region's write lost if it was concurrent, unless both are deletes
         // (nothing is lost when two regions delete the same item).
         let lost_here =
