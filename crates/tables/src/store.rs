@@ -1021,41 +1021,18 @@ impl Store {
     /// (each change applied once: a peer's count here equals the peer's own).
     pub async fn changes_by_origin(self: &Arc<Self>) -> Result<BTreeMap<String, u64>, ApiError> {
         self.read(|c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT vregion, count(*) FROM changes WHERE kind IN ('INSERT', 'MODIFY', 'REMOVE') GROUP BY vregion",
-                )
-                .map_err(sql)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(sql)?;
-            let mut out = BTreeMap::new();
-            for row in rows {
-                let (t, n) = row.map_err(sql)?;
-                out.insert(t, n.max(0) as u64);
-            }
-            Ok(out)
+            counts(
+                c,
+                "SELECT vregion, count(*) FROM changes WHERE kind IN ('INSERT', 'MODIFY', 'REMOVE') GROUP BY vregion",
+            )
         })
         .await
     }
 
     /// How many conflicts are recorded here, per table.
     pub async fn conflict_counts(self: &Arc<Self>) -> Result<BTreeMap<String, u64>, ApiError> {
-        self.read(|c| {
-            let mut st = c
-                .prepare_cached("SELECT tbl, count(*) FROM conflicts GROUP BY tbl")
-                .map_err(sql)?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(sql)?;
-            let mut out = BTreeMap::new();
-            for row in rows {
-                let (t, n) = row.map_err(sql)?;
-                out.insert(t, n.max(0) as u64);
-            }
-            Ok(out)
-        })
-        .await
+        self.read(|c| counts(c, "SELECT tbl, count(*) FROM conflicts GROUP BY tbl"))
+            .await
     }
 
     /// Stop the writer after what is queued (called on shutdown; dropping the store
@@ -1819,6 +1796,20 @@ fn append_change(
     .map_err(sql)?;
     // The change's seq: its rowid (AUTOINCREMENT).
     Ok(tx.last_insert_rowid().max(0) as u64)
+}
+
+/// A `SELECT name, count(*) … GROUP BY name` as a map.
+fn counts(c: &Connection, q: &str) -> Result<BTreeMap<String, u64>, ApiError> {
+    let mut st = c.prepare_cached(q).map_err(sql)?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(sql)?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (name, n) = row.map_err(sql)?;
+        out.insert(name, n.max(0) as u64);
+    }
+    Ok(out)
 }
 
 fn json_text(s: &str) -> Result<serde_json::Value, ApiError> {

@@ -14,6 +14,62 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "replication-test-token";
+/// The access key of the boto3 checks' table server.
+pub const KEY_ID: &str = "AKIDLIFEBOATTEST";
+pub const SECRET: &str = "lifeboat/test/secret+key";
+
+pub fn boto3_installed() {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import boto3"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "boto3 is not installed: python3 -m pip install boto3 (./scripts/test installs it; a missing dependency fails its test, it never skips)"
+    );
+}
+
+/// Run boto3's checks in `script` (a file under tests/, which prints "all checks
+/// passed") against a table server of region "a" on loopback, its data in a temp dir.
+pub async fn boto3_checks(script: &str) {
+    boto3_installed();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), "a").unwrap();
+    let mut keys = AccessKeys::new();
+    keys.insert(KEY_ID.into(), SECRET.into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let opts = TableOptions {
+        keys,
+        token: TOKEN.into(),
+        peers: Vec::new(),
+    };
+    let task = tokio::spawn(TableServer::new(store, opts).run(listener, peer, cancel.clone()));
+    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let child = tokio::process::Command::new("python3")
+        .arg(&path)
+        .env("ENDPOINT", &url)
+        .env("KEY_ID", KEY_ID)
+        .env("SECRET", SECRET)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(300), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within 300 s"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+}
 
 pub struct Region {
     pub name: String,
