@@ -209,6 +209,10 @@ impl TableServer {
             "latest_seq": *self.store.latest().borrow(),
             "replication": self.replication.states(),
             "conflicts": conflicts,
+            "stream_records": self
+                .store
+                .stream_sizes(crate::store::now_ms() - crate::streams::RETENTION_MS)
+                .await?,
             "tombstones": tombstones,
         }))
     }
@@ -400,6 +404,27 @@ async fn metrics(State(s): State<Arc<TableServer>>) -> Response {
             }
         }
         Err(e) => tracing::warn!("metrics: counting conflicts: {e}"),
+    }
+    out.family(
+        "lifeboat_table_stream_records",
+        Kind::Gauge,
+        "Stream records each table has within the 24 h retention (its item changes in this region, its own and the replicated ones).",
+    );
+    match s
+        .store
+        .stream_sizes(crate::store::now_ms() - crate::streams::RETENTION_MS)
+        .await
+    {
+        Ok(sizes) => {
+            for (table, n) in sizes {
+                out.sample(
+                    "lifeboat_table_stream_records",
+                    &[("region", me.as_str()), ("table", table.as_str())],
+                    n as f64,
+                );
+            }
+        }
+        Err(e) => tracing::warn!("metrics: counting stream records: {e}"),
     }
     out.family(
         "lifeboat_table_change_log_seq",

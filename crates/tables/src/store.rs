@@ -1029,6 +1029,32 @@ impl Store {
         .await
     }
 
+    /// How many stream records each table has within the streams' retention (its
+    /// item changes, this region's and the replicated ones, since `since_ms`). A scan
+    /// of the log's rows since then.
+    pub async fn stream_sizes(
+        self: &Arc<Self>,
+        since_ms: i64,
+    ) -> Result<BTreeMap<String, u64>, ApiError> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT tbl, count(*) FROM changes WHERE kind IN ('INSERT', 'MODIFY', 'REMOVE') AND at_ms >= ?1 GROUP BY tbl",
+                )
+                .map_err(sql)?;
+            let rows = st
+                .query_map(params![since_ms], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(sql)?;
+            let mut out = BTreeMap::new();
+            for row in rows {
+                let (name, n) = row.map_err(sql)?;
+                out.insert(name, n.max(0) as u64);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// How many conflicts are recorded here, per table.
     pub async fn conflict_counts(self: &Arc<Self>) -> Result<BTreeMap<String, u64>, ApiError> {
         self.read(|c| counts(c, "SELECT tbl, count(*) FROM conflicts GROUP BY tbl"))

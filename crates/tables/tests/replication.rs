@@ -181,6 +181,22 @@ async fn both_regions_writing_the_same_keys_through_a_partition_converge_and_eve
             r.name
         );
         assert!(page.contains(&up), "{}: {page}", r.name);
+        // Each region's stream holds the changes it applied, no more.
+        let records = format!(
+            "lifeboat_table_stream_records{{region=\"{}\",table=\"parted\"}} ",
+            r.name
+        );
+        let n: u64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix(&records))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or_else(|| panic!("{}: no {records}in {page}", r.name));
+        // a: its own 1 + 200 + 30 + 1 (the delete), then b's 200 + 30 + 1 that won;
+        // b: a's "before", its own 200 + 30 + 1, then a's 30 (a's 200 puts and its
+        // delete lost, and a losing change writes no record).
+        let want = if r.name == "a" { 463 } else { 262 };
+        assert_eq!(n, want, "{}: stream records", r.name);
     }
     mesh.stop().await;
 }
