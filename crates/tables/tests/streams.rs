@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::call;
+use common::{call, put};
 
 use lifeboat_tables::replicate::Peer;
 use lifeboat_tables::server::{AccessKeys, TableOptions, TableServer};
@@ -42,15 +42,6 @@ async fn create_table(store: &Arc<Store>, name: &str, view: &str) {
             "BillingMode": "PAY_PER_REQUEST",
             "StreamSpecification": {"StreamEnabled": true, "StreamViewType": view},
         }),
-    )
-    .await;
-}
-
-async fn put(store: &Arc<Store>, table: &str, id: &str, value: &str) {
-    call(
-        store,
-        "PutItem",
-        json!({"TableName": table, "Item": {"id": {"S": id}, "v": {"S": value}}}),
     )
     .await;
 }

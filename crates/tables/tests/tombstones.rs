@@ -9,8 +9,7 @@
 
 mod common;
 
-use common::{TOKEN, call, contents, create_table, put, wait_converged, wait_table};
-use lifeboat_tables::replicate::Peer;
+use common::{TOKEN, call, contents, create_table, peers_but, put, wait_converged, wait_table};
 use lifeboat_tables::server::{AccessKeys, TableOptions, TableServer};
 use lifeboat_tables::store::{Store, TOMBSTONE_GRACE};
 use serde_json::{Value, json};
@@ -330,16 +329,7 @@ impl Late {
             let opts = TableOptions {
                 keys: AccessKeys::new(),
                 token: TOKEN.into(),
-                peers: names
-                    .iter()
-                    .zip(&urls)
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, (n, u))| Peer {
-                        region: (*n).to_owned(),
-                        url: u.clone(),
-                    })
-                    .collect(),
+                peers: peers_but(names, &urls, i),
             };
             late.stores
                 .push((store.clone(), peer.local_addr().unwrap().port()));

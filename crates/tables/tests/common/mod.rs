@@ -106,16 +106,7 @@ impl Mesh {
             let opts = TableOptions {
                 keys: AccessKeys::new(),
                 token: TOKEN.into(),
-                peers: names
-                    .iter()
-                    .zip(&urls)
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, (n, u))| Peer {
-                        region: (*n).to_owned(),
-                        url: u.clone(),
-                    })
-                    .collect(),
+                peers: peers_but(names, &urls, i),
             };
             let server = TableServer::new(store.clone(), opts);
             tasks.push(tokio::spawn(server.run(api, peer, cancel.clone())));
@@ -143,6 +134,20 @@ impl Mesh {
             t.await.unwrap().unwrap();
         }
     }
+}
+
+/// The peers of region `i` of `names` (whose peer ports are at `urls`): all the others.
+pub fn peers_but(names: &[&str], urls: &[String], i: usize) -> Vec<Peer> {
+    names
+        .iter()
+        .zip(urls)
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, (n, u))| Peer {
+            region: (*n).to_owned(),
+            url: u.clone(),
+        })
+        .collect()
 }
 
 pub async fn call(store: &Arc<Store>, op: &str, req: Value) -> Value {
