@@ -260,7 +260,33 @@ async fn a_killed_table_server_loses_no_acknowledged_write_and_replication_resum
             "{id} acknowledged by a, missing in b"
         );
     }
+    // `lifeboat table conflicts` asks every region: none here (only a wrote); with b's
+    // table server down, it names b and exits 1 (the list is incomplete).
+    let conflicts = |t: &Tables| {
+        Command::new(bin())
+            .args(["table", "conflicts", "--config"])
+            .arg(&t.config)
+            .args(["--table", "orders"])
+            .output()
+            .unwrap()
+    };
+    let out = conflicts(&t);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("no conflicts"), "{said}");
     let st = t.status("b").await;
+    t.kill9("b");
+    let out = conflicts(&t);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("region b: its table server does not answer"),
+        "{err}"
+    );
     eprintln!(
         "acknowledged {} + {}; b: {}",
         first.len(),

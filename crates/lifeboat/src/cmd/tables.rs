@@ -88,14 +88,13 @@ async fn conflicts(args: ConflictsArgs) -> Result<ExitCode> {
         let mut after = 0u64;
         let mut got: Vec<Conflict> = Vec::new();
         let failed = loop {
-            let mut url = format!(
-                "{}/lifeboat/v1/conflicts?after={after}&limit=1000",
-                rc.peer_base()
-            );
+            let url = format!("{}/lifeboat/v1/conflicts", rc.peer_base());
+            let mut query = vec![("after", after.to_string()), ("limit", "1000".to_owned())];
             if let Some(t) = &args.table {
-                url.push_str(&format!("&table={t}"));
+                query.push(("table", t.clone()));
             }
-            let page = match http.get(&url).bearer_auth(&token).send().await {
+            let req = http.get(&url).query(&query).bearer_auth(&token);
+            let page = match req.send().await {
                 Ok(r) if r.status().is_success() => {
                     r.json::<Vec<Conflict>>().await.map_err(|e| e.to_string())
                 }
