@@ -4,7 +4,8 @@
 //!   and the order-preserving encoding of key values.
 //! - [`expr`]: the expression language (condition, filter, update, projection, key
 //!   condition), parsed to an AST and evaluated against items.
-//! - [`sigv4`]: AWS Signature Version 4, verified against the configured keys.
+//! - [`sigv4`]: AWS Signature Version 4, verified against the configured keys (the
+//!   `lifeboat-sigv4` crate, re-exported: lifeboat's S3 client signs with it too).
 //! - [`store`]: a region's tables in SQLite: group commit, versions, the change log.
 //! - [`api`]: DynamoDB's operations on the store; [`error`]: its error shapes.
 //! - [`streams`]: the DynamoDB Streams API over the change log.
@@ -14,7 +15,7 @@
 //!   the tombstone collector.
 
 pub mod expr;
-pub mod sigv4;
+pub use lifeboat_sigv4 as sigv4;
 pub mod value;
 
 pub mod api;

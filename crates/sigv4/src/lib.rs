@@ -1,11 +1,15 @@
-//! AWS Signature Version 4: verifying signed requests against the configured keys.
+//! AWS Signature Version 4, both ways: verifying signed requests against the configured
+//! keys (the table server's DynamoDB API) and signing lifeboat's own requests (to a table
+//! server, and to S3 from lifeboat's raw S3 client, `lifeboat_objects::s3`).
 //!
 //! boto3 and the AWS SDKs sign every DynamoDB request with SigV4. [`verify`] recomputes
 //! the signature the way the signer did and accepts the request only if the two match.
-//! Built on `hmac` + `sha2` directly: no published crate exposes SigV4 *verification*
-//! for a generic (non-S3) service (s3s keeps its `sig_v4` module private).
+//! [`sign`] signs a DynamoDB-style request (the benchmarks and tests), [`sign_s3`] an S3
+//! request. Built on `hmac` + `sha2` directly: no published crate exposes SigV4
+//! *verification* for a generic (non-S3) service (s3s keeps its `sig_v4` module private),
+//! and S3's canonical URI (below) has to be exactly the path sent.
 //!
-//! Two forms are accepted:
+//! Two forms are accepted by [`verify`]:
 //! - the `Authorization` header, `AWS4-HMAC-SHA256 Credential=<key>/<YYYYMMDD>/<region>/
 //!   <service>/aws4_request, SignedHeaders=<a;b;c>, Signature=<hex>`, with the time in
 //!   `X-Amz-Date` (or `Date`), both in ISO-8601 basic format `YYYYMMDD'T'HHMMSS'Z'`;
@@ -14,7 +18,7 @@
 //!   no `Authorization` header.
 //!
 //! The canonical request, as AWS documents it and as botocore, aws-sigv4 (Rust) and the
-//! CRT build it for every service except S3:
+//! CRT build it for every service except S3 ([`verify`], [`sign`]):
 //! - method;
 //! - canonical URI: the path *as sent* (still percent-encoded), with `.`/`..` and empty
 //!   segments removed, URI-encoded again (so `%20` becomes `%2520`: "double encoding");
@@ -28,13 +32,19 @@
 //! - the payload hash: `X-Amz-Content-Sha256` if sent (it must equal the body's SHA-256),
 //!   else the body's SHA-256.
 //!
+//! S3 ([`sign_s3`]) differs in the canonical URI only: it is the path exactly as sent,
+//! already percent-encoded by the caller, neither normalized nor encoded a second time,
+//! so the keys `a//b`, `a/./b`, `a/../b` and `/x` are signed as themselves. The payload
+//! hash is always sent, in `X-Amz-Content-Sha256`.
+//!
 //! The caller must present `host` in `headers`: over HTTP/2 the authority travels in the
 //! URI, not in a header, and has to be copied into a `host` header before calling.
 //!
-//! Not supported: SigV4a (`AWS4-ECDSA-P256-SHA256`), `UNSIGNED-PAYLOAD` and the chunked
-//! `STREAMING-*` payloads (S3-only features). `X-Amz-Security-Token` is accepted and not
-//! checked: keys here are long-term secrets and there is no token store, so the secret
-//! alone authenticates (it is still covered by the signature whenever the client signed it).
+//! Not supported when verifying: SigV4a (`AWS4-ECDSA-P256-SHA256`), `UNSIGNED-PAYLOAD`
+//! and the chunked `STREAMING-*` payloads (S3-only features the table server has no use
+//! for). `X-Amz-Security-Token` is accepted and not checked: keys here are long-term
+//! secrets and there is no token store, so the secret alone authenticates (it is still
+//! covered by the signature whenever the client signed it).
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -73,8 +83,10 @@ pub struct Signer {
     pub service: String,
 }
 
-/// Why a request is refused. Each maps to DynamoDB's error: [`SigError::code`] gives the
-/// `__type` suffix, `Display` DynamoDB's message text, and all are HTTP 400.
+/// Why a request is refused by [`verify`] (or, as [`SigError::Incomplete`], why [`sign`] or
+/// [`sign_s3`] could not sign). Each maps to DynamoDB's error, the table server's answer:
+/// [`SigError::code`] gives the `__type` suffix, `Display` DynamoDB's message text, and all
+/// are HTTP 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SigError {
     /// Neither an `Authorization` header nor presigned query parameters.
@@ -95,7 +107,7 @@ pub enum SigError {
     #[error("The provided 'x-amz-content-sha256' header does not match what was computed.")]
     PayloadHashMismatch,
     /// The signed time is too old: more than 15 minutes before now, or for a presigned
-    /// request, more than `X-Amz-Expires` seconds. `window` is "15 min." or "<n> sec.".
+    /// request, more than `X-Amz-Expires` seconds. `window` is `"15 min."` or `"<n> sec."`.
     #[error("Signature expired: {signed} is now earlier than {earliest} ({now} - {window})")]
     Expired {
         signed: String,
@@ -289,6 +301,131 @@ pub fn sign(
     );
     let value = http::HeaderValue::from_str(&auth)
         .map_err(|_| SigError::Incomplete("authorization".into()))?;
+    headers.insert(http::header::AUTHORIZATION, value);
+    Ok(())
+}
+
+/// The access key a request is signed with. `Debug` shows the key id only, never the
+/// secret or the session token.
+#[derive(Clone, Copy)]
+pub struct Credentials<'a> {
+    pub access_key_id: &'a str,
+    pub secret_access_key: &'a str,
+    /// Temporary credentials' token (STS), sent and signed as `x-amz-security-token`.
+    pub session_token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("session_token", &self.session_token.map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Sign an S3 request (service `s3`): adds `x-amz-content-sha256` (= `payload_sha256`),
+/// `x-amz-date`, `x-amz-security-token` (with a session token) and `authorization` to
+/// `headers`, which must hold `host`.
+///
+/// - `raw_path` is the path exactly as it goes on the request line, already
+///   percent-encoded by the caller (see [`uri_encode`] with `encode_slash` false); it is
+///   signed as it is: not normalized, not encoded again. It must start with `/`.
+/// - `raw_query` holds the query's names and values *decoded*; each is URI-encoded
+///   ([`uri_encode`], `/` too) and the pairs sorted. The request line's query must carry
+///   the same pairs (in any order; an empty value may be sent as `name` or `name=`).
+/// - Signed: `host`, `range`, `content-type`, `content-md5` and every `x-amz-*` header
+///   present (so `x-amz-content-sha256`, `x-amz-date` and the token always).
+/// - `payload_sha256`: the lower-case hex SHA-256 of the body (`UNSIGNED-PAYLOAD` would
+///   work too; lifeboat always hashes).
+#[allow(clippy::too_many_arguments)]
+pub fn sign_s3(
+    method: &str,
+    raw_path: &str,
+    raw_query: &[(String, String)],
+    headers: &mut HeaderMap,
+    payload_sha256: &str,
+    credentials: &Credentials<'_>,
+    region: &str,
+    now: SystemTime,
+) -> Result<(), SigError> {
+    const SERVICE: &str = "s3";
+    if !raw_path.starts_with('/') {
+        return Err(SigError::Incomplete(format!(
+            "the path to sign must start with '/', not '{}'",
+            echo(raw_path.as_bytes())
+        )));
+    }
+    if !headers.contains_key(http::header::HOST) {
+        return Err(SigError::Incomplete(
+            "a request to sign needs its 'host' header".into(),
+        ));
+    }
+    let amz_date = format_amz_date(system_secs(now));
+    let date = amz_date.get(..8).unwrap_or_default().to_owned();
+    let header_value = |name: &str, value: &str| {
+        http::HeaderValue::from_str(value)
+            .map_err(|_| SigError::Incomplete(format!("'{name}' is not a valid header value")))
+    };
+    headers.insert(
+        "x-amz-content-sha256",
+        header_value("x-amz-content-sha256", payload_sha256)?,
+    );
+    headers.insert("x-amz-date", header_value("x-amz-date", &amz_date)?);
+    match credentials.session_token {
+        Some(token) => {
+            headers.insert(
+                "x-amz-security-token",
+                header_value("x-amz-security-token", token)?,
+            );
+        }
+        None => {
+            headers.remove("x-amz-security-token");
+        }
+    }
+
+    let mut names: Vec<&str> = headers
+        .keys()
+        .map(http::HeaderName::as_str)
+        .filter(|name| {
+            matches!(*name, "host" | "range" | "content-type" | "content-md5")
+                || name.starts_with("x-amz-")
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let signed_headers = names.join(";");
+
+    let query: Vec<(Vec<u8>, Vec<u8>)> = raw_query
+        .iter()
+        .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
+        .collect();
+    let canonical = canonical_request_with_uri(
+        method,
+        raw_path,
+        &query,
+        false,
+        headers,
+        &signed_headers,
+        payload_sha256,
+    );
+    let mac = signature_mac(
+        credentials.secret_access_key,
+        &amz_date,
+        &date,
+        region,
+        SERVICE,
+        &canonical,
+    )?;
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let auth = format!(
+        "{ALGORITHM} Credential={}/{date}/{region}/{SERVICE}/{TERMINATOR}, SignedHeaders={signed_headers}, Signature={signature}",
+        credentials.access_key_id
+    );
+    let mut value = http::HeaderValue::from_str(&auth)
+        .map_err(|_| SigError::Incomplete("authorization".into()))?;
+    value.set_sensitive(true);
     headers.insert(http::header::AUTHORIZATION, value);
     Ok(())
 }
@@ -544,10 +681,33 @@ fn check_time(auth: &AuthParams, now: i64) -> Result<(), SigError> {
     Ok(())
 }
 
-/// The canonical request, as bytes: header values need not be UTF-8.
+/// The canonical request of every service but S3 (the path normalized and encoded again),
+/// as bytes: header values need not be UTF-8.
 fn canonical_request(
     method: &str,
     raw_path: &str,
+    query: &[(Vec<u8>, Vec<u8>)],
+    presigned: bool,
+    headers: &HeaderMap,
+    signed_headers: &str,
+    payload_hash: &str,
+) -> Vec<u8> {
+    let canonical_uri = uri_encode(normalize_path(raw_path).as_bytes(), false);
+    canonical_request_with_uri(
+        method,
+        &canonical_uri,
+        query,
+        presigned,
+        headers,
+        signed_headers,
+        payload_hash,
+    )
+}
+
+/// The canonical request with the canonical URI given as it is (S3: the path as sent).
+fn canonical_request_with_uri(
+    method: &str,
+    canonical_uri: &str,
     query: &[(Vec<u8>, Vec<u8>)],
     presigned: bool,
     headers: &HeaderMap,
@@ -558,7 +718,7 @@ fn canonical_request(
     out.extend_from_slice(method.as_bytes());
     out.push(b'\n');
 
-    out.extend_from_slice(uri_encode(normalize_path(raw_path).as_bytes(), false).as_bytes());
+    out.extend_from_slice(canonical_uri.as_bytes());
     out.push(b'\n');
 
     let mut pairs: Vec<(String, String)> = query
@@ -677,8 +837,9 @@ fn hex_value(b: u8) -> Option<u8> {
 }
 
 /// SigV4's UriEncode: every byte but `A-Z a-z 0-9 - . _ ~` as `%XX` (upper-case hex);
-/// `/` too unless `encode_slash` is false (paths).
-fn uri_encode(input: &[u8], encode_slash: bool) -> String {
+/// `/` too unless `encode_slash` is false (paths). An S3 key encoded with `encode_slash`
+/// false is the path [`sign_s3`] signs and the server decodes back to the same bytes.
+pub fn uri_encode(input: &[u8], encode_slash: bool) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(input.len());
     for &b in input {
@@ -1993,5 +2154,251 @@ mod tests {
             verify("POST", "/", "", &h, br#"{"TableName":"u"}"#, &keys, now),
             Err(SigError::SignatureMismatch)
         );
+    }
+
+    // ---- S3 (sign_s3): the examples of the S3 API reference, "Signature Calculations
+    // for the Authorization Header: Transferring Payload in a Single Chunk" ----
+
+    const S3_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+    const S3_SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    const S3_DATE: &str = "20130524T000000Z";
+    const S3_CREDS: Credentials<'static> = Credentials {
+        access_key_id: S3_KEY,
+        secret_access_key: S3_SECRET,
+        session_token: None,
+    };
+
+    fn s3_sign(path: &str, query: &[(&str, &str)], extra: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = header_map(&[("host", "examplebucket.s3.amazonaws.com")]);
+        for (name, value) in extra {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let query: Vec<(String, String)> = query
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        sign_s3(
+            "GET",
+            path,
+            &query,
+            &mut headers,
+            EMPTY_SHA256,
+            &S3_CREDS,
+            "us-east-1",
+            at(S3_DATE),
+        )
+        .unwrap();
+        headers
+    }
+
+    fn authorization(headers: &HeaderMap) -> &str {
+        headers.get("authorization").unwrap().to_str().unwrap()
+    }
+
+    #[test]
+    fn s3_get_object_example() {
+        let headers = s3_sign("/test.txt", &[], &[("range", "bytes=0-9")]);
+        assert_eq!(
+            authorization(&headers),
+            "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, \
+             SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, \
+             Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+        );
+        assert_eq!(headers["x-amz-content-sha256"], EMPTY_SHA256);
+        assert_eq!(headers["x-amz-date"], S3_DATE);
+        assert!(headers["authorization"].is_sensitive());
+        assert!(!headers.contains_key("x-amz-security-token"));
+    }
+
+    #[test]
+    fn s3_get_bucket_lifecycle_example() {
+        // `?lifecycle`: a name without a value is signed as `lifecycle=`.
+        let headers = s3_sign("/", &[("lifecycle", "")], &[]);
+        assert!(authorization(&headers).ends_with(
+            "SignedHeaders=host;x-amz-content-sha256;x-amz-date, \
+             Signature=fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543"
+        ));
+    }
+
+    #[test]
+    fn s3_list_objects_example() {
+        // The query is sorted whatever order it is given in.
+        let headers = s3_sign("/", &[("prefix", "J"), ("max-keys", "2")], &[]);
+        assert!(authorization(&headers).ends_with(
+            "Signature=34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7"
+        ));
+    }
+
+    /// The canonical request `sign_s3` signed for these inputs, rebuilt from what it set.
+    fn s3_canonical(path: &str, query: &[(&str, &str)], headers: &HeaderMap) -> String {
+        let auth = authorization(headers);
+        let signed = auth
+            .split("SignedHeaders=")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap();
+        let query: Vec<(Vec<u8>, Vec<u8>)> = query
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        String::from_utf8(canonical_request_with_uri(
+            "GET",
+            path,
+            &query,
+            false,
+            headers,
+            signed,
+            EMPTY_SHA256,
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn s3_paths_are_signed_exactly_as_sent() {
+        let mut signatures = Vec::new();
+        for path in [
+            "/bkt/a//b",
+            "/bkt/a/./b",
+            "/bkt/a/../b",
+            "/bkt//lead",
+            "/bkt/dir/",
+            "/bkt/a/b",
+            "/bkt/sp%20ace%2Bplus%2525%3Fq%23h%26amp",
+            "/bkt/%C3%BC/%F0%9F%99%82/%01",
+        ] {
+            let headers = s3_sign(path, &[], &[]);
+            let canonical = s3_canonical(path, &[], &headers);
+            assert!(
+                canonical.starts_with(&format!("GET\n{path}\n\n")),
+                "{path}: {canonical}"
+            );
+            signatures.push(authorization(&headers).to_owned());
+        }
+        // No two of them are the same request (the non-S3 rule would sign the first
+        // three and "/bkt/a/b" alike).
+        let mut distinct = signatures.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), signatures.len());
+        // The other services' rule, for contrast: normalized and encoded again.
+        assert_eq!(
+            uri_encode(normalize_path("/bkt/a/./b").as_bytes(), false),
+            "/bkt/a/b"
+        );
+    }
+
+    #[test]
+    fn s3_query_names_and_values_are_encoded_and_sorted() {
+        let query = [
+            ("uploadId", "abc/def+g=="),
+            ("partNumber", "3"),
+            ("prefix", "a b/ü"),
+            ("continuation-token", "1/2~x"),
+        ];
+        let headers = s3_sign("/bkt/k", &query, &[]);
+        let canonical = s3_canonical("/bkt/k", &query, &headers);
+        assert!(
+            canonical.starts_with(
+                "GET\n/bkt/k\ncontinuation-token=1%2F2~x&partNumber=3&prefix=a%20b%2F%C3%BC\
+                 &uploadId=abc%2Fdef%2Bg%3D%3D\n"
+            ),
+            "{canonical}"
+        );
+    }
+
+    #[test]
+    fn s3_signs_amz_and_content_headers_and_the_token() {
+        let mut headers = header_map(&[
+            ("host", "127.0.0.1:9000"),
+            ("content-type", "text/plain"),
+            ("content-md5", "1B2M2Y8AsgTpgAmY7PhCfg=="),
+            ("content-length", "0"),
+            ("x-amz-meta-colour", "blue"),
+            ("x-amz-tagging", "a=1&b=2"),
+            ("user-agent", "lifeboat"),
+            ("cache-control", "no-cache"),
+        ]);
+        let creds = Credentials {
+            session_token: Some("FQoGZXIvYXdzEXAMPLE/token+=="),
+            ..S3_CREDS
+        };
+        sign_s3(
+            "PUT",
+            "/bkt/k",
+            &[],
+            &mut headers,
+            EMPTY_SHA256,
+            &creds,
+            "eu-west-1",
+            at(S3_DATE),
+        )
+        .unwrap();
+        assert_eq!(
+            headers["x-amz-security-token"],
+            "FQoGZXIvYXdzEXAMPLE/token+=="
+        );
+        let auth = authorization(&headers);
+        assert!(
+            auth.contains(
+                "/20130524/eu-west-1/s3/aws4_request, SignedHeaders=content-md5;content-type;\
+                 host;x-amz-content-sha256;x-amz-date;x-amz-meta-colour;x-amz-security-token;\
+                 x-amz-tagging, "
+            ),
+            "{auth}"
+        );
+        let debug = format!("{creds:?}");
+        assert!(debug.contains(S3_KEY), "{debug}");
+        assert!(
+            !debug.contains(S3_SECRET) && !debug.contains("FQoG"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn s3_refuses_what_it_cannot_sign() {
+        let mut no_host = HeaderMap::new();
+        let got = sign_s3(
+            "GET",
+            "/bkt/k",
+            &[],
+            &mut no_host,
+            EMPTY_SHA256,
+            &S3_CREDS,
+            "us-east-1",
+            at(S3_DATE),
+        );
+        assert!(matches!(got, Err(SigError::Incomplete(m)) if m.contains("host")));
+        let mut headers = header_map(&[("host", "h")]);
+        let got = sign_s3(
+            "GET",
+            "bkt/k",
+            &[],
+            &mut headers,
+            EMPTY_SHA256,
+            &S3_CREDS,
+            "us-east-1",
+            at(S3_DATE),
+        );
+        assert!(matches!(got, Err(SigError::Incomplete(m)) if m.contains("'/'")));
+        let got = sign_s3(
+            "GET",
+            "/k",
+            &[],
+            &mut headers,
+            EMPTY_SHA256,
+            &Credentials {
+                session_token: Some("bad\ntoken"),
+                ..S3_CREDS
+            },
+            "us-east-1",
+            at(S3_DATE),
+        );
+        assert!(matches!(got, Err(SigError::Incomplete(m)) if m.contains("x-amz-security-token")));
+        assert!(!headers.contains_key("authorization"));
     }
 }
