@@ -3,14 +3,17 @@
 #  1. backfill of 10,000 x 4 KiB and of 20 x 50 MiB objects, local dir -> local dir and
 #     local dir -> S3 API server (s3s-fs on 127.0.0.1), lifeboat vs `rclone copy` on the
 #     same data, with ratios;
-#  2. replication latency p50/p99 at 100 new objects/s for 60 s (local -> local).
+#  2. replication latency p50/p99 at 100 new objects/s for 60 s (local -> local);
+#  3. the same for an S3-API source, through region a's S3 gateway (every write recorded
+#     at once) and by listing alone (writes straight into the bucket; reconcile_interval
+#     30 s, the default), 100 objects/s for 30 s each.
 # Usage: bench/objects/run.sh            (needs: rclone — apt-get install -y rclone)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v rclone >/dev/null || { echo "rclone is missing: apt-get install -y rclone" >&2; exit 1; }
 
 cargo build --release -q -p lifeboat-objects --example objects-bench
-BIN=$PWD/target/release/examples/objects-bench
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/objects-bench
 W=$(mktemp -d /tmp/lifeboat-objects-bench.XXXXXX)
 S3PID=
 cleanup() { [ -n "$S3PID" ] && kill "$S3PID" 2>/dev/null; rm -rf "$W"; }
@@ -18,7 +21,7 @@ trap cleanup EXIT
 
 KEY=bench-key; SECRET=bench-secret-key
 printf %s "$KEY" > "$W/key-id"; printf %s "$SECRET" > "$W/secret"
-"$BIN" serve-s3 "$W/s3" lifeboat,rclone "$KEY" "$SECRET" > "$W/s3.addr" &
+"$BIN" serve-s3 "$W/s3" lifeboat,rclone,lat-a "$KEY" "$SECRET" > "$W/s3.addr" &
 S3PID=$!
 for _ in $(seq 100); do [ -s "$W/s3.addr" ] && break; sleep 0.1; done
 S3=$(head -1 "$W/s3.addr")
@@ -106,6 +109,12 @@ rm -rf "$W/lat-a" "$W/lat-b" "$W/state"
 mkdir -p "$W/lat-a" "$W/lat-b"
 config "$W/lat-a" "local $W/lat-b" "$W/cfg.toml"
 "$BIN" latency "$W/cfg.toml" a "$W/state" 100 60 | tee -a "$W/summary"
+
+for via in gateway listing; do
+    echo "== replication latency: S3-API source via $via, 100 new 4 KiB objects/s for 30 s =="
+    rm -rf "$W/lat-b" "$W/state" "$W/s3/lat-a"; mkdir -p "$W/lat-b" "$W/s3/lat-a"
+    "$BIN" s3-latency "$S3" "$KEY" "$SECRET" "$W/lat-b" "$W/state" 100 30 "$via" | tee -a "$W/summary"
+done
 
 echo "load average $(cut -d' ' -f1-3 /proc/loadavg) at the end" | tee -a "$W/summary"
 echo "== summary =="

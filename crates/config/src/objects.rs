@@ -26,15 +26,24 @@
 //! prefix = "messages/"
 //! delete_replication = true            # default false, as in S3
 //! backfill = true                      # replicate objects that existed before
+//!
+//! [objects.gateway]                    # a regional S3 endpoint in front of each store
+//! bucket = "objects"                   # the bucket name applications use
+//! listen = { a = "0.0.0.0:9000", b = "0.0.0.0:9000" }
+//! [[objects.gateway.access_keys]]      # what the SDKs sign with (SigV4)
+//! id = "AKIDLIFEBOATOBJECTS"
+//! secret_file = "/etc/lifeboat/objects-gateway.secret"
 //! ```
 //!
 //! Guarantees: secrets are never inline (`*_file` / `*_env`), every store belongs to a
 //! defined region, at least two regions have a store, and each problem is reported at
 //! its key.
 
+use crate::tables::AccessKeyConfig;
 use crate::{SecretRef, duration};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -90,6 +99,67 @@ pub struct ObjectsConfig {
     /// unreachable destination stays PENDING and is retried for ever.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// `[objects.gateway]`: each region's S3 endpoint (writes refused unless active).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// `[objects.gateway]`: an S3-API endpoint per region in front of its store. Writes
+/// through it are recorded at once (no listing) and refused while the region is not
+/// the active one (docs/architecture.md, rule 2).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The one bucket the gateway serves: the region's store.
+    #[serde(default = "default_gateway_bucket")]
+    pub bucket: String,
+    /// Where each region's gateway listens (regions left out run none).
+    #[serde(default)]
+    pub listen: BTreeMap<String, SocketAddr>,
+    /// The keys requests are signed with (SigV4).
+    #[serde(default)]
+    pub access_keys: Vec<AccessKeyConfig>,
+}
+
+fn default_gateway_bucket() -> String {
+    "objects".to_owned()
+}
+
+impl GatewayConfig {
+    fn validate(&self, objects: &ObjectsConfig, v: &mut crate::Validator<'_>) {
+        let b = &self.bucket;
+        let ok_chars = b
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
+        let ends_ok = b.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && b.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !(3..=63).contains(&b.len()) || !ok_chars || !ends_ok {
+            v.error(
+                "objects.gateway.bucket",
+                format!("{b:?} is not an S3 bucket name (3-63 lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)"),
+            );
+        }
+        if self.listen.is_empty() {
+            v.error(
+                "objects.gateway.listen",
+                "no region runs a gateway: add listen = { REGION = \"host:port\" }",
+            );
+        }
+        for region in self.listen.keys() {
+            if !objects.stores.contains_key(region) {
+                v.error(
+                    &format!("objects.gateway.listen.{region}"),
+                    format!("region {region} has no object store ([objects.stores.{region}]) for its gateway to serve"),
+                );
+            }
+        }
+        crate::tables::validate_access_keys(
+            "objects.gateway.access_keys",
+            &self.access_keys,
+            "the gateway needs at least one access key ([[objects.gateway.access_keys]] with id and secret_file or secret_env): every request is signed",
+            v,
+        );
+    }
 }
 
 impl Default for ObjectsConfig {
@@ -105,6 +175,7 @@ impl Default for ObjectsConfig {
             retry_initial: default_retry_initial(),
             retry_max: default_retry_max(),
             max_attempts: default_max_attempts(),
+            gateway: None,
         }
     }
 }
@@ -301,6 +372,9 @@ impl ObjectsConfig {
     }
 
     pub(crate) fn validate(&self, cfg: &crate::Config, v: &mut crate::Validator<'_>) {
+        if let Some(g) = &self.gateway {
+            g.validate(self, v);
+        }
         if self.stores.len() < 2 {
             v.error(
                 "objects.stores",

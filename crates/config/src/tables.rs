@@ -114,38 +114,52 @@ impl TablesConfig {
                 _ => {}
             }
         }
-        if self.access_keys.is_empty() {
+        validate_access_keys(
+            "tables.access_keys",
+            &self.access_keys,
+            "the table servers need at least one access key ([[tables.access_keys]] with id and secret_file or secret_env): every request is signed",
+            v,
+        );
+    }
+}
+
+/// A list of SigV4 access keys (`[[tables.access_keys]]`, `[[objects.gateway.access_keys]]`):
+/// at least one, ids letters and digits and each once, secrets from a file or the
+/// environment only.
+pub(crate) fn validate_access_keys(
+    at: &str,
+    keys: &[AccessKeyConfig],
+    none_message: &str,
+    v: &mut crate::Validator<'_>,
+) {
+    if keys.is_empty() {
+        v.error(at, none_message);
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, k) in keys.iter().enumerate() {
+        let at = format!("{at}[{i}]");
+        if k.id.is_empty() || !k.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
             v.error(
-                "tables.access_keys",
-                "the table servers need at least one access key ([[tables.access_keys]] with id and secret_file or secret_env): every request is signed",
+                &format!("{at}.id"),
+                "an access key id is letters and digits (as AWS's are)",
             );
         }
-        let mut ids = std::collections::BTreeSet::new();
-        for (i, k) in self.access_keys.iter().enumerate() {
-            let at = format!("tables.access_keys[{i}]");
-            if k.id.is_empty() || !k.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                v.error(
-                    &format!("{at}.id"),
-                    "an access key id is letters and digits (as AWS's are)",
-                );
-            }
-            if !ids.insert(k.id.clone()) {
-                v.error(
-                    &format!("{at}.id"),
-                    format!("access key {:?} is listed twice", k.id),
-                );
-            }
-            if k.secret.is_some() {
-                v.error(
-                    &format!("{at}.secret"),
-                    "secrets are never inline: use secret_file or secret_env",
-                );
-            }
-            match (&k.secret_file, &k.secret_env) {
-                (None, None) => v.error(&at, "an access key needs secret_file or secret_env"),
-                (Some(_), Some(_)) => v.error(&at, "give secret_file or secret_env, not both"),
-                _ => {}
-            }
+        if !ids.insert(k.id.clone()) {
+            v.error(
+                &format!("{at}.id"),
+                format!("access key {:?} is listed twice", k.id),
+            );
+        }
+        if k.secret.is_some() {
+            v.error(
+                &format!("{at}.secret"),
+                "secrets are never inline: use secret_file or secret_env",
+            );
+        }
+        match (&k.secret_file, &k.secret_env) {
+            (None, None) => v.error(&at, "an access key needs secret_file or secret_env"),
+            (Some(_), Some(_)) => v.error(&at, "give secret_file or secret_env, not both"),
+            _ => {}
         }
     }
 }

@@ -51,6 +51,19 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        "s3-latency" => {
+            s3_latency(
+                &arg(1),
+                &arg(2),
+                &arg(3),
+                Path::new(&arg(4)),
+                Path::new(&arg(5)),
+                arg(6).parse()?,
+                arg(7).parse()?,
+                &arg(8),
+            )
+            .await
+        }
         other => anyhow::bail!("unknown command {other}"),
     }
 }
@@ -167,6 +180,140 @@ async fn latency(
         pct(0.99),
         lat.last().copied().unwrap_or(-1),
         lat.len()
+    );
+    Ok(())
+}
+
+fn s3_client(
+    endpoint: &str,
+    bucket: &str,
+    key: &str,
+    secret: &str,
+) -> lifeboat_objects::s3::S3Client {
+    lifeboat_objects::s3::S3Client::new(lifeboat_objects::s3::S3Config {
+        endpoint: Some(endpoint.to_owned()),
+        bucket: bucket.to_owned(),
+        region: "us-east-1".to_owned(),
+        access_key_id: key.to_owned(),
+        secret_access_key: secret.to_owned(),
+        session_token: None,
+        virtual_hosted_style: false,
+    })
+    .expect("S3 client")
+}
+
+/// An S3-API source (bucket `lat-a` on the bench's s3s-fs server at `endpoint`)
+/// replicated to a local directory while `rate` objects per second are written for
+/// `secs`: `via` = `gateway` writes through region a's S3 gateway (recorded at once),
+/// `listing` writes into the bucket directly (seen by the periodic listing, every
+/// `reconcile_interval`, 30 s by default). Latency = when the verified copy was
+/// recorded minus when the writer's PUT was answered.
+#[allow(clippy::too_many_arguments)]
+async fn s3_latency(
+    endpoint: &str,
+    key: &str,
+    secret: &str,
+    dest: &Path,
+    state: &Path,
+    rate: u64,
+    secs: u64,
+    via: &str,
+) -> anyhow::Result<()> {
+    use lifeboat_config::objects::{ObjectsConfig, StoreConfig};
+    use lifeboat_objects::Store;
+    let source = s3_client(endpoint, "lat-a", key, secret);
+    let a = Store {
+        describe: source.describe(),
+        backend: lifeboat_objects::store::Backend::S3(std::sync::Arc::new(source)),
+        kind: lifeboat_config::objects::StoreKind::S3,
+        local_root: None,
+        local: None,
+    };
+    let b = Store::open(&StoreConfig::local(dest))?;
+    let cfg = ObjectsConfig::default();
+    let region = lifeboat_core::RegionId::new("a");
+    let stores = [("a".to_owned(), a), ("b".to_owned(), b)]
+        .into_iter()
+        .collect();
+    let rep = Replicator::open_with_stores(&cfg, &region, state, stores)?;
+    let role = rep.role();
+    let cancel = CancellationToken::new();
+    let writer = match via {
+        "gateway" => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let gw = format!("http://{}", listener.local_addr()?);
+            let gateway = rep.gateway("objects");
+            tokio::spawn(gateway.serve(
+                listener,
+                vec![(key.to_owned(), secret.to_owned())],
+                cancel.clone(),
+            ));
+            s3_client(&gw, "objects", key, secret)
+        }
+        "listing" => s3_client(endpoint, "lat-a", key, secret),
+        other => anyhow::bail!("via {other}: gateway or listing"),
+    };
+    let task = tokio::spawn(rep.run(cancel.clone()));
+    role.activate(&lifeboat_core::Activation {
+        epoch: lifeboat_core::Epoch(1),
+        region: region.clone(),
+        forced: false,
+    })
+    .await?;
+    // Until the region is active (the gateway refuses writes before).
+    loop {
+        if role.status().await.role == lifeboat_core::RoleHealth::Primary {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut written: HashMap<String, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let payload = bytes::Bytes::from(vec![7u8; 4096]);
+    for i in 0..rate * secs {
+        tick.tick().await;
+        let key = format!("lat/{:03}/obj-{i:06}", i % 50);
+        writer.put(&key, vec![payload.clone()], &[], &[]).await?;
+        written.insert(key, db::now_ms());
+    }
+    let dbh = db::Db::open(&lifeboat_objects::db_path(state))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut lat: Vec<i64> = Vec::new();
+    loop {
+        lat.clear();
+        let mut missing = 0;
+        for (key, at) in &written {
+            match dbh.target(key, "b")? {
+                Some(r) if r.completed_ms.is_some() => lat.push(r.completed_ms.unwrap_or(0) - at),
+                _ => missing += 1,
+            }
+        }
+        if missing == 0 || tokio::time::Instant::now() > deadline {
+            println!(
+                "objects {} replicated {} missing {missing}",
+                written.len(),
+                lat.len()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cancel.cancel();
+    let _ = task.await;
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(-1)
+    };
+    println!(
+        "s3 source via {via}: latency_ms p50 {} p90 {} p99 {} max {} (n={}, {rate}/s for {secs}s, reconcile_interval {:?})",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        lat.last().copied().unwrap_or(-1),
+        lat.len(),
+        cfg.reconcile_interval
     );
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn status_of_db(db: &Db, region: &RegionId, json: bool) -> anyhow::Result<St
                 r.dest,
                 r.size,
                 r.attempts,
-                r.key,
+                shown_key(&r.key),
                 r.last_error.as_deref().unwrap_or("")
             );
         }
@@ -95,6 +95,21 @@ pub fn status_of_db(db: &Db, region: &RegionId, json: bool) -> anyhow::Result<St
         }
     }
     Ok(out)
+}
+
+/// A key as the text table shows it: as it is, unless it has characters a terminal
+/// would not show faithfully (control characters, a leading or trailing space), then
+/// quoted and escaped (`"a\u{1}b"`). `--json` always has the key exact.
+fn shown_key(key: &str) -> String {
+    let plain = !key.is_empty()
+        && !key.chars().any(char::is_control)
+        && !key.starts_with(' ')
+        && !key.ends_with(' ');
+    if plain {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
 }
 
 /// Make FAILED (and backing-off PENDING) objects of `region` due now, optionally only

@@ -18,11 +18,12 @@ pub mod cli;
 pub mod db;
 pub mod metrics;
 mod replicator;
+pub mod s3;
 pub mod source;
 pub mod store;
 pub mod transfer;
 
 pub use metrics::ObjectMetrics;
-pub use replicator::{Mode, ObjectEvent, RegionRole, Replicator, db_path, keep_dir};
+pub use replicator::{Gateway, Mode, ObjectEvent, RegionRole, Replicator, db_path, keep_dir};
 pub use source::{Change, ChangeSource};
 pub use store::Store;

@@ -36,6 +36,10 @@ pub struct ObjectMetrics {
     pub(crate) backfill_done: AtomicU64,
     /// Age of the oldest pending operation, milliseconds (the replication lag).
     pub(crate) oldest_pending_ms: AtomicU64,
+    /// Writes (PUTs, deletes) the gateway carried out, and those it refused because
+    /// the region was not the active one.
+    pub(crate) gateway_writes_total: AtomicU64,
+    pub(crate) gateway_refused_total: AtomicU64,
     /// Time from a change being seen to its copy being verified (the client library's
     /// histogram: buckets, sum and count).
     latency: Histogram,
@@ -68,6 +72,8 @@ impl ObjectMetrics {
             backfill_total: AtomicU64::new(0),
             backfill_done: AtomicU64::new(0),
             oldest_pending_ms: AtomicU64::new(0),
+            gateway_writes_total: AtomicU64::new(0),
+            gateway_refused_total: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
@@ -95,6 +101,10 @@ impl ObjectMetrics {
     /// Periodic reconcile passes completed.
     pub fn reconciles(&self) -> u64 {
         self.reconciles_total.load(Ordering::Relaxed)
+    }
+    /// Writes the gateway refused (the region was not the active one).
+    pub fn gateway_refused(&self) -> u64 {
+        self.gateway_refused_total.load(Ordering::Relaxed)
     }
     /// (done, total) of the current backfill.
     pub fn backfill_progress(&self) -> (u64, u64) {
@@ -189,6 +199,18 @@ impl ObjectMetrics {
             Kind::Gauge,
             "Backfill operations completed.",
             g(&self.backfill_done),
+        );
+        line(
+            "lifeboat_objects_gateway_writes_total",
+            Kind::Counter,
+            "Writes (PUTs and deletes) carried out through the region's S3 gateway.",
+            g(&self.gateway_writes_total),
+        );
+        line(
+            "lifeboat_objects_gateway_refused_total",
+            Kind::Counter,
+            "Writes the S3 gateway refused because the region was not the active one.",
+            g(&self.gateway_refused_total),
         );
 
         out.histogram(

@@ -27,7 +27,6 @@ use lifeboat_core::{
     Activation, DataRole, Epoch, FollowTarget, HealthStatus, JournalKind, RegionId, RoleError,
     RoleHealth, RoleStatus, SharedRole,
 };
-use object_store::path::Path as ObjectPath;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -37,9 +36,12 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 mod dispatcher;
+mod gateway;
 mod observer;
 
-use dispatcher::{dispatch, object_key};
+pub use gateway::Gateway;
+
+use dispatcher::dispatch;
 use observer::observe;
 
 /// The replication mode of this region.
@@ -89,6 +91,8 @@ pub fn db_path(state_dir: &Path) -> std::path::PathBuf {
 
 /// How many bytes of unsent writes a fence keeps aside at most (oldest first).
 const KEEP_ASIDE_MAX_BYTES: u64 = 1 << 30;
+/// How long a fence waits for the gateway writes it found in flight.
+const GATEWAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a fence spends keeping unsent writes aside.
 const KEEP_ASIDE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -119,6 +123,9 @@ pub(crate) struct Inner {
     /// The active region this one was last told to follow: a new state database's first
     /// look compares the store with that region's copies.
     following: Mutex<Option<RegionId>>,
+    /// Held shared by each gateway write from its mode check to its record, taken
+    /// exclusively by `fence`: once a fence returns, no gateway write is in flight.
+    write_gate: tokio::sync::RwLock<()>,
 }
 
 /// The replicator of one region. See the module documentation.
@@ -187,6 +194,7 @@ impl Replicator {
             highest_epoch: lifeboat_core::EpochRatchet::new(),
             keep_dir: keep_dir(state_dir),
             following: Mutex::new(None),
+            write_gate: tokio::sync::RwLock::new(()),
         });
         inner.refresh_gauges();
         Ok(Self { inner, hints_rx })
@@ -362,6 +370,22 @@ impl DataRole for RegionRole {
             CancellationToken::new(),
         );
         old.cancel();
+        // Wait for the gateway writes admitted before the fence: each is recorded
+        // before it lets go of the gate, so the keep-aside below sees it. New ones are
+        // refused already (the mode is fenced).
+        if tokio::time::timeout(GATEWAY_DRAIN_TIMEOUT, inner.write_gate.write())
+            .await
+            .is_err()
+        {
+            inner.emit(
+                JournalKind::Alert,
+                format!(
+                    "gateway writes to region {} were still in flight {}s after the fence; they are recorded when they finish, and listed by `lifeboat objects status` if unsent",
+                    inner.region,
+                    GATEWAY_DRAIN_TIMEOUT.as_secs()
+                ),
+            );
+        }
         inner
             .db
             .set_meta("mode", Mode::Fenced.as_str())
@@ -427,7 +451,14 @@ impl Inner {
         let rows = self.db.unsent_local_writes()?;
         let mut kept = Vec::new();
         let (mut kept_bytes, mut over_budget, mut over_bytes) = (0u64, 0usize, 0u64);
+        let mut unkeepable: Vec<String> = Vec::new();
         for (key, generation, size) in rows {
+            // The keep directory is a local directory: a key it cannot hold byte-exact
+            // (`a//b`, `/x`, `dir/`) is named in the alert instead.
+            if let Err(e) = crate::store::os_path("the keep directory", &key) {
+                unkeepable.push(e.to_string());
+                continue;
+            }
             let path = self.keep_dir.join(format!("gen{generation}")).join(&key);
             if path.exists() {
                 continue;
@@ -441,15 +472,7 @@ impl Inner {
             // The same streamed, verified copy as replication, into a local store.
             let gen_dir = self.keep_dir.join(format!("gen{generation}"));
             let keep = Store::open(&StoreConfig::local(&gen_dir))?;
-            match transfer::copy_object(
-                &self.source,
-                &keep,
-                &object_key(&key),
-                self.part_size(),
-                true,
-            )
-            .await
-            {
+            match transfer::copy_object(&self.source, &keep, &key, self.part_size(), true).await {
                 Ok(_) => {}
                 // Deleted since: there is nothing left to keep.
                 Err(TransferError::SourceGone(_)) => continue,
@@ -463,6 +486,19 @@ impl Inner {
                 format!(
                     "{over_budget} unsent object write(s) of region {} ({over_bytes} bytes) were not kept aside at the fence (over the {KEEP_ASIDE_MAX_BYTES}-byte budget): they stay listed by `lifeboat objects status` and may be overwritten by the next active region",
                     self.region
+                ),
+            );
+        }
+        if !unkeepable.is_empty() {
+            let more = unkeepable.len().saturating_sub(5);
+            self.emit(
+                JournalKind::Alert,
+                format!(
+                    "{} unsent object write(s) of region {} could not be kept aside at the fence ({}{}): they stay listed by `lifeboat objects status` and may be overwritten by the next active region",
+                    unkeepable.len(),
+                    self.region,
+                    unkeepable.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() }
                 ),
             );
         }
@@ -518,21 +554,15 @@ impl Inner {
         self.rules.iter().find(|r| key.starts_with(&r.prefix))
     }
 
-    /// The prefixes to list so that every rule's keys are seen (segment-aligned, as
-    /// object_store lists by path segment).
-    fn list_prefixes(&self) -> Vec<Option<ObjectPath>> {
-        let mut out: Vec<Option<ObjectPath>> = Vec::new();
-        for r in &self.rules {
-            let dir = match r.prefix.rfind('/') {
-                Some(i) => &r.prefix[..i],
-                None => "",
-            };
-            if dir.is_empty() {
-                return vec![None];
-            }
-            let p = Some(ObjectPath::from(dir));
-            if !out.contains(&p) {
-                out.push(p);
+    /// The prefixes to list so that every rule's keys are seen, each once: a rule's
+    /// prefix that another rule's prefix covers is not listed again.
+    fn list_prefixes(&self) -> Vec<String> {
+        let mut all: Vec<&str> = self.rules.iter().map(|r| r.prefix.as_str()).collect();
+        all.sort_unstable();
+        let mut out: Vec<String> = Vec::new();
+        for p in all {
+            if !out.iter().any(|o| p.starts_with(o.as_str())) {
+                out.push(p.to_owned());
             }
         }
         out

@@ -11,18 +11,17 @@
 //! gateway sends [`Change::Key`] for every write it accepts, and replication starts
 //! at once.
 
-use object_store::path::Path as ObjectPath;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
 /// A hint that something in the source store may have changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// This key may have been written or deleted.
-    Key(ObjectPath),
+    /// This key (a raw S3 key) may have been written or deleted.
+    Key(String),
     /// Something under this prefix changed (for example a directory appeared whose
     /// files were written before it was watched).
-    Prefix(ObjectPath),
+    Prefix(String),
     /// Hints were lost: look at everything.
     Rescan,
 }
@@ -139,7 +138,7 @@ impl ChangeSource for FsWatcher {
 /// The object key of a file under a local store's root, as `LocalFileSystem` lists
 /// it. `None` for the root itself, for paths outside it, and for names the store
 /// does not list (its in-progress upload files `name#N`).
-pub fn key_of(root: &Path, file: &Path) -> Option<ObjectPath> {
+pub fn key_of(root: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(root).ok()?;
     let mut parts = Vec::new();
     for c in rel.components() {
@@ -155,7 +154,10 @@ pub fn key_of(root: &Path, file: &Path) -> Option<ObjectPath> {
     {
         return None;
     }
-    ObjectPath::parse(parts.join("/")).ok()
+    let key = parts.join("/");
+    object_store::path::Path::parse(&key)
+        .ok()
+        .map(|p| p.to_string())
 }
 
 #[cfg(test)]
@@ -167,7 +169,7 @@ mod tests {
         let root = Path::new("/srv/a");
         assert_eq!(
             key_of(root, Path::new("/srv/a/x/y.txt")),
-            Some(ObjectPath::from("x/y.txt"))
+            Some("x/y.txt".to_owned())
         );
         assert_eq!(
             key_of(root, Path::new("/srv/a/x/y.txt#12")),
@@ -177,6 +179,6 @@ mod tests {
         assert_eq!(key_of(root, Path::new("/srv/a")), None);
         assert_eq!(key_of(root, Path::new("/srv/b/x")), None);
         let odd = key_of(root, Path::new("/srv/a/with space/ü 100%.txt")).expect("valid key");
-        assert_eq!(odd.as_ref(), "with space/ü 100%.txt");
+        assert_eq!(odd, "with space/ü 100%.txt");
     }
 }

@@ -5,66 +5,18 @@
 //! [`MAX_PARTS_IN_FLIGHT`] parts buffered; the SHA-256 of the bytes read from the
 //! source is computed on the way and, when `verify` is on, compared with the SHA-256
 //! of the copy read back from the destination (object_store's local e_tag is
-//! inode-mtime-size, not content, so it proves nothing). Content type and the other
-//! attributes travel when the destination keeps them.
+//! inode-mtime-size, not content, so it proves nothing). Content type, user metadata
+//! and the other attributes travel when the destination keeps them, tags when both
+//! stores keep tags (S3-API stores).
 
-use crate::store::Store;
+use crate::store::{Attrs, Backend, Store, StoreError, os_path};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use futures::stream::BoxStream;
 use md5::Digest as _;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{
-    Attributes, GetResult, GetResultPayload, ObjectStore, ObjectStoreExt as _, PutMultipartOptions,
-    PutOptions, PutPayload, WriteMultipart,
-};
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
-
-/// Bytes read from a local file at a time (object_store's own file stream reads 8 KiB
-/// per blocking task, which costs more in task hops than in I/O).
-const READ_CHUNK: usize = 1 << 20;
-
-/// The content of a GET as a stream of chunks. A local file is read on one blocking
-/// thread in `chunk`-sized pieces with at most two pieces queued (bounded memory).
-fn byte_stream(got: GetResult, chunk: usize) -> BoxStream<'static, object_store::Result<Bytes>> {
-    let range = got.range.clone();
-    match got.payload {
-        GetResultPayload::File(mut file, path) => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<object_store::Result<Bytes>>(2);
-            tokio::task::spawn_blocking(move || {
-                use std::io::{Read as _, Seek as _, SeekFrom};
-                let fail = |e: std::io::Error| object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: format!("reading {}: {e}", path.display()).into(),
-                };
-                if let Err(e) = file.seek(SeekFrom::Start(range.start)) {
-                    let _ = tx.blocking_send(Err(fail(e)));
-                    return;
-                }
-                let mut remaining = range.end.saturating_sub(range.start);
-                while remaining > 0 {
-                    let n = usize::try_from(remaining.min(chunk as u64)).unwrap_or(chunk);
-                    let mut buf = vec![0u8; n];
-                    if let Err(e) = file.read_exact(&mut buf) {
-                        let _ = tx.blocking_send(Err(fail(e)));
-                        return;
-                    }
-                    remaining -= n as u64;
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return;
-                    }
-                }
-            });
-            futures::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            })
-            .boxed()
-        }
-        GetResultPayload::Stream(s) => s,
-    }
-}
 
 /// Parts of one multipart upload buffered or in flight at once.
 pub const MAX_PARTS_IN_FLIGHT: usize = 2;
@@ -79,22 +31,25 @@ pub enum TransferError {
     /// operator fixes them.
     #[error("access denied by {store}: {message} (check the store's credentials)")]
     AccessDenied { store: String, message: String },
+    /// A store cannot hold the key byte-exact: retrying will not help.
+    #[error("{store} cannot hold the key {key:?}: {reason}")]
+    KeyUnsupported {
+        store: String,
+        key: String,
+        reason: String,
+    },
     /// The copy read back does not match what was sent.
     #[error("checksum mismatch at destination: sent sha256 {sent}, destination holds {found}")]
     ChecksumMismatch { sent: String, found: String },
     /// Anything else (unreachable, timeouts, server errors): retried with backoff.
-    /// The message carries the whole chain of causes: object_store's own says where
+    /// The message carries the whole chain of causes: a client's own says where
     /// ("error sending request"), the causes below it say why ("Connection refused").
-    #[error("{context}: {}", with_causes(.source))]
-    Store {
-        context: String,
-        #[source]
-        source: object_store::Error,
-    },
+    #[error("{context}: {message}")]
+    Store { context: String, message: String },
 }
 
 /// `e` and every cause below it, each once: "a: b: c".
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -109,34 +64,44 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl TransferError {
+    /// An object_store error of the local fast paths.
     fn store(context: impl Into<String>, store: &str, source: object_store::Error) -> Self {
-        match source {
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => TransferError::AccessDenied {
-                store: store.to_owned(),
-                message: source.to_string(),
-            },
-            source if is_auth_failure(&source) => TransferError::AccessDenied {
-                store: store.to_owned(),
-                message: source.to_string(),
-            },
-            source => TransferError::Store {
+        Self::from_store(context, StoreError::from_os_error(store, source))
+    }
+
+    /// A store's error, in the context of what was being done.
+    pub fn from_store(context: impl Into<String>, e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => TransferError::SourceGone(context.into()),
+            StoreError::Denied { store, message } => TransferError::AccessDenied { store, message },
+            StoreError::KeyUnsupported { store, key, reason } => {
+                TransferError::KeyUnsupported { store, key, reason }
+            }
+            StoreError::Other(message) if is_auth_failure(&message) => {
+                TransferError::AccessDenied {
+                    store: String::new(),
+                    message,
+                }
+            }
+            StoreError::Other(message) => TransferError::Store {
                 context: context.into(),
-                source,
+                message,
             },
         }
     }
 
     /// Retrying without an operator's help cannot succeed.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, TransferError::AccessDenied { .. })
+        matches!(
+            self,
+            TransferError::AccessDenied { .. } | TransferError::KeyUnsupported { .. }
+        )
     }
 }
 
 /// S3 servers answer a bad signature or an unknown key with 403 bodies that some
 /// clients surface as generic errors; recognise them by their S3 error codes.
-fn is_auth_failure(e: &object_store::Error) -> bool {
-    let text = format!("{e:?}");
+fn is_auth_failure(text: &str) -> bool {
     [
         "SignatureDoesNotMatch",
         "InvalidAccessKeyId",
@@ -162,58 +127,75 @@ pub struct Copied {
 pub async fn copy_object(
     src: &Store,
     dst: &Store,
-    key: &Path,
+    key: &str,
     part_size: usize,
     verify: bool,
 ) -> Result<Copied, TransferError> {
     let (src_name, dst_name) = (src.describe.as_str(), dst.describe.as_str());
-    let read_err = |e| TransferError::store(format!("reading {key} from {src_name}"), src_name, e);
-    let write_err = |e| TransferError::store(format!("writing {key} to {dst_name}"), dst_name, e);
+    let read_err = |e| TransferError::from_store(format!("reading {key} from {src_name}"), e);
+    let write_err = |e| TransferError::from_store(format!("writing {key} to {dst_name}"), e);
 
     // Local directory to local directory, small object: the whole copy in one
     // blocking call (thread hand-offs, not I/O, dominate small-object copies).
-    if let (Some(from), Some(to)) = (&src.local, &dst.local)
-        && let Some(copied) =
-            copy_local_small(from.clone(), to.clone(), key, part_size, verify).await?
-    {
-        return Ok(copied);
+    src.check_key(key).map_err(read_err)?;
+    dst.check_key(key).map_err(write_err)?;
+    if let (Some(from), Some(to)) = (&src.local, &dst.local) {
+        let path = os_path(src_name, key).map_err(read_err)?;
+        if let Some(copied) =
+            copy_local_small(from.clone(), to.clone(), &path, part_size, verify).await?
+        {
+            return Ok(copied);
+        }
     }
 
     // A small object in a local directory: one blocking read, no stream.
-    if let Some(fs) = &src.local
-        && let Some((data, checksum)) = read_local(fs.clone(), key, Some(part_size)).await?
-    {
-        let size = data.len() as u64;
-        let md5 = dst
-            .local
-            .is_none()
-            .then(|| hex::encode(md5::Md5::digest(&data)));
-        let put = dst
-            .inner
-            .put_opts(key, PutPayload::from_bytes(data), PutOptions::default())
-            .await
-            .map_err(write_err)?;
-        return finish_copy(dst, key, size, checksum, md5, put.e_tag, verify).await;
+    if let Some(fs) = &src.local {
+        let path = os_path(src_name, key).map_err(read_err)?;
+        if let Some((data, checksum)) = read_local(fs.clone(), &path, Some(part_size)).await? {
+            let size = data.len() as u64;
+            let md5 = dst
+                .local
+                .is_none()
+                .then(|| hex::encode(md5::Md5::digest(&data)));
+            let put = dst
+                .put(key, vec![data], &Attrs::default())
+                .await
+                .map_err(write_err)?;
+            return finish_copy(dst, key, size, checksum, md5, put, verify).await;
+        }
     }
 
-    let got = match src.inner.get(key).await {
-        Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(TransferError::SourceGone(key.to_string()));
+    let chunk = part_size.min(crate::store::READ_CHUNK);
+    let got = match src.get(key, chunk, dst.keeps_tags()).await {
+        Ok(Some(g)) => g,
+        Ok(None) | Err(StoreError::NotFound) => {
+            return Err(TransferError::SourceGone(key.to_owned()));
         }
         Err(e) => return Err(read_err(e)),
     };
-    let size = got.meta.size;
-    let attributes = if dst.keeps_attributes() {
-        got.attributes.clone()
+    let size = got.size;
+    let mut attrs = if dst.keeps_attributes() {
+        got.attrs
     } else {
-        Attributes::new()
+        Attrs::default()
     };
-    let mut stream = byte_stream(got, part_size.min(READ_CHUNK));
+    if !dst.keeps_tags() {
+        attrs.tags.clear();
+    }
+    // A multipart source between S3-API stores is copied with its own part layout, so
+    // the copy's ETag (the MD5 of the parts' MD5s, "-N") is the source's.
+    let layout = match (&src.backend, &dst.backend) {
+        (Backend::S3(client), Backend::S3(_)) => {
+            source_part_size(client, key, got.etag.as_deref(), size).await
+        }
+        _ => None,
+    };
+    let part_size = layout.unwrap_or(part_size);
+    let mut stream = got.stream;
     let mut hasher = Sha256::new();
     let md5;
 
-    let put_etag = if usize::try_from(size).is_ok_and(|s| s <= part_size) {
+    let put_etag = if layout.is_none() && usize::try_from(size).is_ok_and(|s| s <= part_size) {
         // One PUT: the chunks are kept as they came (no copy), at most one part.
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut md5_hasher = dst.local.is_none().then(md5::Md5::new);
@@ -226,27 +208,12 @@ pub async fn copy_object(
             chunks.push(chunk);
         }
         md5 = md5_hasher.map(|m| hex::encode(md5::Digest::finalize(m)));
-        let payload: PutPayload = chunks.into_iter().collect();
-        let opts = PutOptions {
-            attributes,
-            ..Default::default()
-        };
-        dst.inner
-            .put_opts(key, payload, opts)
-            .await
-            .map_err(write_err)?
-            .e_tag
+        dst.put(key, chunks, &attrs).await.map_err(write_err)?
     } else {
-        let opts = PutMultipartOptions {
-            attributes,
-            ..Default::default()
-        };
-        let upload = dst
-            .inner
-            .put_multipart_opts(key, opts)
+        let mut upload = dst
+            .upload(key, &attrs, part_size)
             .await
             .map_err(write_err)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
         let mut parts = dst.local.is_none().then(|| MultipartMd5::new(part_size));
         let result: Result<(), TransferError> = async {
             while let Some(chunk) = stream.next().await {
@@ -255,21 +222,21 @@ pub async fn copy_object(
                 if let Some(p) = &mut parts {
                     p.update(&chunk);
                 }
-                writer
+                upload
                     .wait_for_capacity(MAX_PARTS_IN_FLIGHT)
                     .await
                     .map_err(write_err)?;
-                writer.put(chunk);
+                upload.put(chunk);
             }
             Ok(())
         }
         .await;
         md5 = parts.map(MultipartMd5::finish);
         match result {
-            Ok(()) => writer.finish().await.map_err(write_err)?.e_tag,
+            Ok(()) => upload.finish().await.map_err(write_err)?,
             Err(e) => {
                 // Do not leave a half upload behind (its parts cost storage on S3).
-                let _ = writer.abort().await;
+                upload.abort().await;
                 return Err(e);
             }
         }
@@ -278,9 +245,38 @@ pub async fn copy_object(
     finish_copy(dst, key, size, checksum, md5, put_etag, verify).await
 }
 
+/// The largest source part lifeboat copies part for part (two are buffered per copy).
+const MAX_LAYOUT_PART: u64 = 64 << 20;
+
+/// The part size of an S3 multipart object (`etag` ends in `-N`), when its layout is
+/// known and uniform: part 1's size, from a HEAD with `partNumber=1` that names the
+/// same number of parts, such that N parts of it hold `size`. None otherwise (a server
+/// that ignores `partNumber`, parts too large to buffer): the copy is cut at the
+/// configured part size and verified by its checksum instead.
+async fn source_part_size(
+    client: &crate::s3::S3Client,
+    key: &str,
+    etag: Option<&str>,
+    size: u64,
+) -> Option<usize> {
+    let parts: u64 = etag?.trim_matches('"').rsplit_once('-')?.1.parse().ok()?;
+    if parts == 0 {
+        return None;
+    }
+    let head = client.head(key, Some(1)).await.ok()??;
+    let part = head.size;
+    let uniform = part > 0
+        && head.parts_count.map(u64::from) == Some(parts)
+        && size > part.saturating_mul(parts - 1)
+        && size <= part.saturating_mul(parts);
+    (uniform && part <= MAX_LAYOUT_PART)
+        .then(|| usize::try_from(part).ok())
+        .flatten()
+}
+
 /// S3's ETag of a multipart upload: the MD5 of the parts' MD5s, then `-` and the
-/// number of parts. `WriteMultipart` cuts parts at exact multiples of the part size,
-/// so the same cuts are made here.
+/// number of parts. Uploads cut parts at exact multiples of the part size, so the
+/// same cuts are made here.
 struct MultipartMd5 {
     part_size: usize,
     in_part: usize,
@@ -335,7 +331,7 @@ impl MultipartMd5 {
 /// destination's e_tag for later cheap checks.
 async fn finish_copy(
     dst: &Store,
-    key: &Path,
+    key: &str,
     size: u64,
     checksum: String,
     md5: Option<String>,
@@ -344,9 +340,10 @@ async fn finish_copy(
 ) -> Result<Copied, TransferError> {
     let dst_name = dst.describe.as_str();
     // A single-part PUT to S3 answers with the MD5 of the bytes the server stored
-    // as its ETag: equal to the MD5 of what was read from the source, the copy is
-    // verified without reading it back. (Servers whose ETag is not the MD5 — SSE-KMS,
-    // some gateways — fall through to the read-back below.)
+    // as its ETag (a multipart one with S3's md5-of-md5s-N): equal to what was
+    // computed from the source's bytes, the copy is verified without reading it
+    // back. (Servers whose ETag is not the MD5 — SSE-KMS, some gateways — fall
+    // through to the read-back below.)
     if verify
         && let (Some(md5), Some(etag)) = (&md5, &put_etag)
         && etag.trim_matches('"').eq_ignore_ascii_case(md5)
@@ -357,22 +354,11 @@ async fn finish_copy(
             dest_etag: put_etag,
         });
     }
+    let back_err = |e| TransferError::from_store(format!("reading back {key} from {dst_name}"), e);
     if !verify {
         let dest_etag = match put_etag {
             Some(e) => Some(e),
-            None => {
-                dst.inner
-                    .head(key)
-                    .await
-                    .map_err(|e| {
-                        TransferError::store(
-                            format!("reading back {key} from {dst_name}"),
-                            dst_name,
-                            e,
-                        )
-                    })?
-                    .e_tag
-            }
+            None => dst.head(key).await.map_err(back_err)?.and_then(|m| m.etag),
         };
         return Ok(Copied {
             size,
@@ -382,12 +368,21 @@ async fn finish_copy(
     }
     let (found, found_etag, dest_size) = match (&dst.local, &put_etag) {
         // A local copy whose e_tag the write returned: read it in one blocking call.
-        (Some(fs), Some(etag)) => match read_local(fs.clone(), key, None).await {
-            Ok(Some((data, sum))) => (sum, Some(etag.clone()), data.len() as u64),
-            Ok(None) | Err(TransferError::SourceGone(_)) => (String::from("(missing)"), None, 0),
+        (Some(fs), Some(etag)) => {
+            let path = os_path(dst_name, key).map_err(back_err)?;
+            match read_local(fs.clone(), &path, None).await {
+                Ok(Some((data, sum))) => (sum, Some(etag.clone()), data.len() as u64),
+                Ok(None) | Err(TransferError::SourceGone(_)) => {
+                    (String::from("(missing)"), None, 0)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => match checksum_of(dst, key).await {
+            Ok(Some(found)) => found,
+            Ok(None) => (String::from("(missing)"), None, 0),
             Err(e) => return Err(e),
         },
-        _ => checksum_of(&*dst.inner, dst_name, key).await?,
     };
     if found != checksum || dest_size != size {
         return Err(TransferError::ChecksumMismatch {
@@ -486,12 +481,9 @@ async fn copy_local_small(
         let checksum = hex::encode(Sha256::digest(&data));
 
         let dst_path = map(&to)?;
-        let write_err = |p: &std::path::Path, e| TransferError::Store {
+        let write_err = |p: &std::path::Path, e: std::io::Error| TransferError::Store {
             context: format!("writing {key} ({})", p.display()),
-            source: object_store::Error::Generic {
-                store: "LocalFileSystem",
-                source: Box::new(e),
-            },
+            message: e.to_string(),
         };
         let (staged, mut out) = loop {
             let n = STAGED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -562,52 +554,48 @@ pub fn local_etag(meta: &std::fs::Metadata) -> String {
 fn io_error(key: &Path, path: &std::path::Path, e: std::io::Error) -> TransferError {
     TransferError::Store {
         context: format!("reading {key} ({})", path.display()),
-        source: object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: Box::new(e),
-        },
+        message: e.to_string(),
     }
 }
 
-/// SHA-256 (hex), e_tag and size of an object, read as a stream.
+/// SHA-256 (hex), e_tag and size of an object, read as a stream; `None` when there
+/// is no such object.
 pub async fn checksum_of(
-    store: &dyn ObjectStore,
-    name: &str,
-    key: &Path,
-) -> Result<(String, Option<String>, u64), TransferError> {
-    let err = |e| TransferError::store(format!("reading back {key} from {name}"), name, e);
-    let got = store.get(key).await.map_err(err)?;
-    let etag = got.meta.e_tag.clone();
+    store: &Store,
+    key: &str,
+) -> Result<Option<(String, Option<String>, u64)>, TransferError> {
+    let name = store.describe.as_str();
+    let err = |e| TransferError::from_store(format!("reading back {key} from {name}"), e);
+    let Some(got) = store
+        .get(key, crate::store::READ_CHUNK, false)
+        .await
+        .map_err(err)?
+    else {
+        return Ok(None);
+    };
+    let etag = got.etag.clone();
     let mut size = 0u64;
     let mut hasher = Sha256::new();
-    let mut stream = byte_stream(got, READ_CHUNK);
+    let mut stream = got.stream;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(err)?;
         size += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    Ok((hex::encode(hasher.finalize()), etag, size))
+    Ok(Some((hex::encode(hasher.finalize()), etag, size)))
 }
 
 /// Delete `key` at `dst`; an object already gone counts as deleted.
-pub async fn delete_object(
-    dst: &dyn ObjectStore,
-    dst_name: &str,
-    key: &Path,
-) -> Result<(), TransferError> {
-    match dst.delete(key).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(TransferError::store(
-            format!("deleting {key} at {dst_name}"),
-            dst_name,
-            e,
-        )),
-    }
+pub async fn delete_object(dst: &Store, key: &str) -> Result<(), TransferError> {
+    dst.delete(key)
+        .await
+        .map_err(|e| TransferError::from_store(format!("deleting {key} at {}", dst.describe), e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::ObjectStoreExt as _;
 
     #[tokio::test]
     async fn local_etag_matches_object_store() {

@@ -6,8 +6,7 @@ mod common;
 
 use common::*;
 use lifeboat_objects::Store;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt as _, PutPayload};
+use lifeboat_objects::store::Attrs;
 use std::sync::atomic::Ordering;
 
 const BUCKET: &str = "replicas";
@@ -32,8 +31,7 @@ impl Env {
 async fn count_objects(store: &Store) -> usize {
     use futures::TryStreamExt as _;
     store
-        .inner
-        .list(None)
+        .list("", None)
         .try_collect::<Vec<_>>()
         .await
         .unwrap()
@@ -69,7 +67,7 @@ async fn local_to_s3_paged_listing_multipart_and_odd_keys() {
     let total = 1100 + 1 + odd.len() as u64;
 
     let cfg = config(vec![]);
-    let (b_store, counting) = Counting::wrap(Store::open(&b_cfg).unwrap());
+    let b_store = Store::open(&b_cfg).unwrap();
     let a = Running::start(
         &cfg,
         "a",
@@ -88,14 +86,7 @@ async fn local_to_s3_paged_listing_multipart_and_odd_keys() {
         total,
         "paged listing sees every key"
     );
-    let got = b
-        .inner
-        .get(&ObjectPath::from("big/twelve.bin"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = read_store(&b, "big/twelve.bin").await.unwrap();
     assert_eq!(
         sha256(&got),
         sha256(&big),
@@ -104,23 +95,17 @@ async fn local_to_s3_paged_listing_multipart_and_odd_keys() {
     // Single-part copies are verified by the server's MD5 ETag, not read back; only
     // a multipart copy (whose ETag this server does not compute S3's way) may be.
     assert!(
-        counting.reads.load(Ordering::Relaxed) <= 1,
+        server.object_gets.load(Ordering::Relaxed) <= 1,
         "copies were read back: {} GETs",
-        counting.reads.load(Ordering::Relaxed)
+        server.object_gets.load(Ordering::Relaxed)
     );
     assert!(
-        counting.max_buffer.load(Ordering::Relaxed) <= 5 * 1024 * 1024,
-        "sent in parts"
+        server.max_body.load(Ordering::Relaxed) <= 5 * 1024 * 1024,
+        "sent in parts: the largest request body was {} bytes",
+        server.max_body.load(Ordering::Relaxed)
     );
     for k in odd {
-        let got = b
-            .inner
-            .get(&ObjectPath::parse(k).unwrap())
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = read_store(&b, k).await.unwrap();
         assert_eq!(&got[..], k.as_bytes(), "{k}");
     }
     // The destination check lists S3 too: a full reconcile must not copy anything again.
@@ -151,26 +136,20 @@ async fn s3_source_is_reconciled_by_paged_listing_with_content_type() {
     let a_store = Store::open(&a_cfg).unwrap();
     for i in 0..1050 {
         a_store
-            .inner
             .put(
-                &ObjectPath::from(format!("p/{i:05}")),
-                PutPayload::from(format!("v{i}")),
+                &format!("p/{i:05}"),
+                vec![format!("v{i}").into()],
+                &Attrs::default(),
             )
             .await
             .unwrap();
     }
-    let mut attrs = object_store::Attributes::new();
-    attrs.insert(object_store::Attribute::ContentType, "text/html".into());
+    let attrs = Attrs {
+        headers: vec![("content-type".into(), "text/html".into())],
+        tags: Vec::new(),
+    };
     a_store
-        .inner
-        .put_opts(
-            &ObjectPath::from("site/index.html"),
-            PutPayload::from("<h1>hi</h1>"),
-            object_store::PutOptions {
-                attributes: attrs,
-                ..Default::default()
-            },
-        )
+        .put("site/index.html", vec!["<h1>hi</h1>".into()], &attrs)
         .await
         .unwrap();
 
@@ -192,17 +171,21 @@ async fn s3_source_is_reconciled_by_paged_listing_with_content_type() {
     let b = Store::open(&b_cfg).unwrap();
     assert_eq!(count_objects(&b).await, 1051);
     let got = b
-        .inner
-        .get(&ObjectPath::from("site/index.html"))
+        .get("site/index.html", 1 << 20, false)
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(
-        got.attributes
-            .get(&object_store::Attribute::ContentType)
-            .map(|v| v.as_ref()),
-        Some("text/html")
+    assert!(
+        got.attrs
+            .headers
+            .contains(&("content-type".to_owned(), "text/html".to_owned())),
+        "{:?}",
+        got.attrs
     );
-    assert_eq!(&got.bytes().await.unwrap()[..], b"<h1>hi</h1>");
+    assert_eq!(
+        read_store(&b, "site/index.html").await.as_deref(),
+        Some(&b"<h1>hi</h1>"[..])
+    );
     a.stop().await;
 }
 

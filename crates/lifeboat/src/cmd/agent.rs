@@ -158,6 +158,30 @@ async fn data_roles(
             .await
             .with_context(|| format!("setting up object replication for region {region}"))?;
         roles.push(rep.role());
+        if let Some(gw) = &objects.gateway
+            && let Some(addr) = gw.listen.get(region.as_str())
+        {
+            let mut keys = Vec::new();
+            for (i, k) in gw.access_keys.iter().enumerate() {
+                let secret = k.secret().load().with_context(|| {
+                    format!(
+                        "reading the secret of objects.gateway.access_keys[{i}] ({})",
+                        k.id
+                    )
+                })?;
+                keys.push((k.id.clone(), secret));
+            }
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("binding region {region}'s object gateway on {addr} (objects.gateway.listen.{region})")
+            })?;
+            let gateway = rep.gateway(&gw.bucket);
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = gateway.serve(listener, keys, stop).await {
+                    tracing::error!("the object gateway stopped: {e:#}");
+                }
+            });
+        }
         let m = rep.metrics();
         metrics.push(Arc::new(move |out: &mut lifeboat_core::metrics::Page| {
             m.render_prometheus(out)

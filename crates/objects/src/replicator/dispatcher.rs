@@ -8,7 +8,6 @@ use crate::transfer::{self, TransferError};
 use anyhow::Context as _;
 use futures::FutureExt as _;
 use lifeboat_core::JournalKind;
-use object_store::path::Path as ObjectPath;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -79,10 +78,7 @@ pub(super) async fn dispatch(
                         o = std::panic::AssertUnwindSafe(run_one(&inner, &t, part_size, &large)).catch_unwind() => {
                             o.unwrap_or_else(|_| Outcome::Failed(TransferError::Store {
                                 context: format!("copying {}", t.key),
-                                source: object_store::Error::Generic {
-                                    store: "lifeboat",
-                                    source: "the transfer task panicked".into(),
-                                },
+                                message: "the transfer task panicked".into(),
                             }))
                         }
                     };
@@ -142,7 +138,7 @@ pub(super) async fn run_one(
             t.dest
         )));
     };
-    let key = object_key(&t.key);
+    let key = t.key.as_str();
     match t.op {
         Op::Put => {
             let _permit = if usize::try_from(t.size).is_ok_and(|s| s > part_size) {
@@ -150,18 +146,16 @@ pub(super) async fn run_one(
             } else {
                 None
             };
-            match transfer::copy_object(&inner.source, dst, &key, part_size, inner.cfg.verify).await
+            match transfer::copy_object(&inner.source, dst, key, part_size, inner.cfg.verify).await
             {
                 Ok(c) => Outcome::Copied(c),
                 Err(e) => Outcome::Failed(e),
             }
         }
-        Op::Delete => {
-            match transfer::delete_object(dst.inner.as_ref(), &dst.describe, &key).await {
-                Ok(()) => Outcome::Deleted,
-                Err(e) => Outcome::Failed(e),
-            }
-        }
+        Op::Delete => match transfer::delete_object(dst, key).await {
+            Ok(()) => Outcome::Deleted,
+            Err(e) => Outcome::Failed(e),
+        },
     }
 }
 
@@ -182,7 +176,7 @@ pub(super) fn record(inner: &Inner, batch: Vec<(Target, Outcome)>) -> anyhow::Re
             Outcome::Deleted => Finish::Deleted,
             Outcome::Failed(TransferError::SourceGone(what)) => {
                 tracing::debug!(key = %t.key, "source gone before copy: {what}");
-                let _ = inner.hints_tx.send(Change::Key(object_key(&t.key)));
+                let _ = inner.hints_tx.send(Change::Key(t.key.clone()));
                 Finish::Dropped
             }
             Outcome::Failed(e) => {
@@ -258,10 +252,4 @@ pub(super) fn observe_latency(inner: &Inner, t: &Target, now: i64) {
             ),
         );
     }
-}
-
-/// The object_store path of a key as recorded (recorded keys are object_store's own
-/// `Path` strings, so parsing them back is exact).
-pub(super) fn object_key(key: &str) -> ObjectPath {
-    ObjectPath::parse(key).unwrap_or_else(|_| ObjectPath::from(key))
 }

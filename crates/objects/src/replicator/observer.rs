@@ -5,12 +5,11 @@
 
 use crate::db::{self, Observation};
 use crate::source::{Change, ChangeSource, FsWatcher};
+use crate::store::{Meta, StoreError};
 use crate::transfer;
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use lifeboat_core::{JournalKind, RegionId};
-use object_store::ObjectStoreExt as _;
-use object_store::path::Path as ObjectPath;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -83,21 +82,18 @@ impl Inner {
     /// key seen (list_with_offset) when a page fails.
     pub(super) async fn list_source(
         &self,
-        prefix: Option<&ObjectPath>,
-        f: &mut (dyn FnMut(object_store::ObjectMeta) + Send),
+        prefix: &str,
+        f: &mut (dyn FnMut(Meta) + Send),
     ) -> anyhow::Result<()> {
-        let mut last: Option<ObjectPath> = None;
+        let mut last: Option<String> = None;
         let mut failures = 0;
         loop {
-            let mut stream = match &last {
-                None => self.source.inner.list(prefix),
-                Some(offset) => self.source.inner.list_with_offset(prefix, offset),
-            };
-            let mut failed = None;
+            let mut stream = self.source.list(prefix, last.clone());
+            let mut failed: Option<StoreError> = None;
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(meta) => {
-                        last = Some(meta.location.clone());
+                        last = Some(meta.key.clone());
                         f(meta);
                     }
                     Err(e) => {
@@ -130,18 +126,18 @@ impl Inner {
         let mut batch = Vec::new();
         for prefix in self.list_prefixes() {
             let mut found = Vec::new();
-            self.list_source(prefix.as_ref(), &mut |meta| found.push(meta))
+            self.list_source(&prefix, &mut |meta| found.push(meta))
                 .await?;
             for meta in found {
-                let key = meta.location.to_string();
+                let key = meta.key;
                 if self.rule_for(&key).is_none() || !listed.insert(key.clone()) {
                     continue;
                 }
                 let unchanged = seen
                     .get(&key)
-                    .is_some_and(|(s, _)| s.size == meta.size && s.etag == meta.e_tag);
+                    .is_some_and(|(s, _)| s.size == meta.size && s.etag == meta.etag);
                 if !unchanged {
-                    batch.push(self.present(key, meta.size, meta.e_tag, mode, Some(first_scan)));
+                    batch.push(self.present(key, meta.size, meta.etag, mode, Some(first_scan)));
                     if batch.len() >= 1000 {
                         self.apply(&batch)?;
                         batch.clear();
@@ -174,15 +170,15 @@ impl Inner {
         let mut batch = Vec::new();
         for prefix in self.list_prefixes() {
             let mut found = Vec::new();
-            self.list_source(prefix.as_ref(), &mut |meta| found.push(meta))
+            self.list_source(&prefix, &mut |meta| found.push(meta))
                 .await?;
             for meta in found {
-                let key = meta.location.to_string();
+                let key = meta.key.clone();
                 if self.rule_for(&key).is_none() {
                     continue;
                 }
                 let replica = match theirs {
-                    Some(store) => self.identical(store, active, &meta).await,
+                    Some(store) => self.identical(store, &meta).await,
                     None => false,
                 };
                 if replica {
@@ -193,7 +189,7 @@ impl Inner {
                 batch.push(Observation::Present {
                     key,
                     size: meta.size,
-                    etag: meta.e_tag,
+                    etag: meta.etag,
                     origin: if replica { db::REPLICA } else { db::LOCAL },
                     push_to: Vec::new(),
                     backfill: false,
@@ -218,24 +214,15 @@ impl Inner {
     /// Whether `meta`'s object in this region's store has the same bytes as `theirs`'s
     /// copy. Any failure to tell (missing there, unreadable) says no: the object stays
     /// this region's own, which loses nothing.
-    async fn identical(
-        &self,
-        theirs: &crate::store::Store,
-        name: &RegionId,
-        meta: &object_store::ObjectMeta,
-    ) -> bool {
-        match theirs.inner.head(&meta.location).await {
-            Ok(m) if m.size == meta.size => {}
+    async fn identical(&self, theirs: &crate::store::Store, meta: &Meta) -> bool {
+        match theirs.head(&meta.key).await {
+            Ok(Some(m)) if m.size == meta.size => {}
             _ => return false,
         }
-        let mine = transfer::checksum_of(
-            self.source.inner.as_ref(),
-            self.region.as_str(),
-            &meta.location,
-        );
-        let other = transfer::checksum_of(theirs.inner.as_ref(), name.as_str(), &meta.location);
+        let mine = transfer::checksum_of(&self.source, &meta.key);
+        let other = transfer::checksum_of(theirs, &meta.key);
         match tokio::join!(mine, other) {
-            (Ok((a, _, _)), Ok((b, _, _))) => a == b,
+            (Ok(Some((a, _, _))), Ok(Some((b, _, _)))) => a == b,
             _ => false,
         }
     }
@@ -243,45 +230,41 @@ impl Inner {
     /// Look at one key (a hint).
     pub(super) async fn observe_key(
         &self,
-        key: &ObjectPath,
+        key: &str,
         mode: Mode,
     ) -> anyhow::Result<Option<Observation>> {
-        let k = key.to_string();
+        let k = key.to_owned();
         if self.rule_for(&k).is_none() {
             return Ok(None);
         }
         let seen = self.db.seen_object(&k)?;
-        match self.source.inner.head(key).await {
-            Ok(meta) => {
-                if seen.is_some_and(|s| s.size == meta.size && s.etag == meta.e_tag) {
+        match self.source.head(key).await {
+            Ok(Some(meta)) => {
+                if seen.is_some_and(|s| s.size == meta.size && s.etag == meta.etag) {
                     return Ok(None);
                 }
-                Ok(Some(self.present(k, meta.size, meta.e_tag, mode, None)))
+                Ok(Some(self.present(k, meta.size, meta.etag, mode, None)))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(seen.map(|_| self.absent(k, mode))),
+            Ok(None) | Err(StoreError::NotFound) => Ok(seen.map(|_| self.absent(k, mode))),
             Err(e) => {
                 Err(e).with_context(|| format!("looking at {key} in {}", self.source.describe))
             }
         }
     }
 
-    pub(super) async fn observe_prefix(
-        &self,
-        prefix: &ObjectPath,
-        mode: Mode,
-    ) -> anyhow::Result<()> {
+    pub(super) async fn observe_prefix(&self, prefix: &str, mode: Mode) -> anyhow::Result<()> {
         let mut found = Vec::new();
-        self.list_source(Some(prefix), &mut |meta| found.push(meta))
+        self.list_source(prefix, &mut |meta| found.push(meta))
             .await?;
         let mut batch = Vec::new();
         for meta in found {
-            let key = meta.location.to_string();
+            let key = meta.key;
             if self.rule_for(&key).is_none() {
                 continue;
             }
             let seen = self.db.seen_object(&key)?;
-            if !seen.is_some_and(|s| s.size == meta.size && s.etag == meta.e_tag) {
-                batch.push(self.present(key, meta.size, meta.e_tag, mode, None));
+            if !seen.is_some_and(|s| s.size == meta.size && s.etag == meta.etag) {
+                batch.push(self.present(key, meta.size, meta.etag, mode, None));
             }
         }
         self.apply(&batch)
@@ -295,19 +278,19 @@ impl Inner {
             if completed.is_empty() {
                 continue;
             }
-            let mut present: HashMap<String, object_store::ObjectMeta> = HashMap::new();
+            let mut present: HashMap<String, Meta> = HashMap::new();
             for prefix in self.list_prefixes() {
-                let mut stream = store.inner.list(prefix.as_ref());
+                let mut stream = store.list(&prefix, None);
                 while let Some(item) = stream.next().await {
                     let meta = item.with_context(|| format!("listing {}", store.describe))?;
-                    present.insert(meta.location.to_string(), meta);
+                    present.insert(meta.key.clone(), meta);
                 }
             }
             let mut changed = Vec::new();
             for (key, copy) in &completed {
                 let ok = present.get(key).is_some_and(|m| {
                     m.size == copy.size
-                        && match (&copy.dest_etag, &m.e_tag) {
+                        && match (&copy.dest_etag, &m.etag) {
                             (Some(a), Some(b)) => a.trim_matches('"') == b.trim_matches('"'),
                             _ => true,
                         }
@@ -473,7 +456,7 @@ pub(super) async fn next_hints(watcher: &mut Option<FsWatcher>) -> Option<Vec<Ch
 }
 
 pub(super) async fn handle_hints(inner: &Inner, batch: Vec<Change>, mode: Mode) {
-    let mut keys: Vec<ObjectPath> = Vec::new();
+    let mut keys: Vec<String> = Vec::new();
     let mut prefixes = Vec::new();
     let mut rescan = false;
     for c in batch {

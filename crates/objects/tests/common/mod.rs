@@ -73,8 +73,11 @@ pub struct Running {
     pub state_dir: PathBuf,
     /// The replicator's journal-worthy events, from its start.
     pub events: tokio::sync::broadcast::Receiver<lifeboat_objects::ObjectEvent>,
+    /// The region's S3 gateway (`http://127.0.0.1:PORT`), when started with one.
+    pub gateway: Option<String>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    gateway_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Running {
@@ -87,6 +90,40 @@ impl Running {
         let region = RegionId::new(region);
         let rep =
             Replicator::open_with_stores(cfg, &region, state_dir, stores).expect("open replicator");
+        Self::run(rep, region, state_dir, None)
+    }
+
+    /// Like [`Running::start`], with the region's S3 gateway serving `bucket` on a
+    /// free port of 127.0.0.1 (key [`S3_KEY_ID`], secret [`S3_SECRET`]).
+    pub async fn start_with_gateway(
+        cfg: &ObjectsConfig,
+        region: &str,
+        state_dir: &Path,
+        stores: BTreeMap<String, Store>,
+        bucket: &str,
+    ) -> Running {
+        let region = RegionId::new(region);
+        let rep =
+            Replicator::open_with_stores(cfg, &region, state_dir, stores).expect("open replicator");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let gateway = rep.gateway(bucket);
+        let mut running = Self::run(rep, region, state_dir, Some(endpoint));
+        let stop = running.cancel.clone();
+        running.gateway_task = Some(tokio::spawn(gateway.serve(
+            listener,
+            vec![(S3_KEY_ID.to_owned(), S3_SECRET.to_owned())],
+            stop,
+        )));
+        running
+    }
+
+    fn run(
+        rep: Replicator,
+        region: RegionId,
+        state_dir: &Path,
+        gateway: Option<String>,
+    ) -> Running {
         let role = rep.role();
         let metrics = rep.metrics();
         let events = rep.events();
@@ -98,8 +135,10 @@ impl Running {
             metrics,
             state_dir: state_dir.to_path_buf(),
             events,
+            gateway,
             cancel,
             task: Some(task),
+            gateway_task: None,
         }
     }
 
@@ -137,6 +176,9 @@ impl Running {
         if let Some(t) = self.task.take() {
             t.await.expect("join").expect("replicator ran cleanly");
         }
+        if let Some(t) = self.gateway_task.take() {
+            t.await.expect("join").expect("gateway ran cleanly");
+        }
     }
 }
 
@@ -160,15 +202,18 @@ pub struct Counting {
 
 impl Counting {
     pub fn wrap(store: Store) -> (Store, Counting) {
+        let lifeboat_objects::store::Backend::Os(inner) = &store.backend else {
+            panic!("Counting wraps object_store stores; count S3 requests at the S3Server");
+        };
         let c = Counting {
-            inner: store.inner.clone(),
+            inner: inner.clone(),
             max_buffer: Arc::new(AtomicU64::new(0)),
             writes: Arc::new(AtomicU64::new(0)),
             reads: Arc::new(AtomicU64::new(0)),
         };
         // Without `local`, every write goes through the wrapper (no direct file path).
         let wrapped = Store {
-            inner: Arc::new(c.clone()),
+            backend: lifeboat_objects::store::Backend::Os(Arc::new(c.clone())),
             local: None,
             ..store
         };
@@ -269,6 +314,10 @@ impl ObjectStore for Counting {
 pub struct S3Server {
     pub endpoint: String,
     pub root: PathBuf,
+    /// GET requests of an object (not listings, not tags).
+    pub object_gets: Arc<AtomicU64>,
+    /// The largest request body announced (a PUT or one part), bytes.
+    pub max_body: Arc<AtomicU64>,
     cancel: CancellationToken,
 }
 
@@ -288,7 +337,28 @@ impl S3Server {
         let fs = s3s_fs::FileSystem::new(root).unwrap();
         let mut b = s3s::service::S3ServiceBuilder::new(fs);
         b.set_auth(s3s::auth::SimpleAuth::from_single(S3_KEY_ID, S3_SECRET));
-        let service = b.build();
+        let s3 = b.build();
+        let object_gets = Arc::new(AtomicU64::new(0));
+        let max_body = Arc::new(AtomicU64::new(0));
+        let (gets, body) = (object_gets.clone(), max_body.clone());
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let query = req.uri().query().unwrap_or_default();
+                let object_path = req.uri().path().trim_start_matches('/').contains('/');
+                if req.method() == hyper::Method::GET && object_path && !query.contains("tagging") {
+                    gets.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(n) = req
+                    .headers()
+                    .get(hyper::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    body.fetch_max(n, Ordering::Relaxed);
+                }
+                let s3 = s3.clone();
+                async move { hyper::service::Service::call(&s3, req).await }
+            });
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -315,6 +385,8 @@ impl S3Server {
         S3Server {
             endpoint: format!("http://{addr}"),
             root: root.to_path_buf(),
+            object_gets,
+            max_body,
             cancel,
         }
     }
@@ -342,6 +414,18 @@ pub fn s3_config(endpoint: &str, bucket: &str, dir: &Path, secret: &str) -> Stor
         secret_access_key_file: Some(sk),
         ..StoreConfig::local("/unused")
     }
+}
+
+/// The whole content of `key` in `store`, `None` when there is no such object.
+pub async fn read_store(store: &Store, key: &str) -> Option<Vec<u8>> {
+    use futures::StreamExt as _;
+    let got = store.get(key, 1 << 20, false).await.unwrap()?;
+    let mut out = Vec::new();
+    let mut stream = got.stream;
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    Some(out)
 }
 
 pub fn stores(list: Vec<(&str, Store)>) -> BTreeMap<String, Store> {

@@ -1,0 +1,271 @@
+//! The regional S3 gateway, driven by boto3 as an application would: writes through
+//! it replicate without any listing, and a region that is not the active one refuses
+//! them (docs/architecture.md, rule 2) with nothing of a refused write appearing
+//! anywhere.
+//!
+//! Region a's store is an S3-API server (s3s-fs), which has no change feed, and the
+//! reconcile interval is an hour: only the gateway's own record of a write can make
+//! it replicate within the test.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use lifeboat_config::objects::RuleConfig;
+use lifeboat_core::RoleHealth;
+use lifeboat_objects::Store;
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const BUCKET: &str = "store-a";
+const GATEWAY_BUCKET: &str = "objects";
+
+/// Run the boto3 client script; its one JSON line.
+fn boto3(endpoint: &str, args: &[&str]) -> Value {
+    boto3_as(endpoint, S3_SECRET, args)
+}
+
+/// Like [`boto3`], signing with `secret`.
+fn boto3_as(endpoint: &str, secret: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gateway_client.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .args([endpoint, GATEWAY_BUCKET, S3_KEY_ID, secret])
+        .args(args)
+        .output()
+        .expect("python3 runs (the test command installs boto3)");
+    assert!(
+        out.status.success(),
+        "boto3 client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "boto3 client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+async fn wait_role(r: &Running, want: RoleHealth) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = r.role.status().await;
+        if st.role == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "region {} not {want:?} within 30 s: {}",
+            r.region,
+            st.detail
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn slow_listing(rules: Vec<RuleConfig>) -> lifeboat_config::objects::ObjectsConfig {
+    lifeboat_config::objects::ObjectsConfig {
+        reconcile_interval: Duration::from_secs(3600),
+        ..config(rules)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_gateway_replicate_at_once_without_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3"), BUCKET).await;
+    let a_store = Store::open(&s3_config(
+        &server.endpoint,
+        BUCKET,
+        &tmp.path().join("creds"),
+        S3_SECRET,
+    ))
+    .unwrap();
+    let b_dir = tmp.path().join("b");
+    let cfg = slow_listing(vec![RuleConfig {
+        prefix: String::new(),
+        delete_replication: true,
+        backfill: true,
+    }]);
+    let a = Running::start_with_gateway(
+        &cfg,
+        "a",
+        &tmp.path().join("state-a"),
+        stores(vec![("a", a_store), ("b", local_store(&b_dir))]),
+        GATEWAY_BUCKET,
+    )
+    .await;
+    let gw = a.gateway.clone().unwrap();
+    a.activate(1).await;
+    wait_role(&a, RoleHealth::Primary).await;
+
+    let put = boto3(&gw, &["put", "docs/report.txt", "quarterly", "text/plain"]);
+    assert!(put.get("etag").is_some(), "PUT through the gateway: {put}");
+    wait_until(30, "docs/report.txt replicated to b", || {
+        read(&b_dir, "docs/report.txt").is_some()
+    })
+    .await;
+    assert_eq!(
+        read(&b_dir, "docs/report.txt").as_deref(),
+        Some(&b"quarterly"[..])
+    );
+    assert_eq!(
+        a.metrics.reconciles(),
+        0,
+        "no periodic listing ran: the gateway's record replicated it"
+    );
+
+    // Reads and listings through the gateway see the store.
+    let got = boto3(&gw, &["get", "docs/report.txt"]);
+    assert_eq!(got["body"], "quarterly", "{got}");
+    assert_eq!(got["content_type"], "text/plain", "{got}");
+    boto3(&gw, &["put", "docs/sub/deep.txt", "deep"]);
+    boto3(&gw, &["put", "top.txt", "top"]);
+    let listed = boto3(&gw, &["list", "docs/", "/"]);
+    assert_eq!(
+        listed["keys"],
+        serde_json::json!(["docs/report.txt"]),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["prefixes"],
+        serde_json::json!(["docs/sub/"]),
+        "{listed}"
+    );
+    let all = boto3(&gw, &["list", ""]);
+    assert_eq!(
+        all["keys"],
+        serde_json::json!(["docs/report.txt", "docs/sub/deep.txt", "top.txt"]),
+        "{all}"
+    );
+
+    // A delete through the gateway replicates too (the rule says so).
+    wait_until(30, "top.txt replicated", || {
+        read(&b_dir, "top.txt").is_some()
+    })
+    .await;
+    let del = boto3(&gw, &["delete", "top.txt"]);
+    assert_eq!(del["deleted"], "top.txt", "{del}");
+    wait_until(30, "the delete replicated to b", || {
+        read(&b_dir, "top.txt").is_none()
+    })
+    .await;
+    assert_eq!(a.metrics.reconciles(), 0, "still no listing");
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_is_not_active_refuses_writes_and_nothing_refused_appears() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start(&tmp.path().join("s3"), BUCKET).await;
+    let a_store = Store::open(&s3_config(
+        &server.endpoint,
+        BUCKET,
+        &tmp.path().join("creds"),
+        S3_SECRET,
+    ))
+    .unwrap();
+    let b_dir = tmp.path().join("b");
+    let cfg = slow_listing(vec![RuleConfig {
+        prefix: String::new(),
+        delete_replication: true,
+        backfill: true,
+    }]);
+    let a = Running::start_with_gateway(
+        &cfg,
+        "a",
+        &tmp.path().join("state-a"),
+        stores(vec![("a", a_store), ("b", local_store(&b_dir))]),
+        GATEWAY_BUCKET,
+    )
+    .await;
+    let gw = a.gateway.clone().unwrap();
+    let in_a = |key: &str| server.root.join(BUCKET).join(key).exists();
+
+    // No role yet (an agent that has not heard from the witness): no writes.
+    let early = boto3(&gw, &["put", "early.txt", "too soon"]);
+    assert_eq!(early["error"], "ServiceUnavailable", "{early}");
+    assert_eq!(early["status"], 503, "{early}");
+    assert!(
+        early["message"]
+            .as_str()
+            .unwrap()
+            .contains("region a has no role yet"),
+        "{early}"
+    );
+
+    a.activate(1).await;
+    wait_role(&a, RoleHealth::Primary).await;
+    boto3(&gw, &["put", "kept.txt", "before the fence"]);
+    wait_until(30, "kept.txt replicated", || {
+        read(&b_dir, "kept.txt").is_some()
+    })
+    .await;
+
+    a.fence(2).await;
+    let put = boto3(&gw, &["put", "refused.txt", "after the fence"]);
+    assert_eq!(put["error"], "ServiceUnavailable", "boto3 raised: {put}");
+    assert!(
+        put["message"]
+            .as_str()
+            .unwrap()
+            .contains("region a is fenced"),
+        "the refusal says why: {put}"
+    );
+    let del = boto3(&gw, &["delete", "kept.txt"]);
+    assert_eq!(del["error"], "ServiceUnavailable", "boto3 raised: {del}");
+
+    // Nothing of the refused writes appears anywhere.
+    assert!(!in_a("refused.txt"), "the refused PUT reached a's store");
+    assert!(in_a("kept.txt"), "the refused DELETE removed a's object");
+    assert_eq!(
+        read(&b_dir, "kept.txt").as_deref(),
+        Some(&b"before the fence"[..]),
+        "b's copy is untouched"
+    );
+    assert!(read(&b_dir, "refused.txt").is_none());
+    let db = a.db();
+    assert!(
+        db.seen_object("refused.txt").unwrap().is_none(),
+        "a refused write is not recorded"
+    );
+    assert_eq!(a.metrics.gateway_refused(), 3);
+
+    // Reads still work in a fenced region (a read replica's part).
+    let got = boto3(&gw, &["get", "kept.txt"]);
+    assert_eq!(got["body"], "before the fence", "{got}");
+
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_is_refused_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a_dir = tmp.path().join("a");
+    let b_dir = tmp.path().join("b");
+    let a = Running::start_with_gateway(
+        &config(vec![]),
+        "a",
+        &tmp.path().join("state-a"),
+        stores(vec![("a", local_store(&a_dir)), ("b", local_store(&b_dir))]),
+        GATEWAY_BUCKET,
+    )
+    .await;
+    let gw = a.gateway.clone().unwrap();
+    a.activate(1).await;
+    wait_role(&a, RoleHealth::Primary).await;
+    let bad = boto3_as(&gw, "not-the-secret", &["put", "x.txt", "nope"]);
+    assert_eq!(bad["error"], "SignatureDoesNotMatch", "{bad}");
+    assert_eq!(bad["status"], 403, "{bad}");
+    assert!(read(&a_dir, "x.txt").is_none(), "nothing written");
+    let good = boto3_as(&gw, S3_SECRET, &["list", ""]);
+    assert_eq!(
+        good["keys"],
+        serde_json::json!([]),
+        "the right secret lists: {good}"
+    );
+    a.stop().await;
+}
