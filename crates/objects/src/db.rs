@@ -272,7 +272,18 @@ impl Db {
                     origin,
                     push_to,
                     backfill,
+                    compared_at,
                 } => {
+                    if let Some(t) = compared_at {
+                        let updated: Option<i64> = tx
+                            .query_row("SELECT updated_ms FROM objects WHERE key=?1", [key], |r| {
+                                r.get(0)
+                            })
+                            .optional()?;
+                        if updated.is_some_and(|u| u >= *t) {
+                            continue;
+                        }
+                    }
                     tx.execute(
                         "INSERT INTO objects(key, size, etag, checksum, status, seen_ms, updated_ms)
                          VALUES(?1, ?2, ?3, NULL, ?4, ?5, ?5)
@@ -633,6 +644,10 @@ pub enum Observation {
         /// Destinations to copy it to (empty for replicas and baseline objects).
         push_to: Vec<String>,
         backfill: bool,
+        /// When the state this observation was compared with was read (a listing's or
+        /// a hint's start): a row recorded since then — by the gateway, for a write it
+        /// admitted — is newer and wins. None: always applied.
+        compared_at: Option<i64>,
     },
     Absent {
         key: String,

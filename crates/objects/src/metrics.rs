@@ -40,6 +40,8 @@ pub struct ObjectMetrics {
     /// the region was not the active one.
     pub(crate) gateway_writes_total: AtomicU64,
     pub(crate) gateway_refused_total: AtomicU64,
+    /// Gateway writes admitted and not yet answered.
+    pub(crate) gateway_inflight: AtomicU64,
     /// Time from a change being seen to its copy being verified (the client library's
     /// histogram: buckets, sum and count).
     latency: Histogram,
@@ -74,6 +76,7 @@ impl ObjectMetrics {
             oldest_pending_ms: AtomicU64::new(0),
             gateway_writes_total: AtomicU64::new(0),
             gateway_refused_total: AtomicU64::new(0),
+            gateway_inflight: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
@@ -105,6 +108,10 @@ impl ObjectMetrics {
     /// Writes the gateway refused (the region was not the active one).
     pub fn gateway_refused(&self) -> u64 {
         self.gateway_refused_total.load(Ordering::Relaxed)
+    }
+    /// Gateway writes admitted and not yet answered.
+    pub fn gateway_inflight(&self) -> u64 {
+        self.gateway_inflight.load(Ordering::Relaxed)
     }
     /// (done, total) of the current backfill.
     pub fn backfill_progress(&self) -> (u64, u64) {
@@ -211,6 +218,12 @@ impl ObjectMetrics {
             Kind::Counter,
             "Writes the S3 gateway refused because the region was not the active one.",
             g(&self.gateway_refused_total),
+        );
+        line(
+            "lifeboat_objects_gateway_inflight",
+            Kind::Gauge,
+            "Writes the S3 gateway admitted and has not answered yet (a fence waits for them).",
+            g(&self.gateway_inflight),
         );
 
         out.histogram(

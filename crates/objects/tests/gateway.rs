@@ -269,3 +269,107 @@ async fn a_wrong_secret_is_refused_and_writes_nothing() {
     );
     a.stop().await;
 }
+
+/// A PUT the gateway admitted while active and whose body is still arriving when the
+/// fence comes: the fence waits for it (it returns only once no admitted write is in
+/// flight), a write that comes after the fence is refused, and the admitted one is
+/// recorded as this region's own and kept aside by the fence (docs/architecture.md,
+/// rule 4) — never taken for a replica, never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_waits_for_the_write_it_admitted_and_keeps_it_aside() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let a_dir = tmp.path().join("a");
+    let b_dir = tmp.path().join("b");
+    let state = tmp.path().join("state-a");
+    let a = Running::start_with_gateway(
+        &config(vec![]),
+        "a",
+        &state,
+        stores(vec![("a", local_store(&a_dir)), ("b", local_store(&b_dir))]),
+        GATEWAY_BUCKET,
+    )
+    .await;
+    let gw = a.gateway.clone().unwrap();
+    a.activate(1).await;
+    wait_role(&a, RoleHealth::Primary).await;
+
+    // A signed PUT whose body is sent in two halves (UNSIGNED-PAYLOAD, as SDKs stream).
+    let addr = gw.trim_start_matches("http://").to_owned();
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let path = format!("/{GATEWAY_BUCKET}/slow/upload.bin");
+    let mut headers = http::HeaderMap::new();
+    headers.insert("host", addr.parse().unwrap());
+    lifeboat_sigv4::sign_s3(
+        "PUT",
+        &path,
+        &[],
+        &mut headers,
+        "UNSIGNED-PAYLOAD",
+        &lifeboat_sigv4::Credentials {
+            access_key_id: S3_KEY_ID,
+            secret_access_key: S3_SECRET,
+            session_token: None,
+        },
+        "us-east-1",
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let mut head = format!("PUT {path} HTTP/1.1\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in &headers {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..100_000]).await.unwrap();
+    wait_until(30, "the slow PUT admitted", || {
+        a.metrics.gateway_inflight() == 1
+    })
+    .await;
+
+    // The fence: the region is fenced at once, the fence itself waits for the PUT.
+    let role = a.role.clone();
+    let fence = tokio::spawn(async move { role.fence(lifeboat_core::Epoch(2)).await });
+    wait_role(&a, RoleHealth::Fenced).await;
+    let refused = boto3(&gw, &["put", "after-the-fence.txt", "no"]);
+    assert_eq!(refused["error"], "ServiceUnavailable", "{refused}");
+    assert!(
+        !fence.is_finished(),
+        "the fence returned while a write it admitted was still in flight"
+    );
+
+    conn.write_all(&body[100_000..]).await.unwrap();
+    let mut answer = vec![0u8; 12];
+    conn.read_exact(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "the admitted PUT completes: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    tokio::time::timeout(Duration::from_secs(30), fence)
+        .await
+        .expect("the fence returns once the PUT is done")
+        .unwrap()
+        .unwrap();
+
+    // Recorded as a's own write, unsent, and kept aside by the fence.
+    let db = a.db();
+    let row = db.target("slow/upload.bin", "b").unwrap();
+    assert!(
+        row.as_ref().is_some_and(|r| r.status == "PENDING"),
+        "the admitted write waits to be sent, as a's own: {row:?}"
+    );
+    let index = std::fs::read_to_string(lifeboat_objects::keep_dir(&state).join("index.jsonl"))
+        .unwrap_or_default();
+    assert!(
+        index.contains("slow/upload.bin"),
+        "kept aside at the fence: {index:?}"
+    );
+    assert!(read(&a_dir, "after-the-fence.txt").is_none());
+    assert!(
+        read(&b_dir, "slow/upload.bin").is_none(),
+        "not sent while fenced"
+    );
+    a.stop().await;
+}

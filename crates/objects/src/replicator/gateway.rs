@@ -122,12 +122,30 @@ impl Gateway {
 
     /// Admit a write: the shared write gate, held until the write is recorded, and the
     /// region's mode, which must be active.
-    async fn admit(&self) -> S3Result<tokio::sync::RwLockReadGuard<'_, ()>> {
-        let gate = self.inner.write_gate.read().await;
-        let mode = *self.inner.effective.borrow();
+    async fn admit(&self) -> S3Result<Admitted<'_>> {
+        // Refused at once when not active: a fence waiting for the gate holds new
+        // readers back (tokio's lock is fair), and a refusal must not wait for it.
+        let mut mode = *self.inner.effective.borrow();
         if mode == Mode::Active {
-            return Ok(gate);
+            let gate = self.inner.write_gate.read().await;
+            // Checked again under the gate: a fence may have come meanwhile.
+            mode = *self.inner.effective.borrow();
+            if mode != Mode::Active {
+                drop(gate);
+                return Err(self.refusal(mode));
+            }
+            let inflight = &self.inner.metrics.gateway_inflight;
+            inflight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Admitted {
+                _gate: gate,
+                inflight,
+            });
         }
+        Err(self.refusal(mode))
+    }
+
+    /// The answer to a write while the region is not active.
+    fn refusal(&self, mode: Mode) -> S3Error {
         let active = self
             .inner
             .following
@@ -147,33 +165,61 @@ impl Gateway {
             .metrics
             .gateway_refused_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(S3Error::with_message(
+        S3Error::with_message(
             S3ErrorCode::ServiceUnavailable,
             format!(
                 "region {} {why}: lifeboat refuses writes to it{elsewhere}",
                 self.inner.region
             ),
-        ))
+        )
     }
 
-    /// Record a write the gateway carried out, under the active mode it was admitted in.
+    /// Record a write the gateway carried out, as a local write of the active region
+    /// (it was admitted while active): whatever else saw the change first — the
+    /// directory watcher, a listing after the fence — may have taken it for a replica,
+    /// and this record wins.
     async fn record(&self, key: &str) {
-        match self.inner.observe_key(key, Mode::Active).await {
-            Ok(Some(o)) => {
-                if let Err(e) = self.inner.apply(&[o]) {
-                    // The listing records it at the next reconcile: late, not lost.
-                    tracing::error!(error = %format!("{e:#}"), key, "object gateway: recording a write failed");
+        let observation = match self.inner.source.head(key).await {
+            Ok(Some(m)) => {
+                if self.inner.rule_for(key).is_none() {
+                    return;
                 }
+                self.inner
+                    .present(key.to_owned(), m.size, m.etag, Mode::Active, None)
             }
-            Ok(None) => {}
+            Ok(None) => {
+                if self.inner.rule_for(key).is_none() {
+                    return;
+                }
+                self.inner.absent(key.to_owned(), Mode::Active)
+            }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), key, "object gateway: looking at a written object failed");
+                // Listed at the next reconcile instead (late, not lost); a hint now.
+                tracing::warn!(error = %e, key, "object gateway: looking at a written object failed");
                 let _ = self
                     .inner
                     .hints_tx
                     .send(crate::source::Change::Key(key.to_owned()));
+                return;
             }
+        };
+        if let Err(e) = self.inner.apply(&[observation]) {
+            // The listing records it at the next reconcile: late, not lost.
+            tracing::error!(error = %format!("{e:#}"), key, "object gateway: recording a write failed");
         }
+    }
+}
+
+/// An admitted write: holds the write gate (shared) and counts as in flight.
+struct Admitted<'a> {
+    _gate: tokio::sync::RwLockReadGuard<'a, ()>,
+    inflight: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -48,6 +48,7 @@ impl Inner {
                 Vec::new()
             },
             backfill: backfill_scan == Some(true),
+            compared_at: None,
         }
     }
 
@@ -137,7 +138,10 @@ impl Inner {
                     .get(&key)
                     .is_some_and(|(s, _)| s.size == meta.size && s.etag == meta.etag);
                 if !unchanged {
-                    batch.push(self.present(key, meta.size, meta.etag, mode, Some(first_scan)));
+                    batch.push(compared_at(
+                        self.present(key, meta.size, meta.etag, mode, Some(first_scan)),
+                        start,
+                    ));
                     if batch.len() >= 1000 {
                         self.apply(&batch)?;
                         batch.clear();
@@ -193,6 +197,7 @@ impl Inner {
                     origin: if replica { db::REPLICA } else { db::LOCAL },
                     push_to: Vec::new(),
                     backfill: false,
+                    compared_at: None,
                 });
                 if batch.len() >= 1000 {
                     self.apply(&batch)?;
@@ -237,13 +242,17 @@ impl Inner {
         if self.rule_for(&k).is_none() {
             return Ok(None);
         }
+        let looked = db::now_ms();
         let seen = self.db.seen_object(&k)?;
         match self.source.head(key).await {
             Ok(Some(meta)) => {
                 if seen.is_some_and(|s| s.size == meta.size && s.etag == meta.etag) {
                     return Ok(None);
                 }
-                Ok(Some(self.present(k, meta.size, meta.etag, mode, None)))
+                Ok(Some(compared_at(
+                    self.present(k, meta.size, meta.etag, mode, None),
+                    looked,
+                )))
             }
             Ok(None) | Err(StoreError::NotFound) => Ok(seen.map(|_| self.absent(k, mode))),
             Err(e) => {
@@ -253,6 +262,7 @@ impl Inner {
     }
 
     pub(super) async fn observe_prefix(&self, prefix: &str, mode: Mode) -> anyhow::Result<()> {
+        let listed = db::now_ms();
         let mut found = Vec::new();
         self.list_source(prefix, &mut |meta| found.push(meta))
             .await?;
@@ -264,7 +274,10 @@ impl Inner {
             }
             let seen = self.db.seen_object(&key)?;
             if !seen.is_some_and(|s| s.size == meta.size && s.etag == meta.etag) {
-                batch.push(self.present(key, meta.size, meta.etag, mode, None));
+                batch.push(compared_at(
+                    self.present(key, meta.size, meta.etag, mode, None),
+                    listed,
+                ));
             }
         }
         self.apply(&batch)
@@ -331,6 +344,14 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// `o`, compared with the state read at `at`: a record made since wins over it.
+fn compared_at(mut o: Observation, at: i64) -> Observation {
+    if let Observation::Present { compared_at, .. } = &mut o {
+        *compared_at = Some(at);
+    }
+    o
 }
 
 /// The observer task: change hints, periodic reconciliation, mode transitions.
