@@ -27,6 +27,11 @@
 //! delete_replication = true            # default false, as in S3
 //! backfill = true                      # replicate objects that existed before
 //!
+//! [[objects.lifecycle]]                 # expiry, for cost, in the store it names only
+//! store = "b"
+//! prefix = "logs/"
+//! expire_after_days = 30
+//!
 //! [objects.gateway]                    # a regional S3 endpoint in front of each store
 //! bucket = "objects"                   # the bucket name applications use
 //! listen = { a = "0.0.0.0:9000", b = "0.0.0.0:9000" }
@@ -102,6 +107,94 @@ pub struct ObjectsConfig {
     /// `[objects.gateway]`: each region's S3 endpoint (writes refused unless active).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayConfig>,
+    /// `[[objects.lifecycle]]`: expiry rules, each for one region's store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lifecycle: Vec<LifecycleRule>,
+}
+
+/// `[[objects.lifecycle]]`: what to expire in one region's store, for cost (S3
+/// lifecycle's job): applied by the store's own lifecycle API where it has one (S3)
+/// and by lifeboat otherwise. It acts on the store it names, never on another, and
+/// what it expires is not replicated as a delete.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleRule {
+    /// The region whose store the rule applies to.
+    pub store: String,
+    /// Keys starting with this ("" = every key).
+    #[serde(default)]
+    pub prefix: String,
+    /// Delete objects last modified more than this many days ago.
+    #[serde(default)]
+    pub expire_after_days: Option<u32>,
+    /// Versioned S3 buckets: delete versions this many days after they stopped being
+    /// current.
+    #[serde(default)]
+    pub noncurrent_expire_after_days: Option<u32>,
+    /// S3: abort multipart uploads left incomplete this many days.
+    #[serde(default)]
+    pub abort_incomplete_multipart_after_days: Option<u32>,
+}
+
+impl LifecycleRule {
+    fn validate(&self, at: &str, objects: &ObjectsConfig, v: &mut crate::Validator<'_>) {
+        let Some(store) = objects.stores.get(&self.store) else {
+            v.error(
+                &format!("{at}.store"),
+                format!(
+                    "region {:?} has no object store ([objects.stores.{}])",
+                    self.store, self.store
+                ),
+            );
+            return;
+        };
+        if self.expire_after_days.is_none()
+            && self.noncurrent_expire_after_days.is_none()
+            && self.abort_incomplete_multipart_after_days.is_none()
+        {
+            v.error(
+                at,
+                "a lifecycle rule needs an action: expire_after_days, noncurrent_expire_after_days or abort_incomplete_multipart_after_days",
+            );
+        }
+        for (field, days) in [
+            ("expire_after_days", self.expire_after_days),
+            (
+                "noncurrent_expire_after_days",
+                self.noncurrent_expire_after_days,
+            ),
+            (
+                "abort_incomplete_multipart_after_days",
+                self.abort_incomplete_multipart_after_days,
+            ),
+        ] {
+            if days == Some(0) {
+                v.error(&format!("{at}.{field}"), "must be at least 1 day");
+            }
+        }
+        if store.kind != StoreKind::S3 {
+            for (field, set) in [
+                (
+                    "noncurrent_expire_after_days",
+                    self.noncurrent_expire_after_days.is_some(),
+                ),
+                (
+                    "abort_incomplete_multipart_after_days",
+                    self.abort_incomplete_multipart_after_days.is_some(),
+                ),
+            ] {
+                if set {
+                    v.error(
+                        &format!("{at}.{field}"),
+                        format!(
+                            "applies to S3-API stores only; region {}'s store is not one",
+                            self.store
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// `[objects.gateway]`: an S3-API endpoint per region in front of its store. Writes
@@ -176,6 +269,7 @@ impl Default for ObjectsConfig {
             retry_max: default_retry_max(),
             max_attempts: default_max_attempts(),
             gateway: None,
+            lifecycle: Vec::new(),
         }
     }
 }
@@ -374,6 +468,9 @@ impl ObjectsConfig {
     pub(crate) fn validate(&self, cfg: &crate::Config, v: &mut crate::Validator<'_>) {
         if let Some(g) = &self.gateway {
             g.validate(self, v);
+        }
+        for (i, rule) in self.lifecycle.iter().enumerate() {
+            rule.validate(&format!("objects.lifecycle[{i}]"), self, v);
         }
         if self.stores.len() < 2 {
             v.error(

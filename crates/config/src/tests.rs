@@ -435,3 +435,93 @@ fn tables_errors_name_their_key() {
         );
     }
 }
+
+const OBJECTS: &str = r#"
+[objects.stores.a]
+type = "local"
+path = "/srv/objects-a"
+
+[objects.stores.b]
+type = "s3"
+bucket = "objects-b"
+access_key_id_env = "B_KEY"
+secret_access_key_env = "B_SECRET"
+
+[[objects.lifecycle]]
+store = "b"
+prefix = "logs/"
+expire_after_days = 30
+noncurrent_expire_after_days = 7
+
+[objects.gateway]
+listen = { a = "127.0.0.1:9000", b = "127.0.0.1:9001" }
+[[objects.gateway.access_keys]]
+id = "AKIDGATEWAY"
+secret_env = "GATEWAY_SECRET"
+"#;
+
+#[test]
+fn an_objects_gateway_and_lifecycle_rules_parse() {
+    let cfg = parse(&format!("{EXAMPLE}\n{OBJECTS}")).expect("objects parse");
+    let o = cfg.objects.as_ref().expect("objects");
+    let g = o.gateway.as_ref().expect("gateway");
+    assert_eq!(g.bucket, "objects", "the default bucket");
+    assert_eq!(g.listen["b"].port(), 9001);
+    assert_eq!(o.lifecycle[0].expire_after_days, Some(30));
+}
+
+#[test]
+fn objects_gateway_and_lifecycle_errors_name_their_key() {
+    for (from, to, key, says) in [
+        (
+            "store = \"b\"",
+            "store = \"z\"",
+            "objects.lifecycle[0].store",
+            "has no object store",
+        ),
+        (
+            "expire_after_days = 30\nnoncurrent_expire_after_days = 7",
+            "",
+            "objects.lifecycle[0]",
+            "needs an action",
+        ),
+        (
+            "store = \"b\"",
+            "store = \"a\"",
+            "objects.lifecycle[0].noncurrent_expire_after_days",
+            "S3-API stores only",
+        ),
+        (
+            "expire_after_days = 30",
+            "expire_after_days = 0",
+            "objects.lifecycle[0].expire_after_days",
+            "at least 1 day",
+        ),
+        (
+            "listen = { a = \"127.0.0.1:9000\", b = \"127.0.0.1:9001\" }",
+            "listen = { a = \"127.0.0.1:9000\", c = \"127.0.0.1:9001\" }",
+            "objects.gateway.listen.c",
+            "no object store",
+        ),
+        (
+            "[objects.gateway]",
+            "[objects.gateway]\nbucket = \"Bad_Bucket\"",
+            "objects.gateway.bucket",
+            "not an S3 bucket name",
+        ),
+        (
+            "secret_env = \"GATEWAY_SECRET\"",
+            "secret = \"inline\"",
+            "objects.gateway.access_keys[0].secret",
+            "never inline",
+        ),
+    ] {
+        let text = format!("{EXAMPLE}\n{}", OBJECTS.replacen(from, to, 1));
+        let errs = parse(&text).expect_err(key).0;
+        assert!(
+            errs.iter()
+                .any(|e| e.key == key && e.message.contains(says)),
+            "{key}: {says}: {errs:?}"
+        );
+    }
+}

@@ -343,7 +343,7 @@ impl Db {
                 for dest in dests {
                     let exists: bool = tx
                         .query_row(
-                            "SELECT 1 FROM targets WHERE key=?1 AND dest=?2 AND op='PUT' AND status IN ('COMPLETED','PENDING')",
+                            "SELECT 1 FROM targets WHERE key=?1 AND dest=?2 AND op='PUT' AND status IN ('COMPLETED','PENDING','EXPIRED')",
                             params![key, dest],
                             |_| Ok(true),
                         )
@@ -482,6 +482,23 @@ impl Db {
     }
 
     /// A destination copy no longer matches: copy it again.
+    /// Copies at `dest` that its store's lifecycle expired: EXPIRED, not copied again
+    /// (until the object changes here, which enqueues it anew).
+    pub fn mark_expired(&self, keys: &[String], dest: &str, now: i64) -> DbResult<u64> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        for key in keys {
+            n += tx.execute(
+                "UPDATE targets SET status='EXPIRED', last_error='expired by the lifecycle rules of its store', updated_ms=?3
+                 WHERE key=?1 AND dest=?2 AND status='COMPLETED'",
+                params![key, dest, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     pub fn requeue(&self, keys: &[String], dest: &str, reason: &str, now: i64) -> DbResult<u64> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;

@@ -42,6 +42,10 @@ pub struct ObjectMetrics {
     pub(crate) gateway_refused_total: AtomicU64,
     /// Gateway writes admitted and not yet answered.
     pub(crate) gateway_inflight: AtomicU64,
+    /// Objects the lifecycle rules of this region's store expired (lifeboat's sweep).
+    pub(crate) expired_total: AtomicU64,
+    /// Bytes in this region's store under the replication rules, at the last listing.
+    pub(crate) stored_bytes: AtomicU64,
     /// Time from a change being seen to its copy being verified (the client library's
     /// histogram: buckets, sum and count).
     latency: Histogram,
@@ -77,6 +81,8 @@ impl ObjectMetrics {
             gateway_writes_total: AtomicU64::new(0),
             gateway_refused_total: AtomicU64::new(0),
             gateway_inflight: AtomicU64::new(0),
+            expired_total: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
             latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
@@ -108,6 +114,14 @@ impl ObjectMetrics {
     /// Writes the gateway refused (the region was not the active one).
     pub fn gateway_refused(&self) -> u64 {
         self.gateway_refused_total.load(Ordering::Relaxed)
+    }
+    /// Objects expired by the lifecycle rules of this region's store.
+    pub fn expired(&self) -> u64 {
+        self.expired_total.load(Ordering::Relaxed)
+    }
+    /// Bytes in the store at the last listing.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
     }
     /// Gateway writes admitted and not yet answered.
     pub fn gateway_inflight(&self) -> u64 {
@@ -218,6 +232,18 @@ impl ObjectMetrics {
             Kind::Counter,
             "Writes the S3 gateway refused because the region was not the active one.",
             g(&self.gateway_refused_total),
+        );
+        line(
+            "lifeboat_objects_stored_bytes",
+            Kind::Gauge,
+            "Bytes in the region's store under the replication rules, at the last full listing.",
+            g(&self.stored_bytes),
+        );
+        line(
+            "lifeboat_objects_expired_total",
+            Kind::Counter,
+            "Objects the lifecycle rules of the region's store expired (lifeboat's sweep; S3 buckets expire their own).",
+            g(&self.expired_total),
         );
         line(
             "lifeboat_objects_gateway_inflight",

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 mod dispatcher;
 mod gateway;
+mod lifecycle;
 mod observer;
 
 pub use gateway::Gateway;
@@ -126,6 +127,8 @@ pub(crate) struct Inner {
     /// Held shared by each gateway write from its mode check to its record, taken
     /// exclusively by `fence`: once a fence returns, no gateway write is in flight.
     write_gate: tokio::sync::RwLock<()>,
+    /// The S3 store's bucket got this region's lifecycle rules (once per start).
+    lifecycle_applied: std::sync::atomic::AtomicBool,
 }
 
 /// The replicator of one region. See the module documentation.
@@ -195,6 +198,7 @@ impl Replicator {
             keep_dir: keep_dir(state_dir),
             following: Mutex::new(None),
             write_gate: tokio::sync::RwLock::new(()),
+            lifecycle_applied: std::sync::atomic::AtomicBool::new(false),
         });
         inner.refresh_gauges();
         Ok(Self { inner, hints_rx })

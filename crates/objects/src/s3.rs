@@ -66,6 +66,16 @@ const ERROR_ECHO_BYTES: usize = 200;
 const S3_XMLNS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
+/// One bucket lifecycle rule, as lifeboat writes and reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleXmlRule {
+    pub id: String,
+    pub prefix: String,
+    pub expire_after_days: Option<u32>,
+    pub noncurrent_expire_after_days: Option<u32>,
+    pub abort_incomplete_multipart_after_days: Option<u32>,
+}
+
 /// Where and how to reach one bucket.
 #[derive(Clone)]
 pub struct S3Config {
@@ -1011,6 +1021,102 @@ impl S3Client {
             .await?;
         drain(response.into_body()).await;
         Ok(())
+    }
+
+    /// PutBucketLifecycleConfiguration: replaces the bucket's lifecycle rules with
+    /// `rules` (S3 applies them itself).
+    pub async fn put_lifecycle(&self, rules: &[LifecycleXmlRule]) -> Result<(), S3Error> {
+        let context = self.context("PutBucketLifecycleConfiguration", None);
+        let mut xml = format!("<LifecycleConfiguration xmlns=\"{S3_XMLNS}\">");
+        for r in rules {
+            xml.push_str(&format!(
+                "<Rule><ID>{}</ID><Filter><Prefix>{}</Prefix></Filter><Status>Enabled</Status>",
+                quick_xml::escape::escape(r.id.as_str()),
+                quick_xml::escape::escape(r.prefix.as_str())
+            ));
+            if let Some(d) = r.expire_after_days {
+                xml.push_str(&format!("<Expiration><Days>{d}</Days></Expiration>"));
+            }
+            if let Some(d) = r.noncurrent_expire_after_days {
+                xml.push_str(&format!(
+                    "<NoncurrentVersionExpiration><NoncurrentDays>{d}</NoncurrentDays></NoncurrentVersionExpiration>"
+                ));
+            }
+            if let Some(d) = r.abort_incomplete_multipart_after_days {
+                xml.push_str(&format!(
+                    "<AbortIncompleteMultipartUpload><DaysAfterInitiation>{d}</DaysAfterInitiation></AbortIncompleteMultipartUpload>"
+                ));
+            }
+            xml.push_str("</Rule>");
+        }
+        xml.push_str("</LifecycleConfiguration>");
+        let mut call = Call::new(Method::PUT, None).query("lifecycle", "");
+        // S3 requires a checksum of this body.
+        let md5 = {
+            use base64::Engine as _;
+            use md5::Digest as _;
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()))
+        };
+        let md5 = HeaderValue::from_str(&md5)
+            .map_err(|e| invalid(&context, format!("content-md5: {e}")))?;
+        call.headers.insert("content-md5", md5);
+        call.headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+        call.body = vec![Bytes::from(xml)];
+        let response = self
+            .send_ok(
+                &context,
+                "bucket lifecycle (PutBucketLifecycleConfiguration)",
+                call,
+            )
+            .await?;
+        drain(response.into_body()).await;
+        Ok(())
+    }
+
+    /// GetBucketLifecycleConfiguration: the bucket's rules (empty when it has none).
+    pub async fn get_lifecycle(&self) -> Result<Vec<LifecycleXmlRule>, S3Error> {
+        let context = self.context("GetBucketLifecycleConfiguration", None);
+        let call = Call::new(Method::GET, None).query("lifecycle", "");
+        let xml = match self
+            .send_xml(
+                &context,
+                "bucket lifecycle (GetBucketLifecycleConfiguration)",
+                call,
+            )
+            .await
+        {
+            Ok(x) => x,
+            Err(S3Error::Status { code, .. }) if code == "NoSuchLifecycleConfiguration" => {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e),
+        };
+        let days = |e: Option<&Element>, name: &str| {
+            e.and_then(|e| e.text_of(name))
+                .and_then(|t| t.trim().parse::<u32>().ok())
+        };
+        Ok(xml
+            .children_named("Rule")
+            .map(|r| LifecycleXmlRule {
+                id: r.text_of("ID").unwrap_or_default().to_owned(),
+                prefix: r
+                    .child("Filter")
+                    .and_then(|f| f.text_of("Prefix"))
+                    .or_else(|| r.text_of("Prefix"))
+                    .unwrap_or_default()
+                    .to_owned(),
+                expire_after_days: days(r.child("Expiration"), "Days"),
+                noncurrent_expire_after_days: days(
+                    r.child("NoncurrentVersionExpiration"),
+                    "NoncurrentDays",
+                ),
+                abort_incomplete_multipart_after_days: days(
+                    r.child("AbortIncompleteMultipartUpload"),
+                    "DaysAfterInitiation",
+                ),
+            })
+            .collect())
     }
 
     /// CreateBucket (the configured bucket; a bucket already ours counts as created).

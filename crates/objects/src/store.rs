@@ -62,6 +62,8 @@ pub struct Meta {
     pub key: String,
     pub size: u64,
     pub etag: Option<String>,
+    /// Last modified, milliseconds since the epoch, when the store says.
+    pub modified_ms: Option<i64>,
 }
 
 /// What travels with an object besides its bytes, as S3 names it: the replicable
@@ -235,6 +237,7 @@ impl Store {
                                     key: o.key,
                                     size: o.size,
                                     etag: o.etag,
+                                    modified_ms: o.last_modified_ms,
                                 })
                             })
                             .collect();
@@ -271,6 +274,7 @@ impl Store {
                                     key,
                                     size: meta.size,
                                     etag: meta.e_tag,
+                                    modified_ms: Some(meta.last_modified.timestamp_millis()),
                                 }))
                             }
                             Err(e) => Some(Err(StoreError::from_os(&name, e))),
@@ -294,12 +298,14 @@ impl Store {
                     key: key.to_owned(),
                     size: h.size,
                     etag: h.etag,
+                    modified_ms: h.last_modified_ms,
                 })),
             Backend::Os(inner) => match inner.head(&self.os_key(key)?).await {
                 Ok(m) => Ok(Some(Meta {
                     key: key.to_owned(),
                     size: m.size,
                     etag: m.e_tag,
+                    modified_ms: Some(m.last_modified.timestamp_millis()),
                 })),
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(e) => Err(StoreError::from_os(name, e)),

@@ -124,6 +124,7 @@ impl Inner {
         let first_scan = self.db.get_meta("scanned")?.is_none();
         let seen = self.db.seen_objects()?;
         let mut listed: HashSet<String> = HashSet::with_capacity(seen.len());
+        let mut stored = 0u64;
         let mut batch = Vec::new();
         for prefix in self.list_prefixes() {
             let mut found = Vec::new();
@@ -134,6 +135,7 @@ impl Inner {
                 if self.rule_for(&key).is_none() || !listed.insert(key.clone()) {
                     continue;
                 }
+                stored += meta.size;
                 let unchanged = seen
                     .get(&key)
                     .is_some_and(|(s, _)| s.size == meta.size && s.etag == meta.etag);
@@ -152,9 +154,24 @@ impl Inner {
         for (key, (_, updated_ms)) in seen {
             // A row written after this listing started may be newer than the listing.
             if !listed.contains(&key) && updated_ms < start {
-                batch.push(self.absent(key, mode));
+                // Gone past the age a lifecycle rule of this store gives it: the
+                // bucket's own lifecycle expired it, which is not a delete to replicate.
+                let expired = self
+                    .expiry_ms(self.region.as_str(), &key)
+                    .is_some_and(|age| updated_ms < start - age);
+                batch.push(if expired {
+                    Observation::Absent {
+                        key,
+                        delete_from: Vec::new(),
+                    }
+                } else {
+                    self.absent(key, mode)
+                });
             }
         }
+        self.metrics
+            .stored_bytes
+            .store(stored, std::sync::atomic::Ordering::Relaxed);
         self.apply(&batch)?;
         if first_scan {
             self.db.set_meta("scanned", "1")?;
@@ -300,7 +317,11 @@ impl Inner {
                 }
             }
             let mut changed = Vec::new();
+            let mut missing = Vec::new();
             for (key, copy) in &completed {
+                if !present.contains_key(key) {
+                    missing.push(key.clone());
+                }
                 let ok = present.get(key).is_some_and(|m| {
                     m.size == copy.size
                         && match (&copy.dest_etag, &m.etag) {
@@ -311,6 +332,13 @@ impl Inner {
                 if !ok {
                     changed.push(key.clone());
                 }
+            }
+            // Copies the destination's own lifecycle expired stay gone.
+            let expired = self.expired_at(dest, &missing).await;
+            if !expired.is_empty() {
+                let n = self.db.mark_expired(&expired, dest, db::now_ms())?;
+                tracing::info!(region = %self.region, dest = %dest, count = n, "copies expired by the destination's lifecycle rules: not copied again");
+                changed.retain(|k| !expired.contains(k));
             }
             if !changed.is_empty() {
                 let n = self.db.requeue(
@@ -454,6 +482,10 @@ pub(super) async fn observe(
                 if let Err(e) = inner.reconcile_source(mode).await {
                     tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "reconciling the source store failed");
                     complete = false;
+                }
+                if let Err(e) = inner.apply_lifecycle().await {
+                    // Tried again at the next reconcile.
+                    tracing::warn!(error = %format!("{e:#}"), region = %inner.region, "applying the store's lifecycle rules failed");
                 }
                 if mode == Mode::Active
                     && let Err(e) = inner.check_destinations().await
