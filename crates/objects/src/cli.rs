@@ -42,12 +42,18 @@ pub fn status_of_db(db: &Db, region: &RegionId, json: bool) -> anyhow::Result<St
     let mode = db
         .get_meta("mode")?
         .unwrap_or_else(|| "unassigned".to_owned());
+    // Entries the last full listing could not name as keys (not replicated).
+    let unlisted: Vec<String> = db
+        .get_meta("unlisted")?
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
     if json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({
             "region": region,
             "mode": mode,
             "counts": counts,
             "unfinished": rows,
+            "unlisted": unlisted,
         }))?);
     }
     let mut out = String::new();
@@ -64,6 +70,17 @@ pub fn status_of_db(db: &Db, region: &RegionId, json: bool) -> anyhow::Result<St
         counts.local_objects,
         counts.replica_objects
     );
+    if !unlisted.is_empty() {
+        let _ = writeln!(
+            out,
+            "{} entr{} of the store could not be listed as keys (not replicated):",
+            unlisted.len(),
+            if unlisted.len() == 1 { "y" } else { "ies" }
+        );
+        for u in &unlisted {
+            let _ = writeln!(out, "  UNLISTED  {}", shown_key(u));
+        }
+    }
     if counts.backfill_total > 0 {
         let _ = writeln!(
             out,

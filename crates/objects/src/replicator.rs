@@ -127,6 +127,8 @@ pub(crate) struct Inner {
     /// Held shared by each gateway write from its mode check to its record, taken
     /// exclusively by `fence`: once a fence returns, no gateway write is in flight.
     write_gate: tokio::sync::RwLock<()>,
+    /// Entries the listings of this pass could not name as keys (reported by status).
+    unlisted: Mutex<Vec<String>>,
     /// The S3 store's bucket got this region's lifecycle rules (once per start).
     lifecycle_applied: std::sync::atomic::AtomicBool,
 }
@@ -199,6 +201,7 @@ impl Replicator {
             following: Mutex::new(None),
             write_gate: tokio::sync::RwLock::new(()),
             lifecycle_applied: std::sync::atomic::AtomicBool::new(false),
+            unlisted: Mutex::new(Vec::new()),
         });
         inner.refresh_gauges();
         Ok(Self { inner, hints_rx })

@@ -94,6 +94,10 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    /// A listing met an entry it cannot name as a key (a file name object_store's
+    /// paths refuse): the listing goes on, the entry is reported.
+    #[error("{store}: an entry could not be listed: {reason}")]
+    Unlistable { store: String, reason: String },
     /// The store refused the credentials.
     #[error("access denied by {store}: {message} (check the store's credentials)")]
     Denied { store: String, message: String },
@@ -275,6 +279,12 @@ impl Store {
                                     size: meta.size,
                                     etag: meta.e_tag,
                                     modified_ms: Some(meta.last_modified.timestamp_millis()),
+                                }))
+                            }
+                            Err(object_store::Error::InvalidPath { source }) => {
+                                Some(Err(StoreError::Unlistable {
+                                    store: name.clone(),
+                                    reason: crate::transfer::with_causes(&source),
                                 }))
                             }
                             Err(e) => Some(Err(StoreError::from_os(&name, e))),

@@ -87,6 +87,10 @@ impl TransferError {
                 context: context.into(),
                 message,
             },
+            e @ StoreError::Unlistable { .. } => TransferError::Store {
+                context: context.into(),
+                message: e.to_string(),
+            },
         }
     }
 

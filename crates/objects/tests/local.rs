@@ -656,3 +656,42 @@ async fn a_standby_started_after_the_first_pushes_takes_them_for_replicas() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A file whose name object_store's paths refuse (a control character) stops nothing:
+/// the listing goes on, the other objects replicate, and `objects status` names it.
+/// (Before, the whole listing failed, so a region with such a file present at its
+/// first start never became active for objects.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_named_as_a_key_is_reported_and_stops_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    write(&a_dir, "docs/one.txt", b"one");
+    std::fs::write(a_dir.join("docs").join("bad\u{1}name"), b"unnameable").unwrap();
+    write(&a_dir, "docs/two.txt", b"two");
+    let a = Running::start(
+        &config(vec![]),
+        "a",
+        &tmp.path().join("state-a"),
+        stores(vec![("a", local_store(&a_dir)), ("b", local_store(&b_dir))]),
+    );
+    a.activate(1).await;
+    wait_until(60, "both nameable objects replicated", || {
+        read(&b_dir, "docs/one.txt").is_some() && read(&b_dir, "docs/two.txt").is_some()
+    })
+    .await;
+    let db = a.db();
+    wait_until(30, "the unnameable entry reported", || {
+        lifeboat_objects::cli::status_of_db(&db, &a.region, false)
+            .unwrap()
+            .contains("UNLISTED")
+    })
+    .await;
+    let text = lifeboat_objects::cli::status_of_db(&db, &a.region, false).unwrap();
+    assert!(
+        text.contains("1 entry of the store could not be listed as keys") && text.contains("bad"),
+        "{text}"
+    );
+    let json = lifeboat_objects::cli::status_of_db(&db, &a.region, true).unwrap();
+    assert!(json.contains("\"unlisted\""), "{json}");
+    a.stop().await;
+}

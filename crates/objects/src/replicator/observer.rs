@@ -97,6 +97,17 @@ impl Inner {
                         last = Some(meta.key.clone());
                         f(meta);
                     }
+                    // One entry that cannot be named stops nothing: reported, skipped.
+                    Err(e @ StoreError::Unlistable { .. }) => {
+                        tracing::warn!(error = %e, "an entry of the store cannot be listed as a key");
+                        let mut u = self
+                            .unlisted
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        if u.len() < 1000 {
+                            u.push(e.to_string());
+                        }
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
@@ -125,6 +136,10 @@ impl Inner {
         let seen = self.db.seen_objects()?;
         let mut listed: HashSet<String> = HashSet::with_capacity(seen.len());
         let mut stored = 0u64;
+        self.unlisted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let mut batch = Vec::new();
         for prefix in self.list_prefixes() {
             let mut found = Vec::new();
@@ -172,6 +187,14 @@ impl Inner {
         self.metrics
             .stored_bytes
             .store(stored, std::sync::atomic::Ordering::Relaxed);
+        let unlisted = std::mem::take(
+            &mut *self
+                .unlisted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.db
+            .set_meta("unlisted", &serde_json::to_string(&unlisted)?)?;
         self.apply(&batch)?;
         if first_scan {
             self.db.set_meta("scanned", "1")?;
