@@ -143,44 +143,10 @@ async fn latency(
         std::fs::rename(&tmp, &path)?;
         written.insert(key, db::now_ms());
     }
-    let dbh = db::Db::open(&lifeboat_objects::db_path(state))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut lat: Vec<i64> = Vec::new();
-    loop {
-        lat.clear();
-        let mut missing = 0;
-        for (key, at) in &written {
-            match dbh.target(key, "b")? {
-                Some(r) if r.completed_ms.is_some() => lat.push(r.completed_ms.unwrap_or(0) - at),
-                _ => missing += 1,
-            }
-        }
-        if missing == 0 || tokio::time::Instant::now() > deadline {
-            println!(
-                "objects {} replicated {} missing {missing}",
-                written.len(),
-                lat.len()
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let lat = replicated_after(state, &written, Duration::from_secs(60)).await?;
     cancel.cancel();
     let _ = task.await;
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(-1)
-    };
-    println!(
-        "latency_ms p50 {} p90 {} p99 {} max {} (n={}, {rate}/s for {secs}s)",
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        lat.last().copied().unwrap_or(-1),
-        lat.len()
-    );
+    println!("latency_ms {} ({rate}/s for {secs}s)", percentiles(&lat));
     Ok(())
 }
 
@@ -276,13 +242,31 @@ async fn s3_latency(
         writer.put(&key, vec![payload.clone()], &[], &[]).await?;
         written.insert(key, db::now_ms());
     }
+    let lat = replicated_after(state, &written, Duration::from_secs(90)).await?;
+    cancel.cancel();
+    let _ = task.await;
+    println!(
+        "s3 source via {via}: latency_ms {} ({rate}/s for {secs}s, reconcile_interval {:?})",
+        percentiles(&lat),
+        cfg.reconcile_interval
+    );
+    Ok(())
+}
+
+/// For each written key (and when its write was answered), how long until its copy to
+/// region b was recorded verified, waiting at most `patience`; sorted.
+async fn replicated_after(
+    state: &Path,
+    written: &HashMap<String, i64>,
+    patience: Duration,
+) -> anyhow::Result<Vec<i64>> {
     let dbh = db::Db::open(&lifeboat_objects::db_path(state))?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline = tokio::time::Instant::now() + patience;
     let mut lat: Vec<i64> = Vec::new();
     loop {
         lat.clear();
         let mut missing = 0;
-        for (key, at) in &written {
+        for (key, at) in written {
             match dbh.target(key, "b")? {
                 Some(r) if r.completed_ms.is_some() => lat.push(r.completed_ms.unwrap_or(0) - at),
                 _ => missing += 1,
@@ -298,22 +282,23 @@ async fn s3_latency(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cancel.cancel();
-    let _ = task.await;
     lat.sort_unstable();
+    Ok(lat)
+}
+
+/// "p50 … p90 … p99 … max … (n=…)" of sorted milliseconds.
+fn percentiles(lat: &[i64]) -> String {
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
             .copied()
             .unwrap_or(-1)
     };
-    println!(
-        "s3 source via {via}: latency_ms p50 {} p90 {} p99 {} max {} (n={}, {rate}/s for {secs}s, reconcile_interval {:?})",
+    format!(
+        "p50 {} p90 {} p99 {} max {} (n={})",
         pct(0.5),
         pct(0.9),
         pct(0.99),
         lat.last().copied().unwrap_or(-1),
-        lat.len(),
-        cfg.reconcile_interval
-    );
-    Ok(())
+        lat.len()
+    )
 }

@@ -1004,18 +1004,7 @@ impl S3Client {
         }
         xml.push_str("</TagSet></Tagging>");
         let mut call = Call::new(Method::PUT, Some(key)).query("tagging", "");
-        // S3 requires a checksum of this body.
-        let md5 = {
-            use base64::Engine as _;
-            use md5::Digest as _;
-            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()))
-        };
-        let md5 = HeaderValue::from_str(&md5)
-            .map_err(|e| invalid(&context, format!("content-md5: {e}")))?;
-        call.headers.insert("content-md5", md5);
-        call.headers
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-        call.body = vec![Bytes::from(xml)];
+        xml_body(&context, &mut call, xml)?;
         let response = self
             .send_ok(&context, "object tagging (PutObjectTagging)", call)
             .await?;
@@ -1051,18 +1040,7 @@ impl S3Client {
         }
         xml.push_str("</LifecycleConfiguration>");
         let mut call = Call::new(Method::PUT, None).query("lifecycle", "");
-        // S3 requires a checksum of this body.
-        let md5 = {
-            use base64::Engine as _;
-            use md5::Digest as _;
-            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()))
-        };
-        let md5 = HeaderValue::from_str(&md5)
-            .map_err(|e| invalid(&context, format!("content-md5: {e}")))?;
-        call.headers.insert("content-md5", md5);
-        call.headers
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-        call.body = vec![Bytes::from(xml)];
+        xml_body(&context, &mut call, xml)?;
         let response = self
             .send_ok(
                 &context,
@@ -1324,6 +1302,22 @@ fn body_stream(context: String, body: Incoming) -> BoxStream<'static, Result<Byt
         }
     });
     pieces.boxed()
+}
+
+/// An XML request body with the Content-MD5 S3 requires of configuration PUTs.
+fn xml_body(context: &str, call: &mut Call<'_>, xml: String) -> Result<(), S3Error> {
+    let md5 = {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(xml.as_bytes()))
+    };
+    let md5 =
+        HeaderValue::from_str(&md5).map_err(|e| invalid(context, format!("content-md5: {e}")))?;
+    call.headers.insert("content-md5", md5);
+    call.headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
+    call.body = vec![Bytes::from(xml)];
+    Ok(())
 }
 
 fn parse_list(context: &str, xml: &Element) -> Result<ListPage, S3Error> {

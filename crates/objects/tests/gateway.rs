@@ -73,18 +73,17 @@ fn slow_listing(rules: Vec<RuleConfig>) -> lifeboat_config::objects::ObjectsConf
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_through_the_gateway_replicate_at_once_without_listing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3"), BUCKET).await;
+/// Region a: its store a bucket of an S3-API server (no change feed), listed once an
+/// hour, deletes replicated, its gateway in front; region b: the local directory `b`.
+async fn s3_region_with_gateway(tmp: &Path, b_dir: &Path) -> (S3Server, Running) {
+    let server = S3Server::start(&tmp.join("s3"), BUCKET).await;
     let a_store = Store::open(&s3_config(
         &server.endpoint,
         BUCKET,
-        &tmp.path().join("creds"),
+        &tmp.join("creds"),
         S3_SECRET,
     ))
     .unwrap();
-    let b_dir = tmp.path().join("b");
     let cfg = slow_listing(vec![RuleConfig {
         prefix: String::new(),
         delete_replication: true,
@@ -93,11 +92,19 @@ async fn writes_through_the_gateway_replicate_at_once_without_listing() {
     let a = Running::start_with_gateway(
         &cfg,
         "a",
-        &tmp.path().join("state-a"),
-        stores(vec![("a", a_store), ("b", local_store(&b_dir))]),
+        &tmp.join("state-a"),
+        stores(vec![("a", a_store), ("b", local_store(b_dir))]),
         GATEWAY_BUCKET,
     )
     .await;
+    (server, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_gateway_replicate_at_once_without_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b_dir = tmp.path().join("b");
+    let (_server, a) = s3_region_with_gateway(tmp.path(), &b_dir).await;
     let gw = a.gateway.clone().unwrap();
     a.activate(1).await;
     wait_role(&a, RoleHealth::Primary).await;
@@ -160,28 +167,8 @@ async fn writes_through_the_gateway_replicate_at_once_without_listing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_that_is_not_active_refuses_writes_and_nothing_refused_appears() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = S3Server::start(&tmp.path().join("s3"), BUCKET).await;
-    let a_store = Store::open(&s3_config(
-        &server.endpoint,
-        BUCKET,
-        &tmp.path().join("creds"),
-        S3_SECRET,
-    ))
-    .unwrap();
     let b_dir = tmp.path().join("b");
-    let cfg = slow_listing(vec![RuleConfig {
-        prefix: String::new(),
-        delete_replication: true,
-        backfill: true,
-    }]);
-    let a = Running::start_with_gateway(
-        &cfg,
-        "a",
-        &tmp.path().join("state-a"),
-        stores(vec![("a", a_store), ("b", local_store(&b_dir))]),
-        GATEWAY_BUCKET,
-    )
-    .await;
+    let (server, a) = s3_region_with_gateway(tmp.path(), &b_dir).await;
     let gw = a.gateway.clone().unwrap();
     let in_a = |key: &str| server.root.join(BUCKET).join(key).exists();
 

@@ -11,40 +11,16 @@ mod common;
 mod moto;
 
 use common::*;
-use lifeboat_config::objects::{StoreConfig, StoreKind};
+use lifeboat_config::objects::StoreConfig;
 use lifeboat_objects::Store;
-use lifeboat_objects::s3::{S3Client, S3Config};
 use moto::{PyObject, key_shapes};
 
 fn moto_store(moto: &moto::Moto, bucket: &str, dir: &std::path::Path) -> StoreConfig {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("id"), moto::KEY_ID).unwrap();
-    std::fs::write(dir.join("secret"), moto::SECRET).unwrap();
-    StoreConfig {
-        kind: StoreKind::S3,
-        path: None,
-        bucket: Some(bucket.to_owned()),
-        endpoint: Some(moto.endpoint.clone()),
-        access_key_id_file: Some(dir.join("id")),
-        secret_access_key_file: Some(dir.join("secret")),
-        ..StoreConfig::local("/unused")
-    }
+    moto::store_config(moto, bucket, dir)
 }
 
 async fn create_bucket(moto: &moto::Moto, bucket: &str) {
-    S3Client::new(S3Config {
-        endpoint: Some(moto.endpoint.clone()),
-        bucket: bucket.to_owned(),
-        region: "us-east-1".into(),
-        access_key_id: moto::KEY_ID.into(),
-        secret_access_key: moto::SECRET.into(),
-        session_token: None,
-        virtual_hosted_style: false,
-    })
-    .unwrap()
-    .create_bucket()
-    .await
-    .unwrap();
+    moto::client(moto, bucket).create_bucket().await.unwrap();
 }
 
 /// The keys a local directory cannot hold byte-exact, and a word of each one's reason.

@@ -9,9 +9,9 @@ mod common;
 mod moto;
 
 use common::*;
-use lifeboat_config::objects::{LifecycleRule, ObjectsConfig, StoreConfig, StoreKind};
+use lifeboat_config::objects::{LifecycleRule, ObjectsConfig};
 use lifeboat_objects::Store;
-use lifeboat_objects::s3::{LifecycleXmlRule, S3Client, S3Config};
+use lifeboat_objects::s3::LifecycleXmlRule;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -112,32 +112,11 @@ async fn old_objects_expire_in_the_store_the_rule_names_and_nowhere_else() {
 async fn an_s3_store_gets_the_rules_as_its_buckets_lifecycle() {
     let tmp = tempfile::tempdir().unwrap();
     let moto = moto::Moto::start().await;
-    let creds = tmp.path().join("creds");
-    std::fs::create_dir_all(&creds).unwrap();
-    std::fs::write(creds.join("id"), moto::KEY_ID).unwrap();
-    std::fs::write(creds.join("secret"), moto::SECRET).unwrap();
-    let client = |bucket: &str| {
-        S3Client::new(S3Config {
-            endpoint: Some(moto.endpoint.clone()),
-            bucket: bucket.to_owned(),
-            region: "us-east-1".into(),
-            access_key_id: moto::KEY_ID.into(),
-            secret_access_key: moto::SECRET.into(),
-            session_token: None,
-            virtual_hosted_style: false,
-        })
-        .unwrap()
-    };
-    client("region-b").create_bucket().await.unwrap();
-    let b_cfg = StoreConfig {
-        kind: StoreKind::S3,
-        path: None,
-        bucket: Some("region-b".into()),
-        endpoint: Some(moto.endpoint.clone()),
-        access_key_id_file: Some(creds.join("id")),
-        secret_access_key_file: Some(creds.join("secret")),
-        ..StoreConfig::local("/unused")
-    };
+    moto::client(&moto, "region-b")
+        .create_bucket()
+        .await
+        .unwrap();
+    let b_cfg = moto::store_config(&moto, "region-b", &tmp.path().join("creds"));
     let cfg = ObjectsConfig {
         lifecycle: vec![
             LifecycleRule {
@@ -159,7 +138,7 @@ async fn an_s3_store_gets_the_rules_as_its_buckets_lifecycle() {
         ]),
     );
     b.follow(1, "a").await;
-    let bucket = client("region-b");
+    let bucket = moto::client(&moto, "region-b");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let rules = loop {
         let rules = bucket.get_lifecycle().await.unwrap();

@@ -44,7 +44,7 @@ fn s3s_client(server: &common::S3Server, secret: &str) -> S3Client {
 }
 
 fn moto_client(moto: &moto::Moto, bucket: &str) -> S3Client {
-    client_with(&moto.endpoint, bucket, moto::KEY_ID, moto::SECRET)
+    moto::client(moto, bucket)
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

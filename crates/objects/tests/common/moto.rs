@@ -243,3 +243,37 @@ pub fn key_shapes() -> Vec<PyObject> {
         })
         .collect()
 }
+
+/// lifeboat's raw S3 client for `bucket` on this moto.
+pub fn client(moto: &Moto, bucket: &str) -> lifeboat_objects::s3::S3Client {
+    lifeboat_objects::s3::S3Client::new(lifeboat_objects::s3::S3Config {
+        endpoint: Some(moto.endpoint.clone()),
+        bucket: bucket.to_owned(),
+        region: "us-east-1".into(),
+        access_key_id: KEY_ID.into(),
+        secret_access_key: SECRET.into(),
+        session_token: None,
+        virtual_hosted_style: false,
+    })
+    .unwrap()
+}
+
+/// A `[objects.stores.X]` for `bucket` on this moto, its credentials in files under `dir`.
+pub fn store_config(
+    moto: &Moto,
+    bucket: &str,
+    dir: &std::path::Path,
+) -> lifeboat_config::objects::StoreConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("id"), KEY_ID).unwrap();
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    lifeboat_config::objects::StoreConfig {
+        kind: lifeboat_config::objects::StoreKind::S3,
+        path: None,
+        bucket: Some(bucket.to_owned()),
+        endpoint: Some(moto.endpoint.clone()),
+        access_key_id_file: Some(dir.join("id")),
+        secret_access_key_file: Some(dir.join("secret")),
+        ..lifeboat_config::objects::StoreConfig::local("/unused")
+    }
+}
