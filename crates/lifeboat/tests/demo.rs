@@ -1,5 +1,6 @@
 //! The whole system on one machine: `lifeboat demo` (PostgreSQL, synchronous
-//! replication) and a region-outage drill against it, as a newcomer would run them.
+//! replication) and a region-outage drill against it, as a newcomer would run them;
+//! the sample app's message form, through each region's S3 gateway.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -77,6 +78,157 @@ async fn demo_tables_take_boto3_and_replicate(demo_dir: &std::path::Path, config
     }
 }
 
+/// Percent-encoding for a form field (`application/x-www-form-urlencoded`).
+fn form_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The page's escaping of `s` (as crates/sample-app's `web::escape`).
+fn html_escaped(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// `POST /message` of the sample app at `app` (its form): status and body.
+async fn post_message(app: &str, message: &str) -> (u16, String) {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+        .post(format!("{app}/message"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("message={}", form_encode(message)))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = r.text().await.unwrap_or_default();
+    (status, format!("{location}{body}"))
+}
+
+/// The message form of the demo's sample app: a message left on region a's page is
+/// written through a's S3 gateway and reaches region b's store (b's page shows it); the
+/// same form in region b, a standby, gets b's gateway's refusal and changes nothing.
+/// The demo's summary names both gateways. Returns the message left in a.
+async fn demo_messages_go_through_the_active_regions_gateway(
+    demo: &Proc,
+    dir: &std::path::Path,
+    demo_dir: &std::path::Path,
+    config_path: &str,
+    app_port: &str,
+) -> String {
+    let cfg = lifeboat_config::Config::load(std::path::Path::new(config_path)).unwrap();
+    let gw = cfg
+        .objects
+        .as_ref()
+        .and_then(|o| o.gateway.as_ref())
+        .expect("the demo configures [objects.gateway]");
+    let banner = demo.lines.lock().unwrap().join("\n");
+    for r in ["a", "b"] {
+        let line = format!("  s3 gateway  region {r}: http://{} ", gw.listen[r]);
+        assert!(
+            banner.lines().any(|l| l.starts_with(&line)
+                && l.contains("bucket objects")
+                && l.contains("objects-gateway-secret")),
+            "the summary lacks {line:?}:\n{banner}"
+        );
+    }
+
+    // Region a, the active one: written, 303 back to the page, shown at once.
+    let app_a = format!("http://127.0.1.1:{app_port}");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let left = format!("left in region a <em>{nanos}</em> & replicated");
+    let (status, body) = post_message(&app_a, &left).await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(body, "/");
+    let (_, page_a) = http_get(&format!("{app_a}/")).await.unwrap();
+    assert!(page_a.contains(&html_escaped(&left)), "{page_a}");
+    assert!(!page_a.contains("<em>"), "unescaped: {page_a}");
+
+    // Region b runs its app only once promoted (pilot light): start one by hand, with
+    // the command line the demo gives b's agent (on a port of its own).
+    let service = &cfg.regions["b"].services[0];
+    let line = service.command.as_ref().unwrap()[2].clone();
+    let (_, exec) = line.split_once("exec ").unwrap();
+    let mut words = exec.split_whitespace();
+    let mut cmd = Command::new(words.next().unwrap());
+    let mut args: Vec<String> = words.map(str::to_owned).collect();
+    let bind = args.iter().position(|a| a == "--bind").unwrap() + 1;
+    args[bind] = "127.0.2.1:0".to_owned();
+    assert!(args.contains(&"--s3-endpoint".to_owned()), "{line}");
+    cmd.args(&args).env("LIFEBOAT_LOG", "info");
+    let mut app_b = Proc::spawn("app-b", cmd, &dir.join("app-b.log"));
+    let app_b_url = app_b
+        .wait_line("listening app ", Duration::from_secs(30))
+        .await;
+
+    // Replicated: b's page shows a's message from b's own store.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page_b = http_get(&format!("{app_b_url}/")).await.map(|(_, p)| p);
+        if page_b
+            .as_deref()
+            .is_some_and(|p| p.contains(&html_escaped(&left)))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "region b's page never showed the message left in a: {page_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Region b, not the active one: its gateway refuses ("is fenced" until its object
+    // role follows a, "is a standby" after), the page says so, nothing changes.
+    let refused = format!("left in region b {nanos}");
+    let (status, body) = post_message(&app_b_url, &refused).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("refuses writes")
+            && (body.contains("region b is a standby") || body.contains("region b is fenced")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for page in [&app_a, &app_b_url] {
+        let (_, p) = http_get(&format!("{page}/")).await.unwrap();
+        assert!(p.contains(&html_escaped(&left)), "{page}: {p}");
+        assert!(!p.contains(&refused), "{page}: {p}");
+    }
+    for r in ["a", "b"] {
+        let stored =
+            std::fs::read_to_string(demo_dir.join(format!("objects-{r}")).join("msgdrdct.txt"))
+                .unwrap();
+        assert_eq!(stored, left, "region {r}'s store");
+    }
+    // Stopped before the drill (and before the demo ends: it runs from the demo's dir).
+    app_b.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = app_b.child.wait();
+    left
+}
+
 /// `lifeboat drill --scenario S` against the demo, writing drill.json and drill.html
 /// into `dir`; asserts it succeeded and returns its terminal summary and JSON report.
 fn run_drill(
@@ -124,6 +276,16 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     // The page names the region that served it: a, not merely "some region".
     assert!(page.contains(r#"id="region">a</span>"#), "{page}");
     assert!(page.contains("Hello from the lifeboat demo"), "{page}");
+
+    // The page's form writes through the active region's S3 gateway only.
+    let left = demo_messages_go_through_the_active_regions_gateway(
+        &demo,
+        dir.path(),
+        &demo_dir,
+        &config_path,
+        &app_port,
+    )
+    .await;
 
     // The demo's global tables: boto3's client and resource APIs against region a's
     // table server (the checks of crates/tables/tests/boto3_api.py), and every item
@@ -204,12 +366,13 @@ async fn demo_survives_a_region_outage_drill_without_losing_writes() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["region"], "b");
     assert_eq!(info["active"], "b");
-    // The message object was replicated: b's page shows it from b's own store.
+    // The message object was replicated: b's page shows it from b's own store (the
+    // one left in a through a's gateway, which replaced the demo's first one).
     let (_, page_b) = http_get(&format!("http://127.0.2.1:{app_port}/"))
         .await
         .expect("page b");
     assert!(
-        page_b.contains("Hello from the lifeboat demo"),
+        page_b.contains(&html_escaped(&left)),
         "region b's store lacks the message: {page_b}"
     );
     let st = lifeboat_api::ApiClient::new(format!("http://{api}"), None, Duration::from_secs(3))

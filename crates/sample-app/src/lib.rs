@@ -1,10 +1,12 @@
 //! lifeboat's sample application: the reference app a newcomer watches fail over.
 //!
 //! A web front end (`GET /`: which region serves, the epoch, a message kept in the
-//! region's object store, the latest rows) and a function tier (`POST /api/entries`,
-//! `GET /api/entries/{id}`, `GET /api/entries`, `GET /healthz`). It finds its database
-//! only through lifeboat's discovery endpoint, so a failover repoints it within about a
-//! second; see `docs/sample-app.md`.
+//! region's object store, the latest rows; `POST /message` writes the message through
+//! the region's lifeboat S3 gateway, which refuses it unless the region is the active
+//! one) and a function tier (`POST /api/entries`, `GET /api/entries/{id}`,
+//! `GET /api/entries`, `GET /healthz`). It finds its database only through lifeboat's
+//! discovery endpoint, so a failover repoints it within about a second; see
+//! `docs/sample-app.md`.
 //!
 //! Guarantees: [`serve`] answers on the listener it is given until `cancel` fires, then
 //! finishes the requests in flight and closes its database connection.
@@ -56,6 +58,23 @@ pub struct Options {
     /// Name of an environment variable holding the database password.
     #[arg(long, env = "LIFEBOAT_APP_DB_PASSWORD_ENV")]
     pub db_password_env: Option<String>,
+    /// The region's lifeboat S3 gateway, e.g. http://127.0.1.1:9000: the page's form
+    /// writes the message through it (path-style). Without it, writing is off.
+    #[arg(
+        long,
+        env = "LIFEBOAT_APP_S3_ENDPOINT",
+        requires_all = ["s3_bucket", "s3_key_id", "s3_secret_file"]
+    )]
+    pub s3_endpoint: Option<String>,
+    /// The gateway's bucket (`[objects.gateway] bucket`).
+    #[arg(long, env = "LIFEBOAT_APP_S3_BUCKET", requires = "s3_endpoint")]
+    pub s3_bucket: Option<String>,
+    /// The access key id the writes are signed with.
+    #[arg(long, env = "LIFEBOAT_APP_S3_KEY_ID", requires = "s3_endpoint")]
+    pub s3_key_id: Option<String>,
+    /// File holding that key's secret (read at every write).
+    #[arg(long, env = "LIFEBOAT_APP_S3_SECRET_FILE", requires = "s3_endpoint")]
+    pub s3_secret_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -65,6 +84,16 @@ impl Options {
             (None, Some(v)) => db::PasswordSource::Env(v.clone()),
             (None, None) => db::PasswordSource::None,
         }
+    }
+
+    /// The gateway the message is written through: all four `--s3-*` flags, or none.
+    pub fn gateway(&self) -> Option<objects::Gateway> {
+        Some(objects::Gateway {
+            endpoint: self.s3_endpoint.clone()?,
+            bucket: self.s3_bucket.clone()?,
+            key_id: self.s3_key_id.clone()?,
+            secret_file: self.s3_secret_file.clone()?,
+        })
     }
 }
 
@@ -88,6 +117,10 @@ pub async fn serve(
             dir: opts.objects_dir.clone(),
             key: opts.message_key.clone(),
         },
+        writer: objects::MessageWriter {
+            gateway: opts.gateway(),
+            key: opts.message_key.clone(),
+        },
     });
     let watcher = tokio::spawn(db.run(cancel.clone()));
     let served = axum::serve(listener, web::router(app))
@@ -97,4 +130,35 @@ pub async fn serve(
     cancel.cancel();
     let _ = watcher.await;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Options;
+    use clap::Parser as _;
+
+    fn parse(extra: &[&str]) -> Result<Options, clap::Error> {
+        let base = ["app", "--region", "a", "--discovery", "http://127.0.0.1:9/"];
+        Options::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn the_gateway_flags_come_all_four_or_none() {
+        assert_eq!(parse(&[]).expect("no gateway").gateway(), None);
+        let all = [
+            "--s3-endpoint",
+            "http://127.0.1.1:9000",
+            "--s3-bucket",
+            "objects",
+            "--s3-key-id",
+            "AKID",
+            "--s3-secret-file",
+            "/s",
+        ];
+        let gw = parse(&all).expect("all four").gateway().expect("a gateway");
+        assert_eq!(gw.endpoint, "http://127.0.1.1:9000");
+        assert_eq!(gw.bucket, "objects");
+        assert!(parse(&all[..2]).is_err(), "an endpoint alone");
+        assert!(parse(&all[2..]).is_err(), "no endpoint");
+    }
 }

@@ -1,19 +1,24 @@
-//! HTTP: the front page (HTML) and the function tier (JSON).
+//! HTTP: the front page (HTML) with its message form (`POST /message`) and the function
+//! tier (JSON).
 //!
 //! Guarantees: every text that came from outside (rows, the message, error messages,
-//! names) is HTML-escaped on the page; every JSON error is `{"error": "..."}` with a status
+//! names) is HTML-escaped on the page; `POST /message` answers 303 to `/` once the
+//! message is written, and otherwise a page that says why with the status of the cause
+//! (413 longer than 64 KiB, 503 writing off, the gateway's refusal or no gateway, 502
+//! another answer of the gateway, 400 not a form, 500 the secret unreadable); every JSON error is `{"error": "..."}` with a status
 //! that says whose fault it is (400 bad request, 404 unknown id, 409 id reused with another
 //! body, 503 database or discovery unavailable, 500 anything else); `POST /api/entries` is
 //! idempotent by id, so a client retrying after an unknown outcome never gets an error for
 //! a write that did commit.
 
 use crate::db::{Database, DbError, Entry, Inserted, MAX_ID_LEN};
-use crate::objects::MessageSource;
+use crate::objects::{MAX_MESSAGE_BYTES, MessageSource, MessageWriter, WriteError};
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
@@ -33,13 +38,23 @@ pub struct App {
     pub role: Option<String>,
     pub db: Arc<Database>,
     pub message: MessageSource,
+    /// Writes the message through the region's gateway (`POST /message`).
+    pub writer: MessageWriter,
 }
+
+/// Largest `POST /message` body read: a form-encoded message of 64 KiB takes up to
+/// three times that (`%XX` per byte); anything longer is a message over the limit.
+const FORM_LIMIT: usize = 3 * MAX_MESSAGE_BYTES + 1024;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/api/info", get(info))
+        .route(
+            "/message",
+            post(post_message).layer(DefaultBodyLimit::max(FORM_LIMIT)),
+        )
         .route("/api/entries", get(list_ids).post(create))
         .route("/api/entries/{id}", get(read_one))
         .with_state(app)
@@ -208,7 +223,9 @@ async fn index(State(app): State<Arc<App>>) -> Response {
     let mut html = String::new();
     html.push_str(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"2\">\
+         <noscript><meta http-equiv=\"refresh\" content=\"2\"></noscript>\
+         <script>setInterval(function(){var t=document.getElementById('draft');\
+         if(!t||(t.value===''&&document.activeElement!==t))location.reload()},2000)</script>\
          <title>lifeboat sample app</title><style>\
          body{font-family:system-ui,sans-serif;margin:2em;max-width:60em}\
          .region{font-size:2em;font-weight:bold}\
@@ -236,6 +253,7 @@ async fn index(State(app): State<Arc<App>>) -> Response {
         "<h2>Message</h2>\n<div class=\"message\" id=\"message\">{}</div>\n",
         escape(&message.display())
     ));
+    html.push_str(&message_form(&app.writer, ""));
     html.push_str("<h2>Latest entries</h2>\n");
     let status = match &rows {
         Ok(rows) if rows.is_empty() => {
@@ -280,9 +298,246 @@ async fn index(State(app): State<Arc<App>>) -> Response {
     (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
+/// The "Leave a message" form (`draft` prefilled), or why there is none.
+fn message_form(writer: &MessageWriter, draft: &str) -> String {
+    let Some(gw) = &writer.gateway else {
+        return format!(
+            "<h2>Leave a message</h2>\n<p id=\"writing\">({})</p>\n",
+            escape(&WriteError::Disabled.to_string())
+        );
+    };
+    format!(
+        "<h2>Leave a message</h2>\n<form method=\"post\" action=\"/message\" id=\"message-form\">\
+         <textarea name=\"message\" id=\"draft\" rows=\"4\" cols=\"60\" maxlength=\"{MAX_MESSAGE_BYTES}\">{}</textarea><br>\
+         <button type=\"submit\">Save</button></form>\n\
+         <p id=\"writing\">Saved as <code>{}</code> through this region's object gateway \
+         ({}, bucket {}); lifeboat replicates it to the other regions. Only the active region's gateway takes writes.</p>\n",
+        escape(draft),
+        escape(&writer.key),
+        escape(&gw.endpoint),
+        escape(&gw.bucket),
+    )
+}
+
+/// The form's field.
+#[derive(Debug, Deserialize)]
+struct MessageForm {
+    #[serde(default)]
+    message: String,
+}
+
+/// `POST /message` (a form with `message`): write it through the gateway, then 303 to
+/// `/`; otherwise a page with the reason.
+async fn post_message(
+    State(app): State<Arc<App>>,
+    form: Result<Form<MessageForm>, FormRejection>,
+) -> Response {
+    let text = match form {
+        Ok(Form(f)) => f.message,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return not_written(
+                &app,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &WriteError::TooLong,
+                "",
+            );
+        }
+        Err(r) => {
+            let why = format!(
+                "expected a form (application/x-www-form-urlencoded) with a message field: {}",
+                r.body_text()
+            );
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
+    };
+    match app.writer.write(&text).await {
+        Ok(()) => {
+            tracing::info!(key = %app.writer.key, bytes = text.len(), "message written through the gateway");
+            (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "message not written");
+            let status = match &e {
+                WriteError::TooLong => StatusCode::PAYLOAD_TOO_LARGE,
+                WriteError::Disabled => StatusCode::SERVICE_UNAVAILABLE,
+                WriteError::Secret { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                WriteError::Refused { status: 503, .. } | WriteError::Failed { .. } => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                WriteError::Refused { .. } => StatusCode::BAD_GATEWAY,
+            };
+            // A message over the limit is not put back into the form.
+            let draft = if matches!(e, WriteError::TooLong) {
+                ""
+            } else {
+                text.as_str()
+            };
+            not_written(&app, status, &e, draft)
+        }
+    }
+}
+
+/// The page of a message that was not written: why, and the form again (no automatic
+/// refresh: it would drop the draft).
+fn not_written(app: &App, status: StatusCode, why: &WriteError, draft: &str) -> Response {
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>lifeboat sample app: message not saved</title><style>\
+         body{{font-family:system-ui,sans-serif;margin:2em;max-width:60em}}.error{{color:#a00}}\
+         </style></head><body>\n\
+         <p>Served by region <span class=\"region\" id=\"region\">{}</span></p>\n\
+         <h2>Message not saved</h2>\n<p class=\"error\" id=\"write-error\">{}</p>\n{}\
+         <p><a href=\"/\">Back to the page</a></p>\n</body></html>\n",
+        escape(&app.region),
+        escape(&why.to_string()),
+        message_form(&app.writer, draft),
+    );
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
+    use crate::db::PasswordSource;
+    use crate::discovery::Discoverer;
+    use crate::objects::Gateway;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    /// The app of region b, writing through `gateway` (nothing listens at the address
+    /// these tests give: none of them may reach it).
+    fn app(gateway: Option<Gateway>) -> Router {
+        let discovery =
+            Arc::new(Discoverer::new("http://127.0.0.1:9/v1/discovery").expect("discoverer"));
+        router(Arc::new(App {
+            region: "b".into(),
+            role: None,
+            db: Arc::new(Database::new(discovery, PasswordSource::None, "b".into())),
+            message: MessageSource {
+                dir: None,
+                key: "msgdrdct.txt".into(),
+            },
+            writer: MessageWriter {
+                gateway,
+                key: "msgdrdct.txt".into(),
+            },
+        }))
+    }
+
+    fn unreachable_gateway() -> Gateway {
+        Gateway {
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "objects".into(),
+            key_id: "AKIDTEST".into(),
+            secret_file: "/nonexistent/secret".into(),
+        }
+    }
+
+    async fn post_form(app: Router, body: impl Into<Body>) -> (StatusCode, String) {
+        let req = Request::post("/message")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body.into())
+            .expect("request");
+        let resp = app.oneshot(req).await.expect("answered");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_message_over_64_kib_is_413_and_goes_nowhere() {
+        // Just over the limit: read, decoded, refused before the secret or the gateway.
+        let body = format!("message={}", "x".repeat(MAX_MESSAGE_BYTES + 1));
+        let (status, page) = post_form(app(Some(unreachable_gateway())), body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{page}");
+        assert!(page.contains("longer than 64 KiB"), "{page}");
+        assert!(page.contains(r#"id="write-error""#), "{page}");
+        // Far over: the body is not even read to its end.
+        let body = format!("message={}", "%41".repeat(MAX_MESSAGE_BYTES * 2));
+        let (status, page) = post_form(app(Some(unreachable_gateway())), body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{page}");
+        assert!(page.contains("longer than 64 KiB"), "{page}");
+        // 64 KiB of multi-byte characters is over too (the limit counts bytes).
+        let body = format!("message={}", "%C3%A9".repeat(MAX_MESSAGE_BYTES / 2 + 1));
+        let (status, _) = post_form(app(Some(unreachable_gateway())), body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn without_a_gateway_writing_is_off_and_the_page_says_so() {
+        let (status, page) = post_form(app(None), "message=hello").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{page}");
+        assert!(page.contains("writing the message is off"), "{page}");
+        assert!(page.contains("--s3-endpoint"), "{page}");
+        // The front page offers no form, and says why.
+        let resp = app(None)
+            .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+            .await
+            .expect("answered");
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let page = String::from_utf8_lossy(&bytes);
+        assert!(page.contains("(writing the message is off"), "{page}");
+        assert!(!page.contains("<form"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn the_front_page_has_the_form_when_a_gateway_is_set() {
+        let resp = app(Some(unreachable_gateway()))
+            .oneshot(Request::get("/").body(Body::empty()).expect("request"))
+            .await
+            .expect("answered");
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        let page = String::from_utf8_lossy(&bytes);
+        assert!(
+            page.contains(r#"<form method="post" action="/message""#),
+            "{page}"
+        );
+        assert!(page.contains(r#"name="message""#), "{page}");
+        assert!(
+            page.contains("http://127.0.0.1:9, bucket objects"),
+            "{page}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unwritten_message_is_shown_again_escaped() {
+        // The secret cannot be read: 500, nothing sent, the draft back in the form.
+        let (status, page) = post_form(
+            app(Some(unreachable_gateway())),
+            "message=%3Cb%3Ehi%3C%2Fb%3E+%26",
+        )
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{page}");
+        assert!(
+            page.contains("cannot read the gateway&#39;s secret"),
+            "{page}"
+        );
+        assert!(
+            page.contains("&lt;b&gt;hi&lt;/b&gt; &amp;</textarea>"),
+            "{page}"
+        );
+        assert!(!page.contains("<b>hi"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_a_form_is_400() {
+        let req = Request::post("/message")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(r#"{"message": "x"}"#))
+            .expect("request");
+        let resp = app(Some(unreachable_gateway()))
+            .oneshot(req)
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {

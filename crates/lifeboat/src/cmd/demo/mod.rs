@@ -5,10 +5,12 @@
 //! address, 127.0.1.1 and 127.0.2.1, so a DNS answer moves a client between them while
 //! the port stays the same), a database primary and replica (PostgreSQL with
 //! synchronous replication by default, or MariaDB with semi-sync), one local object
-//! store per region with replication, and the sample app as each region's pilot-light
-//! service. It prints what runs where and the config path — so `lifeboat status`,
-//! `failover`, `drill` and `objects` can be pointed at it — and stays up until Ctrl-C,
-//! then stops everything and removes the directory. `--drill` runs a drill instead.
+//! store per region with replication and an S3 gateway in front of it (writes taken in
+//! the active region only), and the sample app as each region's pilot-light service
+//! (its page's form writes the message through its region's gateway). It prints what
+//! runs where and the config path — so `lifeboat status`, `failover`, `drill` and
+//! `objects` can be pointed at it — and stays up until Ctrl-C, then stops everything
+//! and removes the directory. `--drill` runs a drill instead.
 //!
 //! A region whose agent was killed (a drill's region outage or agent kill) is started
 //! again only when asked: the drill's `outage_stop` / `agent_start` command touches
@@ -106,6 +108,26 @@ fn write_secret(path: &Path, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// A secret only the demo's own processes (the agents, the sample apps) read: 0600
+/// from its creation on.
+fn write_private_secret(path: &Path, value: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    // A file kept from an earlier run (`--dir`) keeps its mode: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    f.write_all(value.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn random_secret() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
     let n = SystemTime::now()
@@ -160,9 +182,16 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     write_secret(&layout.dir.join("db-password"), &random_secret())?;
     write_secret(&layout.dir.join("repl-password"), &random_secret())?;
     write_secret(&layout.dir.join("tables-secret"), &random_secret())?;
+    write_private_secret(
+        &layout.dir.join(config::GATEWAY_SECRET_FILE),
+        &random_secret(),
+    )?;
     for (r, _) in REGIONS {
         std::fs::create_dir_all(layout.dir.join(format!("objects-{r}")))?;
     }
+    // Written straight into a's store before anything runs: a's own data, which
+    // replication copies to b (the page's form writes later ones through a's gateway,
+    // which takes writes only once a is active).
     std::fs::write(
         layout.dir.join("objects-a").join("msgdrdct.txt"),
         "Hello from the lifeboat demo. This message lives in region a's object store and lifeboat replicates it to region b.\n",
@@ -516,6 +545,15 @@ async fn print_banner(args: &DemoArgs, engine: Engine, cfg: &Config, l: &Layout,
     }
     for (r, ip) in REGIONS {
         s.push_str(&format!(
+            "  s3 gateway  region {r}: http://{ip}:{}   (bucket {}, key id {}, secret in {}; writes only while {r} is active)\n",
+            p.gateway,
+            config::DEMO_GATEWAY_BUCKET,
+            config::DEMO_GATEWAY_KEY_ID,
+            l.dir.join(config::GATEWAY_SECRET_FILE).display()
+        ));
+    }
+    for (r, ip) in REGIONS {
+        s.push_str(&format!(
             "  tables      region {r}: http://{ip}:{}   (DynamoDB's API: endpoint_url, key id {}, secret in {})\n",
             p.tables,
             config::DEMO_TABLES_KEY_ID,
@@ -527,6 +565,16 @@ async fn print_banner(args: &DemoArgs, engine: Engine, cfg: &Config, l: &Layout,
         l.logs.display()
     ));
     s.push_str(&format!("Try:\n  lifeboat status --config {cfgp}\n  lifeboat failover --config {cfgp} --to b\n  lifeboat drill --config {cfgp} --scenario region-outage\n  lifeboat drill --config {cfgp} --schedule random --faults 8 --fault-seconds 1-10\n  lifeboat objects status --config {cfgp} --region a\n  lifeboat table conflicts --config {cfgp}\n"));
+    // An S3 PUT without the AWS CLI: curl's own SigV4 (the header because curl 7.88,
+    // Debian 12's, sends no x-amz-content-sha256, which S3 requires), and the form.
+    s.push_str(&format!(
+        "  curl --aws-sigv4 aws:amz:us-east-1:s3 -u {}:$(cat {}) -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -T {cfgp} http://{}:{}/{}/lifeboat.toml   (the same to b's gateway: refused, b is a standby)\n  \"Leave a message\" on region a's page writes the message through a's gateway\n",
+        config::DEMO_GATEWAY_KEY_ID,
+        l.dir.join(config::GATEWAY_SECRET_FILE).display(),
+        REGIONS[0].1,
+        p.gateway,
+        config::DEMO_GATEWAY_BUCKET,
+    ));
     println!("{s}");
     use std::io::Write;
     let _ = std::io::stdout().flush();

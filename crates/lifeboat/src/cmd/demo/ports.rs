@@ -15,6 +15,8 @@ pub(super) struct Ports {
     /// Each region's table server: its API (the SDKs' endpoint) and its peer port.
     pub(super) tables: u16,
     pub(super) tables_peer: u16,
+    /// Each region's S3 object gateway (`[objects.gateway] listen`).
+    pub(super) gateway: u16,
     pub(super) db: BTreeMap<&'static str, u16>,
     /// `--controllers N` > 1: the API and DNS ports of controllers c2..cN (c1 has
     /// `api` and `dns`), and each etcd member's client and peer ports.
@@ -75,6 +77,7 @@ pub(super) fn choose_ports(controllers: usize) -> Result<Ports> {
             agent: free_on_all(&region_ips, false)?,
             tables: free_on_all(&region_ips, false)?,
             tables_peer: free_on_all(&region_ips, false)?,
+            gateway: free_on_all(&region_ips, false)?,
             db,
             more_controllers: (1..controllers)
                 .map(|_| {
@@ -93,7 +96,15 @@ pub(super) fn choose_ports(controllers: usize) -> Result<Ports> {
                 })
                 .collect::<Result<_>>()?,
         };
-        let mut all = vec![p.api, p.dns, p.app, p.agent, p.tables, p.tables_peer];
+        let mut all = vec![
+            p.api,
+            p.dns,
+            p.app,
+            p.agent,
+            p.tables,
+            p.tables_peer,
+            p.gateway,
+        ];
         all.extend(p.db.values());
         all.extend(p.more_controllers.iter().flat_map(|(a, d)| [*a, *d]));
         all.extend(p.etcd.iter().flat_map(|(c, q)| [*c, *q]));
