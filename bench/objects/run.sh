@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Object replication benchmarks (issue 4). Not a test: prints figures.
 #  1. backfill of 10,000 x 4 KiB and of 20 x 50 MiB objects, local dir -> local dir and
-#     local dir -> S3 API server (s3s-fs on 127.0.0.1), lifeboat vs `rclone copy` on the
-#     same data, with ratios;
+#     local dir -> S3 API server (s3s-fs on 127.0.0.1), and of 100,000 x 1 KiB local ->
+#     local (then again with nothing to copy), lifeboat vs `rclone copy` on the same
+#     data, with ratios;
 #  2. replication latency p50/p99 at 100 new objects/s for 60 s (local -> local);
 #  3. the same for an S3-API source, through region a's S3 gateway (every write recorded
 #     at once) and by listing alone (writes straight into the bucket; reconcile_interval
@@ -33,6 +34,7 @@ CONC=32
 echo "generating data in $W ..."
 "$BIN" gen "$W/small" 10000 4096
 "$BIN" gen "$W/large" 20 $((50 * 1024 * 1024))
+"$BIN" gen "$W/tiny" 100000 1024
 
 config() { # $1 = source dir, $2 = "local DIR" | "s3", $3 = config path
     local dest
@@ -101,6 +103,13 @@ run_pair small local 3
 run_pair small s3 2
 run_pair large local 2
 run_pair large s3 2
+run_pair tiny local 1
+# The same again with nothing left to copy (both tools compare and skip).
+t0=$(now); "$BIN" backfill "$W/cfg.toml" a "$W/state" | grep -v elapsed_seconds; t1=$(now)
+rclone copy -q --transfers $CONC --checkers $CONC "$W/tiny" "$W/rclone-dst"; t2=$(now)
+printf "%-16s lifeboat %7.2fs   rclone %7.2fs   lifeboat/rclone time ratio %.2f   (nothing to copy)\n" \
+    "tiny -> local, again" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$t2 - $t1" | bc -l)" \
+    "$(echo "($t1 - $t0) / ($t2 - $t1)" | bc -l)" | tee -a "$W/summary"
 echo "-- the same without lifeboat's read-back verification (verify = false) --" | tee -a "$W/summary"
 VERIFY=false run_pair large s3 1
 
