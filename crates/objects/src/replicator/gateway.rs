@@ -524,8 +524,9 @@ impl S3 for Gateway {
         let mut truncated = false;
         let mut stream = self.inner.source.list(&prefix, after.clone());
         while let Some(item) = stream.next().await {
-            let Meta { key, size, etag, .. } =
-                item.map_err(|e| store_error("listing the bucket", e))?;
+            let Meta {
+                key, size, etag, ..
+            } = item.map_err(|e| store_error("listing the bucket", e))?;
             if after.as_ref().is_some_and(|a| key.as_str() <= a.as_str()) {
                 continue;
             }
