@@ -175,21 +175,33 @@ struct Since {
     limit: Option<usize>,
 }
 
-pub use lifeboat_api::http::JOURNAL_PAGE_MAX;
+/// The most entries one `/v1/journal` answer of the agent carries (the default, and
+/// the cap of `limit`). A full page says where the next starts in
+/// `x-lifeboat-next-since`, as the controller's does.
+pub const JOURNAL_PAGE_MAX: usize = 10_000;
 
 async fn journal(
     State(agent): State<Arc<Agent>>,
     q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-    let limit = lifeboat_api::http::journal_limit(q.limit);
+    let limit = q.limit.unwrap_or(JOURNAL_PAGE_MAX).min(JOURNAL_PAGE_MAX);
     // Off the runtime: the read waits for the journal's writer (an fsync), and a hung
     // disk must not stall the threads the lease loop runs on (rule 2).
     let entries = tokio::task::spawn_blocking(move || agent.journal_page(q.since, limit))
         .await
         .map_err(|e| ApiError::internal(format!("reading the journal: {e}")))?
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    Ok(lifeboat_api::http::journal_page(entries, limit))
+    let next = (limit > 0 && entries.len() >= limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    let mut resp = Json(entries).into_response();
+    if let Some(seq) = next
+        && let Ok(v) = axum::http::HeaderValue::from_str(&seq.to_string())
+    {
+        resp.headers_mut().insert("x-lifeboat-next-since", v);
+    }
+    Ok(resp)
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

@@ -117,29 +117,3 @@ where
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }
-
-/// The most entries one `/v1/journal` answer carries, controller's or agent's (the
-/// default, and the cap of `limit`: a larger one is clamped). A longer journal is read
-/// in pages: a full page says where the next one starts in [`NEXT_SINCE`].
-pub const JOURNAL_PAGE_MAX: usize = 10_000;
-/// On a full `/v1/journal` page: the `since` of the next (the last entry's `seq`).
-pub const NEXT_SINCE: &str = "x-lifeboat-next-since";
-
-/// `limit` as asked, at most [`JOURNAL_PAGE_MAX`].
-pub fn journal_limit(asked: Option<usize>) -> usize {
-    asked.unwrap_or(JOURNAL_PAGE_MAX).min(JOURNAL_PAGE_MAX)
-}
-
-/// A journal page as answered: the entries, and on a full page where the next starts.
-pub fn journal_page(entries: Vec<lifeboat_core::JournalEntry>, limit: usize) -> Response {
-    let next = (limit > 0 && entries.len() >= limit)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
-    let mut resp = axum::Json(entries).into_response();
-    if let Some(seq) = next
-        && let Ok(v) = axum::http::HeaderValue::from_str(&seq.to_string())
-    {
-        resp.headers_mut().insert(NEXT_SINCE, v);
-    }
-    resp
-}
