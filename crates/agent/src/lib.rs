@@ -301,28 +301,10 @@ impl Agent {
             .clone()
     }
 
-    /// Every journal entry after `since` (blocking: it writes what is queued and reads
-    /// the file; the HTTP API calls [`Agent::journal_page`] off the runtime).
     pub fn journal(&self, since: u64) -> Result<Vec<lifeboat_core::JournalEntry>> {
         // What happened is readable at once, even if the writer has not caught up.
         self.flush_journal();
         self.store.journal(since)
-    }
-
-    /// At most `limit` journal entries after `since`, oldest first (blocking).
-    pub fn journal_page(
-        &self,
-        since: u64,
-        limit: usize,
-    ) -> Result<Vec<lifeboat_core::JournalEntry>> {
-        self.flush_journal();
-        self.store.journal_page(since, limit)
-    }
-
-    /// The newest `limit` journal entries, oldest first (blocking).
-    pub fn journal_tail(&self, limit: usize) -> Result<Vec<lifeboat_core::JournalEntry>> {
-        self.flush_journal();
-        self.store.journal_tail(limit)
     }
 
     /// Record a step. The entry is stamped now and written (with fsync) by the journal

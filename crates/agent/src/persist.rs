@@ -148,83 +148,14 @@ impl AgentStore {
         Ok(entry)
     }
 
-    /// Every entry with `seq > since`, oldest first.
     pub fn journal(&self, since: u64) -> Result<Vec<JournalEntry>> {
-        self.journal_page(since, usize::MAX)
-    }
-
-    /// Entries with `seq > since`, oldest first, at most `limit`: the file is read
-    /// line by line and no further than the page (blocking: call it off the runtime).
-    pub fn journal_page(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        for e in self.entries()? {
-            if e.seq > since {
-                out.push(e);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The newest `limit` entries, oldest first; at most `limit` are held at a time
-    /// (blocking: call it off the runtime).
-    pub fn journal_tail(&self, limit: usize) -> Result<Vec<JournalEntry>> {
-        let mut out = std::collections::VecDeque::with_capacity(limit.min(1024));
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        for e in self.entries()? {
-            if out.len() >= limit {
-                out.pop_front();
-            }
-            out.push_back(e);
-        }
-        Ok(out.into())
-    }
-
-    /// The journal's entries in file order, read lazily.
-    fn entries(&self) -> Result<impl Iterator<Item = JournalEntry>> {
-        use std::io::BufRead;
         let path = self.dir.join("journal.jsonl");
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(std::io::BufReader::new(file)
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(text
             .lines()
-            .map_while(|l| l.ok())
-            .filter_map(|l| serde_json::from_str::<JournalEntry>(&l).ok()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn journal_pages_and_the_newest_entries_read_no_further_than_asked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = AgentStore::open(dir.path()).expect("open");
-        let region = RegionId::new("a");
-        for i in 0..30u64 {
-            store
-                .append(0, i, Epoch(1), JournalKind::Info, &region, "x")
-                .expect("append");
-        }
-        let seqs = |j: Vec<JournalEntry>| j.iter().map(|e| e.seq).collect::<Vec<_>>();
-        assert_eq!(
-            seqs(store.journal_page(10, 3).expect("page")),
-            vec![11, 12, 13]
-        );
-        assert_eq!(
-            seqs(store.journal_page(28, 10).expect("page")),
-            vec![29, 30]
-        );
-        assert_eq!(seqs(store.journal_tail(2).expect("tail")), vec![29, 30]);
-        assert_eq!(store.journal_tail(100).expect("tail").len(), 30);
-        assert_eq!(store.journal(0).expect("all").len(), 30);
+            .filter_map(|l| serde_json::from_str::<JournalEntry>(l).ok())
+            .filter(|e| e.seq > since)
+            .collect())
     }
 }

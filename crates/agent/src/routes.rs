@@ -98,19 +98,16 @@ async fn events(
         }
         // Off the runtime: reading the journal waits for its writer, and a hung disk
         // must not stall the threads the lease loop runs on (rule 2).
-        // Bounded: the newest 200 first, then at most a page of what came after.
         let reader = agent.clone();
-        let journal = tokio::task::spawn_blocking(move || {
-            if first {
-                reader.journal_tail(200)
-            } else {
-                reader.journal_page(seq, 1000)
-            }
-        })
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+        let mut journal = tokio::task::spawn_blocking(move || reader.journal(seq))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        if first {
+            let skip = journal.len().saturating_sub(200);
+            journal.drain(..skip);
+        }
         let next = journal.last().map_or(seq, |e| e.seq);
         let update = PageUpdate {
             reset: first,
@@ -171,37 +168,16 @@ async fn promise(
 struct Since {
     #[serde(default)]
     since: u64,
-    #[serde(default)]
-    limit: Option<usize>,
 }
-
-/// The most entries one `/v1/journal` answer of the agent carries (the default, and
-/// the cap of `limit`). A full page says where the next starts in
-/// `x-lifeboat-next-since`, as the controller's does.
-pub const JOURNAL_PAGE_MAX: usize = 10_000;
 
 async fn journal(
     State(agent): State<Arc<Agent>>,
-    q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::response::Response, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-    let limit = q.limit.unwrap_or(JOURNAL_PAGE_MAX).min(JOURNAL_PAGE_MAX);
-    // Off the runtime: the read waits for the journal's writer (an fsync), and a hung
-    // disk must not stall the threads the lease loop runs on (rule 2).
-    let entries = tokio::task::spawn_blocking(move || agent.journal_page(q.since, limit))
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the journal: {e}")))?
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    let next = (limit > 0 && entries.len() >= limit)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
-    let mut resp = Json(entries).into_response();
-    if let Some(seq) = next
-        && let Ok(v) = axum::http::HeaderValue::from_str(&seq.to_string())
-    {
-        resp.headers_mut().insert("x-lifeboat-next-since", v);
-    }
-    Ok(resp)
+    Query(q): Query<Since>,
+) -> Result<Json<Vec<lifeboat_core::JournalEntry>>, ApiError> {
+    agent
+        .journal(q.since)
+        .map(Json)
+        .map_err(|e| ApiError::internal(format!("{e:#}")))
 }
 
 async fn metrics(State(agent): State<Arc<Agent>>) -> impl IntoResponse {

@@ -1,6 +1,5 @@
 //! Server-side helpers: bearer-token auth, JSON errors, a JSON extractor whose
-//! rejections are 400s with a message that says what is wrong (413 for a body over
-//! the limit).
+//! rejections are 400s with a message that says what is wrong.
 
 use crate::types::ErrorBody;
 use axum::extract::{FromRequest, Request};
@@ -100,18 +99,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| match e.status() {
-                // Over the body limit (`DefaultBodyLimit`, crate::serve::Limits): 413.
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "request body too large: {} (this server reads at most {} bytes)",
-                        e.body_text(),
-                        crate::serve::MAX_BODY
-                    ),
-                ),
-                _ => ApiError::bad_request(format!("cannot read request body: {e}")),
-            })?;
+            .map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))

@@ -264,30 +264,6 @@ pub async fn read_journal(
         .collect())
 }
 
-/// The newest `limit` journal entries, oldest first (any controller).
-pub async fn read_journal_tail(
-    client: &Client,
-    keys: &Keys,
-    limit: usize,
-) -> Result<Vec<JournalEntry>, EtcdStoreError> {
-    let mut end = keys.journal_prefix().into_bytes();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    let opts = GetOptions::new()
-        .with_range(end)
-        .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
-        .with_sort(SortTarget::Key, SortOrder::Descend);
-    let resp = get(client, keys.journal_prefix(), Some(opts)).await?;
-    let mut out: Vec<JournalEntry> = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| serde_json::from_slice::<JournalEntry>(kv.value()).ok())
-        .collect();
-    out.reverse();
-    Ok(out)
-}
-
 /// The store of one leadership term: it writes only while `lease` holds the
 /// leader key.
 pub struct EtcdStore {
@@ -445,10 +421,6 @@ impl StateStore for EtcdStore {
 
     async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
         Ok(read_journal(&self.client, &self.keys, since, limit).await?)
-    }
-
-    async fn journal_tail(&self, limit: usize) -> Result<Vec<JournalEntry>> {
-        Ok(read_journal_tail(&self.client, &self.keys, limit).await?)
     }
 }
 

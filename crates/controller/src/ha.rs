@@ -721,16 +721,16 @@ fn follower_events(
             return None;
         }
         let client = h.client.lock().await.clone();
-        // The first message: the newest 200 entries (bounded, like the leader's).
-        let journal = match &client {
-            Some(c) if first => crate::etcd::read_journal_tail(c, &h.keys, 200)
-                .await
-                .unwrap_or_default(),
-            Some(c) => read_journal(c, &h.keys, seq, 1000)
+        let mut journal = match &client {
+            Some(c) => read_journal(c, &h.keys, seq, if first { 100_000 } else { 1000 })
                 .await
                 .unwrap_or_default(),
             None => Vec::new(),
         };
+        if first {
+            let skip = journal.len().saturating_sub(200);
+            journal.drain(..skip);
+        }
         let next = journal.last().map_or(seq, |e| e.seq);
         let update = serde_json::json!({
             "reset": first,
@@ -895,22 +895,21 @@ async fn follower(h: &HaController, req: Request) -> Response {
         }
         "/v1/journal" => {
             let mut since = 0;
-            let mut asked = None;
+            let mut limit = 10_000;
             for kv in query.split('&') {
                 match kv.split_once('=') {
                     Some(("since", v)) => since = v.parse().unwrap_or(0),
-                    Some(("limit", v)) => asked = v.parse().ok(),
+                    Some(("limit", v)) => limit = v.parse().unwrap_or(10_000),
                     _ => {}
                 }
             }
-            let limit = crate::server::journal_limit(asked);
             let client = h.client.lock().await.clone();
             let Some(client) = client else {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "etcd not reached yet")
                     .into_response();
             };
             match read_journal(&client, &h.keys, since, limit).await {
-                Ok(j) => crate::server::journal_page(j, limit),
+                Ok(j) => axum::Json(j).into_response(),
                 Err(e) => {
                     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
                 }

@@ -18,9 +18,6 @@ mod lag;
 mod metrics;
 mod tables;
 
-pub use handlers::{JOURNAL_PAGE_MAX, NEXT_SINCE};
-#[cfg(feature = "etcd")]
-pub(crate) use handlers::{journal_limit, journal_page};
 pub use metrics::leadership_metrics;
 
 use crate::machine::{Action, Event, Machine, Params, Reply};
@@ -108,8 +105,6 @@ pub struct Controller {
     /// Cancelled when `run` returns: the live streams (`/v1/events`) end with it, so an
     /// open dashboard never holds up the HTTP server's graceful stop.
     stopping: CancellationToken,
-    /// The most recent failover's steps for `/metrics`, kept as the journal grows.
-    steps: Arc<Mutex<metrics::StepsState>>,
 }
 
 /// The age a vantage point's report counts with in the health quorum. An agent whose
@@ -201,7 +196,7 @@ impl Controller {
                 .await
                 .context("persisting the initial state")?;
         }
-        let started = store.append(
+        store.append(
             0,
             machine.epoch,
             JournalKind::ControllerStarted,
@@ -246,14 +241,10 @@ impl Controller {
                 .collect(),
             checks: BTreeMap::new(),
         };
-        let steps = Arc::new(Mutex::new(metrics::StepsState::default()));
-        lock(&steps).note(&started);
-        tokio::spawn(metrics::scan_failover_steps(store.clone(), steps.clone()));
         Ok(Arc::new(Self {
             cfg,
             token,
             store,
-            steps,
             started: now,
             machine: tokio::sync::Mutex::new(machine),
             reports: Mutex::new(BTreeMap::new()),
@@ -325,7 +316,8 @@ impl Controller {
                     region,
                     detail,
                 } => {
-                    self.append(m.epoch, kind, region.as_ref(), &detail)
+                    self.store
+                        .append(self.mono_ms(), m.epoch, kind, region.as_ref(), &detail)
                         .await
                         .context("writing the journal")?;
                     tracing::info!(epoch = %m.epoch, kind = kind.as_str(), region = ?region.as_ref().map(|r| r.to_string()), "{detail}");
@@ -491,25 +483,16 @@ impl Controller {
             }
         }
         let epoch = self.machine.lock().await.epoch;
-        self.append(epoch, JournalKind::Info, None, "controller stopped")
+        self.store
+            .append(
+                self.mono_ms(),
+                epoch,
+                JournalKind::Info,
+                None,
+                "controller stopped",
+            )
             .await?;
         Ok(())
-    }
-
-    /// Append to the journal, and keep `/metrics`' view of it.
-    async fn append(
-        &self,
-        epoch: Epoch,
-        kind: JournalKind,
-        region: Option<&RegionId>,
-        detail: &str,
-    ) -> Result<JournalEntry> {
-        let e = self
-            .store
-            .append(self.mono_ms(), epoch, kind, region, detail)
-            .await?;
-        lock(&self.steps).note(&e);
-        Ok(e)
     }
 
     pub fn router(self: &Arc<Self>) -> Router {
@@ -717,106 +700,6 @@ mod tests {
         async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
             StateStore::journal(&self.inner, since, limit).await
         }
-        async fn journal_tail(&self, limit: usize) -> Result<Vec<JournalEntry>> {
-            StateStore::journal_tail(&self.inner, limit).await
-        }
-    }
-
-    /// `/v1/journal` answers at most [`JOURNAL_PAGE_MAX`] entries whatever `limit`
-    /// asks and says where the next page starts (the journal here is longer than a
-    /// page); `/metrics` answers over such a journal.
-    #[tokio::test]
-    async fn a_huge_journal_limit_is_clamped_to_a_page() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cfg = test_config(dir.path());
-        let store = Store::open(dir.path()).expect("store");
-        {
-            let mut db = rusqlite::Connection::open(store.path()).expect("db");
-            let tx = db.transaction().expect("tx");
-            for i in 0..(JOURNAL_PAGE_MAX + 50) {
-                tx.execute(
-                    "INSERT INTO journal (at_unix_ms, mono_ms, epoch, kind, region, detail) VALUES (0, ?1, 0, 'info', NULL, 'seeded')",
-                    rusqlite::params![i as i64],
-                )
-                .expect("insert");
-            }
-            tx.commit().expect("commit");
-        }
-        let (_tx, local) = watch::channel(CheckStates::default());
-        let c = Controller::open_with(
-            Arc::new(cfg),
-            Token::new("t"),
-            local,
-            ControllerOptions::default(),
-            Arc::new(store),
-        )
-        .await
-        .expect("controller");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let stop = CancellationToken::new();
-        let server = tokio::spawn(lifeboat_api::serve::serve(
-            listener,
-            c.router(),
-            lifeboat_api::serve::Limits::default(),
-            stop.clone(),
-        ));
-        let http = reqwest::Client::new();
-        let r = http
-            .get(format!("http://{addr}/v1/journal?limit=99999999"))
-            .send()
-            .await
-            .expect("journal");
-        assert_eq!(r.status().as_u16(), 200);
-        let next = r
-            .headers()
-            .get(NEXT_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let page: Vec<JournalEntry> = r.json().await.expect("json");
-        assert_eq!(page.len(), JOURNAL_PAGE_MAX);
-        let last = page.last().map(|e| e.seq).expect("entries");
-        assert_eq!(
-            next,
-            Some(last.to_string()),
-            "a full page says where the next starts"
-        );
-        let r = http
-            .get(format!(
-                "http://{addr}/v1/journal?since={last}&limit=99999999"
-            ))
-            .send()
-            .await
-            .expect("journal");
-        assert!(r.headers().get(NEXT_SINCE).is_none(), "the last page");
-        let rest: Vec<JournalEntry> = r.json().await.expect("json");
-        // The seeded 50, and the controller's own `controller_started`.
-        assert_eq!(rest.len(), 51);
-        assert_eq!(
-            rest.last().map(|e| e.kind),
-            Some(JournalKind::ControllerStarted)
-        );
-        let r = http
-            .get(format!("http://{addr}/metrics"))
-            .send()
-            .await
-            .expect("metrics");
-        assert_eq!(r.status().as_u16(), 200);
-        stop.cancel();
-        server.await.expect("server").expect("served");
-    }
-
-    fn test_config(dir: &std::path::Path) -> Config {
-        let text = format!(
-            "[deployment]\nname = \"t\"\n\n[controller]\napi_addr = \"127.0.0.1:9\"\n\
-             state_dir = {:?}\n\n[auth]\ntoken_env = \"T\"\n\n\
-             [regions.a]\nagent_addr = \"127.0.0.1:9\"\nrole = \"active\"\n\n\
-             [regions.b]\nagent_addr = \"127.0.0.1:10\"\nrole = \"standby\"\n",
-            dir.display().to_string()
-        );
-        Config::parse(&dir.join("t.toml"), &text).expect("config")
     }
 
     /// A decision the controller could not persist is not acted on later: once a store

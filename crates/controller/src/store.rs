@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use lifeboat_core::{Epoch, JournalEntry, JournalKind, RegionId};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub(crate) const FORMAT_VERSION: u32 = 2;
@@ -43,8 +43,6 @@ pub trait StateStore: Send + Sync {
     ) -> Result<JournalEntry>;
     /// Journal entries with `seq > since`, oldest first, at most `limit`.
     async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>>;
-    /// The newest `limit` journal entries, oldest first (the dashboard's first view).
-    async fn journal_tail(&self, limit: usize) -> Result<Vec<JournalEntry>>;
 }
 
 #[async_trait::async_trait]
@@ -68,45 +66,14 @@ impl StateStore for Store {
     ) -> Result<JournalEntry> {
         Store::append(self, mono_ms, epoch, kind, region, detail)
     }
-    // Reads run off the async runtime (`spawn_blocking`) on their own connection: a
-    // page of the journal never holds up a lease request's write (WAL: readers and
-    // the writer do not wait for each other), nor the runtime's threads.
     async fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        let (read, path) = (self.read.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || {
-            read_journal(&take(&read), &path, Page::Since(since), limit)
-        })
-        .await
-        .context("reading the journal")?
+        Store::journal(self, since, limit)
     }
-    async fn journal_tail(&self, limit: usize) -> Result<Vec<JournalEntry>> {
-        let (read, path) = (self.read.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || read_journal(&take(&read), &path, Page::Newest, limit))
-            .await
-            .context("reading the journal")?
-    }
-}
-
-/// Which journal entries a read returns.
-enum Page {
-    /// `seq > since`, oldest first.
-    Since(u64),
-    /// The newest, returned oldest first.
-    Newest,
-}
-
-// A panic while holding a lock cannot leave SQLite half-written (it has its own
-// transactions), so a poisoned lock is safe to take over.
-fn take(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The state in SQLite: one controller.
 pub struct Store {
-    /// The writer (state and journal appends) and `load`.
     conn: Mutex<Connection>,
-    /// Journal reads, on a connection of their own.
-    read: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
@@ -144,13 +111,8 @@ impl Store {
                 detail TEXT NOT NULL);",
         )
         .with_context(|| format!("initialising {}", path.display()))?;
-        let read = Connection::open(&path)
-            .with_context(|| format!("opening controller state {}", path.display()))?;
-        read.busy_timeout(std::time::Duration::from_secs(5))?;
-        read.pragma_update(None, "query_only", true)?;
         Ok(Self {
             conn: Mutex::new(conn),
-            read: Arc::new(Mutex::new(read)),
             path,
         })
     }
@@ -160,7 +122,9 @@ impl Store {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        take(&self.conn)
+        // A panic while holding the lock cannot leave SQLite half-written (it has its
+        // own transactions), so a poisoned lock is safe to take over.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn load(&self) -> Result<Option<Durable>> {
@@ -222,66 +186,41 @@ impl Store {
         })
     }
 
-    /// Journal entries with `seq > since`, oldest first, at most `limit` (blocking:
-    /// the controller reads through [`StateStore::journal`], off its runtime).
+    /// Journal entries with `seq > since`, oldest first, at most `limit`.
     pub fn journal(&self, since: u64, limit: usize) -> Result<Vec<JournalEntry>> {
-        read_journal(&take(&self.read), &self.path, Page::Since(since), limit)
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at_unix_ms, mono_ms, epoch, kind, region, detail FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since as i64, limit as i64], |r| {
+            let kind: String = r.get(4)?;
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                kind,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, at, mono, epoch, kind, region, detail) = row?;
+            let kind: JournalKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+                .with_context(|| format!("unknown journal kind {kind:?}"))?;
+            out.push(JournalEntry {
+                seq: seq as u64,
+                at_unix_ms: at as u64,
+                mono_ms: mono as u64,
+                epoch: Epoch(epoch as u64),
+                kind,
+                region: region.map(RegionId),
+                detail,
+            });
+        }
+        Ok(out)
     }
-}
-
-fn read_journal(
-    conn: &Connection,
-    path: &Path,
-    page: Page,
-    limit: usize,
-) -> Result<Vec<JournalEntry>> {
-    const COLUMNS: &str =
-        "SELECT seq, at_unix_ms, mono_ms, epoch, kind, region, detail FROM journal";
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let (sql, since) = match page {
-        Page::Since(since) => (
-            format!("{COLUMNS} WHERE seq > ?1 ORDER BY seq LIMIT ?2"),
-            since,
-        ),
-        Page::Newest => (
-            format!("{COLUMNS} WHERE seq > ?1 ORDER BY seq DESC LIMIT ?2"),
-            0,
-        ),
-    };
-    let mut stmt = conn
-        .prepare_cached(&sql)
-        .with_context(|| format!("reading the journal in {}", path.display()))?;
-    let rows = stmt.query_map(params![since as i64, limit], |r| {
-        let kind: String = r.get(4)?;
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            kind,
-            r.get::<_, Option<String>>(5)?,
-            r.get::<_, String>(6)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (seq, at, mono, epoch, kind, region, detail) = row?;
-        let kind: JournalKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
-            .with_context(|| format!("unknown journal kind {kind:?}"))?;
-        out.push(JournalEntry {
-            seq: seq as u64,
-            at_unix_ms: at as u64,
-            mono_ms: mono as u64,
-            epoch: Epoch(epoch as u64),
-            kind,
-            region: region.map(RegionId),
-            detail,
-        });
-    }
-    if matches!(page, Page::Newest) {
-        out.reverse();
-    }
-    Ok(out)
 }
 
 /// The state row's body, of any format up to this one's, as today's [`Durable`].
@@ -320,25 +259,6 @@ mod tests {
         let body = r#"{"version":99,"state":{"epoch":4,"active":"b","home":null,"promoting":null,"failovers":0}}"#;
         let e = decode(body, Path::new("controller.db")).expect_err("refused");
         assert!(format!("{e:#}").contains("newer lifeboat"), "{e:#}");
-    }
-
-    #[tokio::test]
-    async fn journal_pages_and_the_newest_entries() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        for i in 0..25u64 {
-            store
-                .append(i, Epoch(1), JournalKind::Info, None, &format!("entry {i}"))
-                .expect("append");
-        }
-        let seqs = |j: Vec<JournalEntry>| j.iter().map(|e| e.seq).collect::<Vec<_>>();
-        let page = StateStore::journal(&store, 10, 5).await.expect("page");
-        assert_eq!(seqs(page), vec![11, 12, 13, 14, 15]);
-        let tail = StateStore::journal_tail(&store, 3).await.expect("tail");
-        assert_eq!(seqs(tail), vec![23, 24, 25]);
-        let all = StateStore::journal_tail(&store, 100).await.expect("tail");
-        assert_eq!(all.len(), 25);
-        assert_eq!(all.first().map(|e| e.seq), Some(1));
     }
 
     #[test]

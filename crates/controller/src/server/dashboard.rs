@@ -65,13 +65,10 @@ impl Cursor {
         let c = &self.c;
         let status = c.status_view().await;
         let health = c.health_view();
-        // Bounded reads, off the runtime (the store's reads are): the newest entries
-        // first, then what came after.
         let journal = if self.first {
-            c.store
-                .journal_tail(JOURNAL_FIRST)
-                .await
-                .unwrap_or_default()
+            let all = c.store.journal(0, 100_000).await.unwrap_or_default();
+            let skip = all.len().saturating_sub(JOURNAL_FIRST);
+            all.into_iter().skip(skip).collect()
         } else {
             c.store
                 .journal(self.journal_seq, 1000)

@@ -29,42 +29,15 @@ pub(super) struct Since {
     limit: Option<usize>,
 }
 
-/// The most entries one `/v1/journal` answer carries (the default, and the cap of
-/// `limit`: a larger one is clamped). A longer journal is read in pages: a full page
-/// says where the next one starts in [`NEXT_SINCE`].
-pub const JOURNAL_PAGE_MAX: usize = 10_000;
-/// On a full `/v1/journal` page: the `since` of the next (the last entry's `seq`).
-pub const NEXT_SINCE: &str = "x-lifeboat-next-since";
-
-/// `limit` as asked, at most [`JOURNAL_PAGE_MAX`].
-pub(crate) fn journal_limit(asked: Option<usize>) -> usize {
-    asked.unwrap_or(JOURNAL_PAGE_MAX).min(JOURNAL_PAGE_MAX)
-}
-
-/// A journal page as answered: the entries, and on a full page where the next starts.
-pub(crate) fn journal_page(entries: Vec<JournalEntry>, limit: usize) -> axum::response::Response {
-    let next = (limit > 0 && entries.len() >= limit)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
-    let mut resp = Json(entries).into_response();
-    if let Some(seq) = next
-        && let Ok(v) = axum::http::HeaderValue::from_str(&seq.to_string())
-    {
-        resp.headers_mut().insert(NEXT_SINCE, v);
-    }
-    resp
-}
-
 pub(super) async fn journal(
     State(c): State<Arc<Controller>>,
     q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::response::Response, ApiError> {
+) -> Result<Json<Vec<JournalEntry>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query: {e}")))?;
-    let limit = journal_limit(q.limit);
     c.store
-        .journal(q.since, limit)
+        .journal(q.since, q.limit.unwrap_or(10_000))
         .await
-        .map(|j| journal_page(j, limit))
+        .map(Json)
         .map_err(internal)
 }
 

@@ -106,13 +106,11 @@ pub(crate) async fn run(args: AgentArgs) -> Result<ExitCode> {
     announce("agent", format!("http://{}", listener.local_addr()?));
     let app = lifeboat_agent::routes::router(agent.clone());
     let http_cancel = cancel.clone();
-    // Bounded like the controller's (lifeboat_api::serve; docs/agent.md, "Limits").
-    let server = tokio::spawn(lifeboat_api::serve::serve(
-        listener,
-        app,
-        lifeboat_api::serve::Limits::default(),
-        http_cancel,
-    ));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+            .await
+    });
     let result = agent.run(cancel.clone()).await;
     let _ = server.await;
     services.shutdown().await;

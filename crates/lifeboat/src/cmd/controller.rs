@@ -126,14 +126,11 @@ pub(crate) async fn run(args: ControllerArgs) -> Result<ExitCode> {
     announce("api", format!("http://{}", listener.local_addr()?));
     let app = served.router();
     let http_cancel = cancel.clone();
-    // Bounded: a connection cap, header-read and request timeouts, a body limit
-    // (lifeboat_api::serve; docs/controller.md, "Limits").
-    let server = tokio::spawn(lifeboat_api::serve::serve(
-        listener,
-        app,
-        lifeboat_api::serve::Limits::default(),
-        http_cancel,
-    ));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await })
+            .await
+    });
     // A worker that fails (its DNS server, its prober) stops the controller with that
     // error rather than leaving it running without: a supervisor starts it again, and
     // the active region holds its lease on promises meanwhile (rule 7).
